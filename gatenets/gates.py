@@ -1,0 +1,269 @@
+"""Gate and carry structures, gate traces, gate overrides and sequence masks.
+
+Every gatenets layer speaks the same language about its sigmoid gates:
+
+* a cell's gates are a NamedTuple of post-sigmoid values (``LSTMGates``, ``GRUGates``, …);
+* a layer asked for its gates (``return_gates=True``) returns a :class:`GateTrace`: the gates of
+  every layer and direction by name, each field shaped ``[batch, time, units]``, plus the
+  ``[batch, time]`` mask of valid steps so that statistics never count padding;
+* a layer takes ``gate_overrides`` that replace named gates inside the computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gatenets._typing import Array
+
+# --------------------------------------------------------------------------------------------
+# Carries and gates of the recurrent cells.
+
+
+class LSTMCarry(NamedTuple):
+    """State of an LSTM between steps.
+
+    Attributes:
+      c: cell state, ``[batch, hidden]`` (kept in float32 when the cell computes in bf16/f16).
+      h: hidden state, ``[batch, hidden]`` or ``[batch, proj]`` with a projection.
+    """
+
+    c: Array
+    h: Array
+
+
+class GRUCarry(NamedTuple):
+    """State of a GRU between steps.
+
+    Attributes:
+      h: hidden state, ``[batch, hidden]``.
+    """
+
+    h: Array
+
+
+class LSTMGates(NamedTuple):
+    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+
+    input: Array
+    forget: Array
+    output: Array
+
+
+class GRUGates(NamedTuple):
+    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+
+    reset: Array
+    update: Array
+
+
+class BidirectionalCarry(NamedTuple):
+    """Final carries of the two directions of a bidirectional layer."""
+
+    forward: Any
+    backward: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Traces.
+
+
+class GateTrace(NamedTuple):
+    """The gates of a whole layer or model over a sequence, with the mask of valid steps.
+
+    Attributes:
+      gates: mapping from a path naming the layer and direction (``"forward"``,
+        ``"layer1/backward"``, ``"attention"``, …) to the gate NamedTuple of that part; every
+        field is ``[batch, time, ...]``.
+      mask: ``[batch, time]`` booleans, True where the step is real input (not padding).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gatenets import GateTrace, GRUGates
+      >>> g = GRUGates(reset=jnp.full((2, 3, 4), 0.5), update=jnp.zeros((2, 3, 4)))
+      >>> trace = GateTrace({"forward": g}, jnp.ones((2, 3), bool))
+      >>> sorted(trace.flat())
+      ['forward/reset', 'forward/update']
+    """
+
+    gates: dict[str, Any]
+    mask: Array
+
+    def flat(self) -> dict[str, Array]:
+        """Every gate as ``{"path/gate_name": array}``, in a stable order."""
+        return dict(self.items())
+
+    def items(self) -> Iterator[tuple[str, Array]]:
+        for path in sorted(self.gates):
+            group = self.gates[path]
+            for name, value in group._asdict().items():
+                yield f"{path}/{name}", value
+
+    def prefixed(self, prefix: str) -> GateTrace:
+        """The same trace with ``prefix/`` put before every path (used by stacks)."""
+        return GateTrace({f"{prefix}/{k}": v for k, v in self.gates.items()}, self.mask)
+
+
+def merge_traces(traces: Sequence[GateTrace]) -> GateTrace:
+    """Join traces of parts that share the same mask (the layers of a stack, two directions)."""
+    gates: dict[str, Any] = {}
+    for trace in traces:
+        for path, group in trace.gates.items():
+            if path in gates:
+                raise ValueError(f"merge_traces: the path {path!r} appears twice.")
+            gates[path] = group
+    return GateTrace(gates, traces[0].mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides.
+
+GateOverride: TypeAlias = float | Array | Callable[[Array], Array]
+"""A replacement for a gate: a constant (scalar or array broadcastable to the gate) or a function
+from the gate's value to its new value."""
+
+
+def apply_override(gate: Array, override: GateOverride | None) -> Array:
+    """Returns ``gate`` replaced by ``override`` (a constant or a function of the gate)."""
+    if override is None:
+        return gate
+    if callable(override):
+        return jnp.asarray(override(gate), gate.dtype)
+    return jnp.broadcast_to(jnp.asarray(override, gate.dtype), gate.shape)
+
+
+def apply_overrides(gates: NamedTuple, overrides: Mapping[str, GateOverride] | None) -> NamedTuple:
+    """Replaces the fields of a gate NamedTuple named in ``overrides`` (already validated)."""
+    if not overrides:
+        return gates
+    return gates._replace(**{k: apply_override(getattr(gates, k), v) for k, v in overrides.items()})
+
+
+def check_gate_names(
+    overrides: Mapping[str, GateOverride] | None, gate_names: Sequence[str], where: str
+) -> None:
+    """Raises if ``overrides`` names a gate that ``where`` does not have."""
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            f"gate_overrides for {where} must be a mapping from gate name to a constant or a "
+            f"function; got {type(overrides).__name__}."
+        )
+    for name in overrides:
+        if name not in gate_names:
+            raise ValueError(
+                f"gate_overrides for {where}: unknown gate {name!r}; this layer's gates are "
+                f"{tuple(gate_names)}."
+            )
+
+
+def resolve_overrides(
+    overrides: Mapping[str, Any] | None, paths: Sequence[str], gate_names: Sequence[str]
+) -> dict[str, dict[str, GateOverride]]:
+    """Resolves user overrides for a layer made of several parts into one dict per part.
+
+    ``overrides`` keys are either gate names, which apply to every part, or paths (or path
+    prefixes) of parts such as ``"layer1"`` or ``"layer1/backward"``, whose values are mappings
+    of gate names. More specific keys win.
+
+    Example:
+      >>> from gatenets.gates import resolve_overrides
+      >>> r = resolve_overrides({"forget": 1.0, "layer1": {"forget": 0.0}},
+      ...                       ["layer0/forward", "layer1/forward"], ["input", "forget"])
+      >>> r["layer0/forward"], r["layer1/forward"]
+      ({'forget': 1.0}, {'forget': 0.0})
+    """
+    resolved: dict[str, dict[str, GateOverride]] = {p: {} for p in paths}
+    if not overrides:
+        return resolved
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            "gate_overrides must be a mapping such as {'forget': 1.0} or "
+            f"{{'layer0': {{'forget': 1.0}}}}; got {type(overrides).__name__}."
+        )
+    prefixes = {"/".join(p.split("/")[:k]) for p in paths for k in range(1, p.count("/") + 2)}
+    scoped: list[tuple[int, str, Mapping[str, GateOverride]]] = []
+    for key, value in overrides.items():
+        if key in gate_names:
+            scoped.append((0, "", {key: value}))
+        elif key in prefixes:
+            check_gate_names(value, gate_names, key)
+            scoped.append((key.count("/") + 1, key, value))
+        else:
+            raise ValueError(
+                f"gate_overrides: unknown key {key!r}; expected a gate name {tuple(gate_names)} "
+                f"or a layer path {tuple(sorted(prefixes))}."
+            )
+    for _, scope, gate_values in sorted(scoped, key=lambda s: s[0]):
+        for path in paths:
+            if not scope or path == scope or path.startswith(scope + "/"):
+                resolved[path].update(gate_values)
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Masks.
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def sequence_mask(
+    batch: int,
+    time: int,
+    *,
+    seq_lengths: Array | None = None,
+    mask: Array | None = None,
+) -> Array | None:
+    """Validates ``seq_lengths`` or ``mask`` and returns the ``[batch, time]`` mask (or None).
+
+    Args:
+      batch: number of sequences.
+      time: number of steps.
+      seq_lengths: ``[batch]`` integers in ``[0, time]``: sequences are right-padded.
+      mask: ``[batch, time]`` booleans, True at valid steps (any pattern).
+
+    Returns:
+      ``[batch, time]`` booleans, or None when neither was given (every step valid).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gatenets.gates import sequence_mask
+      >>> sequence_mask(2, 3, seq_lengths=jnp.array([1, 3])).astype(int).tolist()
+      [[1, 0, 0], [1, 1, 1]]
+    """
+    if seq_lengths is not None and mask is not None:
+        raise ValueError("Pass either seq_lengths or mask, not both.")
+    if seq_lengths is not None:
+        seq_lengths = jnp.asarray(seq_lengths)
+        if seq_lengths.shape != (batch,):
+            raise ValueError(
+                f"seq_lengths must have shape [batch] = ({batch},); got {seq_lengths.shape}."
+            )
+        if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+            raise TypeError(f"seq_lengths must hold integers; got dtype {seq_lengths.dtype}.")
+        if _is_concrete(seq_lengths):
+            values = np.asarray(seq_lengths)
+            if values.size and (values.min() < 0 or values.max() > time):
+                raise ValueError(
+                    f"seq_lengths must lie in [0, time] = [0, {time}]; got values from "
+                    f"{values.min()} to {values.max()}."
+                )
+        return jnp.arange(time)[None, :] < seq_lengths[:, None]
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape != (batch, time):
+            raise ValueError(f"mask must have shape [batch, time] = ({batch}, {time}); got {mask.shape}.")
+        if mask.dtype != jnp.bool_:
+            raise TypeError(
+                f"mask must be boolean (True at valid steps); got dtype {mask.dtype}. "
+                "Convert it explicitly, e.g. mask.astype(bool)."
+            )
+        return mask
+    return None
