@@ -1,20 +1,36 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets.cells.base import GatedCell as GatedCell
+from gatenets.cells.gru import GRUCell as GRUCell
+from gatenets.cells.lstm import LSTMCell as LSTMCell
 from gatenets.gates import BidirectionalCarry as BidirectionalCarry
 from gatenets.gates import GateTrace as GateTrace
 from gatenets.gates import GRUCarry as GRUCarry
 from gatenets.gates import GRUGates as GRUGates
 from gatenets.gates import LSTMCarry as LSTMCarry
 from gatenets.gates import LSTMGates as LSTMGates
+from gatenets.recurrent import GRU as GRU
+from gatenets.recurrent import LSTM as LSTM
+from gatenets.recurrent import RNN as RNN
+from gatenets.recurrent import Bidirectional as Bidirectional
+from gatenets.recurrent import RecurrentStack as RecurrentStack
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Bidirectional",
     "BidirectionalCarry",
     "GRUCarry",
+    "GRUCell",
     "GRUGates",
     "GateTrace",
+    "GatedCell",
     "LSTMCarry",
+    "LSTMCell",
     "LSTMGates",
+    "RecurrentStack",
     "__version__",
 ]

@@ -259,7 +259,9 @@ def sequence_mask(
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != (batch, time):
-            raise ValueError(f"mask must have shape [batch, time] = ({batch}, {time}); got {mask.shape}.")
+            raise ValueError(
+                f"mask must have shape [batch, time] = ({batch}, {time}); got {mask.shape}."
+            )
         if mask.dtype != jnp.bool_:
             raise TypeError(
                 f"mask must be boolean (True at valid steps); got dtype {mask.dtype}. "

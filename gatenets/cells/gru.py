@@ -1,0 +1,148 @@
+"""The GRU cell."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import initializers
+
+from gatenets._typing import Array, Dtype, Initializer
+from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal
+from gatenets.gates import GateOverride, GRUCarry, GRUGates, apply_override
+
+
+class GRUCell(GatedCell):
+    r"""Gated recurrent unit (Cho et al., 2014).
+
+    With ``reset_after=True`` (PyTorch / cuDNN / Keras default), the reset gate multiplies the
+    recurrent matmul's result:
+
+    .. math::
+        r_t = \sigma(W_{r} x_t + b_{ir} + U_{r} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{z} x_t + b_{iz} + U_{z} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{n} x_t + b_{in} + r_t \odot (U_{n} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    With ``reset_after=False`` (Cho et al.'s original), it multiplies the state before the matmul:
+    :math:`n_t = \tanh(W_{n} x_t + U_{n} (r_t \odot h_{t-1}) + b_n)`.
+
+    Gate blocks are fused in PyTorch's order ``r, z, n``: ``kernel`` is
+    ``[in_features, 3 * hidden]`` and ``recurrent_kernel`` ``[hidden, 3 * hidden]``. With
+    ``reset_after=True`` the cell has PyTorch's two biases, ``bias`` (``b_i*``) and
+    ``recurrent_bias`` (``b_h*``), because :math:`b_{hn}` sits inside the reset product.
+
+    Args:
+      in_features: size of the last axis of each input step.
+      hidden_features: size of the hidden state.
+      reset_after: apply the reset gate after the recurrent matmul (PyTorch/cuDNN layout).
+      use_bias: whether the cell has biases.
+      kernel_init: initialiser of the input kernel.
+      recurrent_kernel_init: initialiser of each ``[hidden, hidden]`` recurrent block.
+      bias_init: initialiser of the biases.
+      dtype: dtype of the computation.
+      param_dtype: dtype of the parameters.
+      rngs: random streams for parameter initialisation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> cell = gatenets.GRUCell(3, 4, rngs=nnx.Rngs(0))
+      >>> carry, h = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))
+      >>> h.shape
+      (2, 4)
+
+    References:
+      Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+      Machine Translation", 2014.
+    """
+
+    gates_type = GRUGates
+    carry_type = GRUCarry
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        reset_after: bool = True,
+        use_bias: bool = True,
+        kernel_init: Initializer = initializers.lecun_normal(),
+        recurrent_kernel_init: Initializer = initializers.orthogonal(),
+        bias_init: Initializer = initializers.zeros_init(),
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        self.reset_after = reset_after
+        self.use_bias = use_bias
+        hidden = hidden_features
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, 3 * hidden), param_dtype))
+        self.recurrent_kernel = nnx.Param(
+            fused_orthogonal(recurrent_kernel_init, rngs, hidden, hidden, 3, param_dtype)
+        )
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), (3 * hidden,), param_dtype))
+            if reset_after:
+                self.recurrent_bias = nnx.Param(
+                    bias_init(rngs.params(), (3 * hidden,), param_dtype)
+                )
+
+    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
+        """Zero carry for inputs of shape ``[*batch, in_features]``."""
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        key = rngs() if rngs is not None else jax.random.key(0)
+        return GRUCarry(h=carry_init(key, tuple(input_shape[:-1]) + (self.hidden_features,), dtype))
+
+    def project(self, x: Array) -> Array:
+        """Time-parallel part: ``x @ kernel`` plus every bias outside the reset product."""
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.use_bias:
+            bias = self.bias[...]
+            if self.reset_after:
+                # b_hr and b_hz add like input biases; b_hn stays inside r * (...).
+                hidden = self.hidden_features
+                bias = bias.at[: 2 * hidden].add(self.recurrent_bias[...][: 2 * hidden])
+            z = z + bias.astype(dtype)
+        return z
+
+    def step(
+        self,
+        carry: GRUCarry,
+        projected: Array,
+        *,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+    ) -> tuple[GRUCarry, Array, GRUGates]:
+        """One sequential step from the projected input ``[batch, 3 * hidden]``.
+
+        Returns:
+          ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden]``.
+        """
+        dtype = projected.dtype
+        hidden = self.hidden_features
+        overrides = gate_overrides or {}
+        h_prev = carry.h.astype(dtype)
+        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask.astype(dtype)
+        kernel = self.recurrent_kernel[...].astype(dtype)
+        x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
+        if self.reset_after:
+            hh = jnp.dot(h_in, kernel)
+            h_r, h_z, h_n = jnp.split(hh, 3, axis=-1)
+            if self.use_bias:
+                h_n = h_n + self.recurrent_bias[...][2 * hidden :].astype(dtype)
+        else:
+            h_r, h_z = jnp.split(jnp.dot(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
+        r = apply_override(jax.nn.sigmoid(x_r + h_r), overrides.get("reset"))
+        z = apply_override(jax.nn.sigmoid(x_z + h_z), overrides.get("update"))
+        if self.reset_after:
+            n = jnp.tanh(x_n + r * h_n)
+        else:
+            n = jnp.tanh(x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :]))
+        h = (1.0 - z) * n + z * h_prev
+        return GRUCarry(h=h), h, GRUGates(reset=r, update=z)

@@ -1,0 +1,190 @@
+"""The LSTM cell."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import initializers
+
+from gatenets._typing import Array, Dtype, Initializer
+from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal, state_dtype
+from gatenets.gates import GateOverride, LSTMCarry, LSTMGates, apply_override
+
+
+class LSTMCell(GatedCell):
+    r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997; forget gate, Gers et al. 2000).
+
+    .. math::
+        i_t = \sigma(W_{i} x_t + U_{i} h_{t-1} + p_i \odot c_{t-1} + b_i) \\
+        f_t = \sigma(W_{f} x_t + U_{f} h_{t-1} + p_f \odot c_{t-1} + b_f) \\
+        g_t = \tanh(W_{g} x_t + U_{g} h_{t-1} + b_g) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        o_t = \sigma(W_{o} x_t + U_{o} h_{t-1} + p_o \odot c_t + b_o) \\
+        h_t = (o_t \odot \tanh(c_t))\, W_{hr}
+
+    The peephole terms :math:`p \odot c` exist only with ``peephole=True``; the projection
+    :math:`W_{hr}` only with ``proj_size`` (PyTorch's LSTMP, Sak et al. 2014).
+
+    The four gate blocks are fused in one kernel in PyTorch's order ``i, f, g, o``:
+    ``kernel`` is ``[in_features, 4 * hidden]``, ``recurrent_kernel`` is
+    ``[hidden or proj, 4 * hidden]``, so a PyTorch ``weight_ih_l0`` is ``kernel.T``.
+
+    Args:
+      in_features: size of the last axis of each input step.
+      hidden_features: size of the cell state.
+      proj_size: if given, ``h`` is projected to this size (and is the output and the
+        recurrent input).
+      peephole: add the peephole connections :math:`p_i, p_f, p_o` (initialised to zero).
+      forget_bias: added to the forget-gate bias at initialisation (Jozefowicz et al. 2015).
+      chrono_init: if given (``T_max``), initialise :math:`b_f \sim \log U[1, T_{max} - 1]` and
+        :math:`b_i = -b_f` (Tallec & Ollivier 2018); replaces ``forget_bias``.
+      use_bias: whether the cell has biases at all.
+      use_recurrent_bias: keep a second bias on the recurrent side as PyTorch does
+        (``bias_ih`` and ``bias_hh``), so that weights convert exactly; the two are summed.
+      kernel_init: initialiser of the input kernel.
+      recurrent_kernel_init: initialiser of each ``[hidden or proj, hidden]`` recurrent block.
+      bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
+      dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
+      param_dtype: dtype of the parameters.
+      rngs: random streams for parameter initialisation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> cell = gatenets.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+      >>> carry = cell.initialize_carry((2, 3))
+      >>> carry, h = cell(carry, jnp.ones((2, 3)))
+      >>> h.shape, carry.c.shape
+      ((2, 5), (2, 5))
+
+    References:
+      Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997. Gers, Schmidhuber & Cummins,
+      "Learning to Forget", 2000. Tallec & Ollivier, "Can recurrent neural networks warp
+      time?", 2018.
+    """
+
+    gates_type = LSTMGates
+    carry_type = LSTMCarry
+    num_blocks = 4
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        proj_size: int | None = None,
+        peephole: bool = False,
+        forget_bias: float = 1.0,
+        chrono_init: float | None = None,
+        use_bias: bool = True,
+        use_recurrent_bias: bool = False,
+        kernel_init: Initializer = initializers.lecun_normal(),
+        recurrent_kernel_init: Initializer = initializers.orthogonal(),
+        bias_init: Initializer = initializers.zeros_init(),
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        if proj_size is not None and (not isinstance(proj_size, int) or proj_size <= 0):
+            raise ValueError(f"proj_size must be a positive int or None; got {proj_size!r}.")
+        if chrono_init is not None and not chrono_init > 2:
+            raise ValueError(f"chrono_init (T_max) must be a number > 2; got {chrono_init!r}.")
+        if chrono_init is not None and not use_bias:
+            raise ValueError("chrono_init sets biases, so it needs use_bias=True.")
+        self.proj_size = proj_size
+        self.peephole = peephole
+        self.use_bias = use_bias
+        self.use_recurrent_bias = use_bias and use_recurrent_bias
+        hidden = hidden_features
+        recurrent_in = proj_size or hidden
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, 4 * hidden), param_dtype))
+        self.recurrent_kernel = nnx.Param(
+            fused_orthogonal(recurrent_kernel_init, rngs, recurrent_in, hidden, 4, param_dtype)
+        )
+        if use_bias:
+            bias = bias_init(rngs.params(), (4 * hidden,), param_dtype)
+            if chrono_init is not None:
+                # Chrono init: forget biases spread over log-timescales, input bias opposite.
+                u = jax.random.uniform(
+                    rngs.params(), (hidden,), param_dtype, 1.0, chrono_init - 1.0
+                )
+                b_forget = jnp.log(u)
+                bias = bias.at[hidden : 2 * hidden].set(b_forget).at[:hidden].set(-b_forget)
+            else:
+                bias = bias.at[hidden : 2 * hidden].add(forget_bias)
+            self.bias = nnx.Param(bias)
+            if self.use_recurrent_bias:
+                self.recurrent_bias = nnx.Param(jnp.zeros((4 * hidden,), param_dtype))
+        if peephole:
+            self.peephole_weights = nnx.Param(jnp.zeros((3, hidden), param_dtype))
+        if proj_size is not None:
+            self.proj_kernel = nnx.Param(
+                kernel_init(rngs.params(), (hidden, proj_size), param_dtype)
+            )
+
+    @property
+    def output_features(self) -> int:
+        return self.proj_size or self.hidden_features
+
+    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
+        """Zero carry for inputs of shape ``[*batch, in_features]``."""
+        batch = tuple(input_shape[:-1])
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        key = rngs() if rngs is not None else jax.random.key(0)
+        c = carry_init(key, batch + (self.hidden_features,), state_dtype(dtype))
+        h = carry_init(key, batch + (self.output_features,), dtype)
+        return LSTMCarry(c=c, h=h)
+
+    def project(self, x: Array) -> Array:
+        """Time-parallel part: ``x @ kernel + biases``, ``[..., in] -> [..., 4 * hidden]``."""
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.use_bias:
+            bias = self.bias[...]
+            if self.use_recurrent_bias:
+                bias = bias + self.recurrent_bias[...]
+            z = z + bias.astype(dtype)
+        return z
+
+    def step(
+        self,
+        carry: LSTMCarry,
+        projected: Array,
+        *,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+    ) -> tuple[LSTMCarry, Array, LSTMGates]:
+        """One sequential step from the projected input ``[batch, 4 * hidden]``.
+
+        Returns:
+          ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden or proj]``.
+        """
+        dtype = projected.dtype
+        h_prev = (
+            carry.h if recurrent_mask is None else carry.h * recurrent_mask.astype(carry.h.dtype)
+        )
+        z = projected + jnp.dot(h_prev.astype(dtype), self.recurrent_kernel[...].astype(dtype))
+        # Gate math in the cell-state dtype (float32 under bf16 compute).
+        z = z.astype(carry.c.dtype)
+        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+        if self.peephole:
+            peep = self.peephole_weights[...].astype(carry.c.dtype)
+            zi = zi + peep[0] * carry.c
+            zf = zf + peep[1] * carry.c
+        overrides = gate_overrides or {}
+        i = apply_override(jax.nn.sigmoid(zi), overrides.get("input"))
+        f = apply_override(jax.nn.sigmoid(zf), overrides.get("forget"))
+        c = f * carry.c + i * jnp.tanh(zg)
+        if self.peephole:
+            zo = zo + self.peephole_weights[...][2].astype(c.dtype) * c
+        o = apply_override(jax.nn.sigmoid(zo), overrides.get("output"))
+        gates = LSTMGates(input=i, forget=f, output=o)
+        h = (o * jnp.tanh(c)).astype(dtype)
+        if self.proj_size is not None:
+            h = jnp.dot(h, self.proj_kernel[...].astype(dtype))
+        return LSTMCarry(c=c, h=h), h, gates

@@ -1,0 +1,532 @@
+"""Sequence layers: the scan driver (:class:`RNN`), :class:`Bidirectional`, and the one-line
+stacked layers :class:`LSTM` and :class:`GRU`.
+
+Every layer here returns its outputs and, when asked (``return_gates=True``), a
+:class:`~gatenets.GateTrace` of every gate of every layer and direction, ``[batch, time, units]``
+each, with the mask of valid steps. Asking is a static switch: with it off, nothing about gates
+leaves the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatenets._typing import Array
+from gatenets.cells.base import GatedCell
+from gatenets.cells.gru import GRUCell
+from gatenets.cells.lstm import LSTMCell
+from gatenets.gates import (
+    BidirectionalCarry,
+    GateTrace,
+    check_gate_names,
+    merge_traces,
+    resolve_overrides,
+    sequence_mask,
+)
+
+
+def _check_sequence(cell: GatedCell, inputs: Any, time_major: bool) -> tuple[Array, int, int]:
+    x = cell.check_input(inputs, "inputs")
+    if x.ndim != 3:
+        layout = "[time, batch, features]" if time_major else "[batch, time, features]"
+        raise ValueError(f"inputs must have rank 3, {layout}; got shape {x.shape}.")
+    time, batch = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
+    return x, batch, time
+
+
+def _check_carry(carry: Any, expected: Any, name: str) -> Any:
+    """Raises unless ``carry`` has the structure, shapes and dtypes of ``expected``."""
+    expected_def = jax.tree_util.tree_structure(expected)
+    try:
+        leaves = expected_def.flatten_up_to(carry)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must have the structure of {expected_def}; got "
+            f"{jax.tree_util.tree_structure(carry)}."
+        ) from err
+    for got, want in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True):
+        if jnp.shape(got) != want.shape:
+            raise ValueError(
+                f"{name} has a leaf of shape {jnp.shape(got)}; expected {want.shape} "
+                f"(structure {expected_def})."
+            )
+    return jax.tree_util.tree_unflatten(
+        expected_def,
+        [
+            jnp.asarray(g, w.dtype)
+            for g, w in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True)
+        ],
+    )
+
+
+class RNN(nnx.Module):
+    """Runs a gated cell over a sequence with ``jax.lax.scan``.
+
+    The cell's time-parallel part (the input matmul) runs once for all steps before the scan
+    (``precompute_inputs=True``) or inside each step; the sequential part runs in the scan.
+
+    Padding: pass ``seq_lengths`` (right-padded sequences) or any boolean ``mask[batch, time]``.
+    At a masked step the carry is held and the output is zero, so each sequence's valid steps
+    get exactly what running it alone, unpadded, gives; with ``reverse=True`` each sequence's
+    pass starts at its last valid step. Outputs keep the input's time order.
+
+    Args:
+      cell: a gatenets cell (``LSTMCell``, ``GRUCell``, …).
+      time_major: inputs and outputs are ``[time, batch, …]`` instead of ``[batch, time, …]``.
+        Gate traces are batch-major either way.
+      reverse: run from the last step to the first.
+      return_carry: also return the final carry (default of the call argument).
+      learn_initial_carry: make the initial carry a trainable parameter (one vector per carry
+        field, shared by every sequence) instead of zeros.
+      recurrent_dropout: rate of variational dropout on the recurrent input ``h_{t-1}``: one
+        mask per sequence for all steps (Gal & Ghahramani 2016); active only in training mode
+        (``model.train()``), off after ``model.eval()``.
+      precompute_inputs: run the input matmul for all steps before the scan.
+      unroll: steps per scan iteration, as in ``jax.lax.scan``.
+      rngs: random streams; needed for ``recurrent_dropout``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> rnn = gatenets.RNN(gatenets.LSTMCell(3, 4, rngs=nnx.Rngs(0)))
+      >>> y, trace = rnn(jnp.ones((2, 5, 3)), seq_lengths=jnp.array([5, 2]), return_gates=True)
+      >>> y.shape, trace.gates["forward"].forget.shape, trace.mask.sum().item()
+      ((2, 5, 4), (2, 5, 4), 7)
+    """
+
+    def __init__(
+        self,
+        cell: GatedCell,
+        *,
+        time_major: bool = False,
+        reverse: bool = False,
+        return_carry: bool = False,
+        learn_initial_carry: bool = False,
+        recurrent_dropout: float = 0.0,
+        precompute_inputs: bool = True,
+        unroll: int = 1,
+        rngs: nnx.Rngs | None = None,
+    ):
+        if not isinstance(cell, GatedCell):
+            raise TypeError(
+                f"cell must be a gatenets cell (LSTMCell, GRUCell, …); got {type(cell).__name__}."
+                " For other cells use flax.nnx.RNN."
+            )
+        if not 0.0 <= recurrent_dropout < 1.0:
+            raise ValueError(f"recurrent_dropout must lie in [0, 1); got {recurrent_dropout!r}.")
+        if recurrent_dropout > 0 and rngs is None:
+            raise ValueError(
+                "recurrent_dropout > 0 needs rngs (an nnx.Rngs with a dropout stream)."
+            )
+        self.cell = cell
+        self.time_major = time_major
+        self.reverse = reverse
+        self.return_carry = return_carry
+        self.precompute_inputs = precompute_inputs
+        self.unroll = unroll
+        self.learn_initial_carry = learn_initial_carry
+        if learn_initial_carry:
+            template = cell.initialize_carry((cell.in_features,))
+            self.initial_carry = nnx.data(jax.tree_util.tree_map(nnx.Param, template))
+        self.recurrent_dropout = nnx.Dropout(recurrent_dropout, rngs=rngs)
+
+    @property
+    def direction(self) -> str:
+        """Name of this pass in gate traces: ``"forward"`` or ``"backward"``."""
+        return "backward" if self.reverse else "forward"
+
+    def _initial_carry(self, batch: int, initial_carry: Any) -> Any:
+        zeros = self.cell.initialize_carry((batch, self.cell.in_features))
+        if initial_carry is not None:
+            return _check_carry(initial_carry, zeros, "initial_carry")
+        if self.learn_initial_carry:
+            return jax.tree_util.tree_map(
+                lambda p, z: jnp.broadcast_to(p[...].astype(z.dtype), z.shape),
+                self.initial_carry,
+                zeros,
+                is_leaf=lambda v: isinstance(v, nnx.Variable),
+            )
+        return zeros
+
+    def _recurrent_mask(self, batch: int) -> Array | None:
+        dropout = self.recurrent_dropout
+        if dropout.rate == 0.0 or dropout.deterministic:
+            return None
+        dtype = self.cell.initialize_carry((1, self.cell.in_features)).h.dtype
+        return dropout(jnp.ones((batch, self.cell.output_features), dtype))
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Array | None = None,
+        mask: Array | None = None,
+        return_carry: bool | None = None,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, Any] | None = None,
+    ):
+        """Runs the cell over ``inputs``.
+
+        Args:
+          inputs: ``[batch, time, features]`` (``[time, batch, features]`` if time-major).
+          initial_carry: the cell's carry NamedTuple with ``[batch, …]`` leaves; zeros (or the
+            learned carry) if None.
+          seq_lengths: ``[batch]`` integers in ``[0, time]``; sequences are right-padded.
+          mask: ``[batch, time]`` booleans, True at valid steps; instead of ``seq_lengths``.
+          return_carry: also return the final carry (each sequence's carry after its last
+            valid step); defaults to the constructor's value.
+          return_gates: also return a :class:`~gatenets.GateTrace` of the gates.
+          gate_overrides: ``{gate_name: constant or function}`` replacing gates inside the scan.
+
+        Returns:
+          ``outputs`` (``[batch, time, hidden]``), or ``(carry, outputs)`` with
+          ``return_carry``, ``(outputs, trace)`` with ``return_gates``,
+          ``(carry, outputs, trace)`` with both.
+        """
+        x, batch, time = _check_sequence(self.cell, inputs, self.time_major)
+        valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
+        check_gate_names(gate_overrides, self.cell.gate_names, f"{type(self.cell).__name__}")
+        return_carry = self.return_carry if return_carry is None else return_carry
+        carry = self._initial_carry(batch, initial_carry)
+        recurrent_mask = self._recurrent_mask(batch)
+
+        xs = x if self.time_major else jnp.swapaxes(x, 0, 1)
+        if self.precompute_inputs:
+            xs = self.cell.project(xs)
+        scan_inputs = xs if valid is None else (xs, valid.T[..., None])
+
+        cell = self.cell
+
+        def body(carry, step_inputs):
+            if valid is None:
+                x_t, valid_t = step_inputs, None
+            else:
+                x_t, valid_t = step_inputs
+            if not self.precompute_inputs:
+                x_t = cell.project(x_t)
+            new_carry, h, gates = cell.step(
+                carry, x_t, gate_overrides=gate_overrides, recurrent_mask=recurrent_mask
+            )
+            if valid_t is not None:
+                new_carry = jax.tree_util.tree_map(
+                    lambda new, old: jnp.where(valid_t, new, old), new_carry, carry
+                )
+                h = jnp.where(valid_t, h, jnp.zeros((), h.dtype))
+            return new_carry, ((h, gates) if return_gates else h)
+
+        carry, ys = jax.lax.scan(body, carry, scan_inputs, reverse=self.reverse, unroll=self.unroll)
+        outputs, gates = ys if return_gates else (ys, None)
+        if not self.time_major:
+            outputs = jnp.swapaxes(outputs, 0, 1)
+
+        result: tuple = (outputs,)
+        if return_carry:
+            result = (carry, *result)
+        if return_gates:
+            gates = jax.tree_util.tree_map(lambda g: jnp.swapaxes(g, 0, 1), gates)
+            trace_mask = jnp.ones((batch, time), bool) if valid is None else valid
+            result = (*result, GateTrace({self.direction: gates}, trace_mask))
+        return result[0] if len(result) == 1 else result
+
+
+class Bidirectional(nnx.Module):
+    """Runs a forward and a backward :class:`RNN` and joins their outputs.
+
+    Padding-aware: with ``seq_lengths`` or ``mask``, the backward pass starts at each
+    sequence's last valid step.
+
+    Args:
+      forward_rnn: the forward pass (an ``RNN`` with ``reverse=False``).
+      backward_rnn: the backward pass (an ``RNN`` with ``reverse=True``).
+      merge_fn: joins ``(forward_outputs, backward_outputs)``; concatenation on the last axis by
+        default.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> rngs = nnx.Rngs(0)
+      >>> bi = gatenets.Bidirectional(
+      ...     gatenets.RNN(gatenets.GRUCell(3, 4, rngs=rngs)),
+      ...     gatenets.RNN(gatenets.GRUCell(3, 4, rngs=rngs), reverse=True))
+      >>> y, trace = bi(jnp.ones((2, 5, 3)), return_gates=True)
+      >>> y.shape, sorted(trace.gates)
+      ((2, 5, 8), ['backward', 'forward'])
+    """
+
+    def __init__(
+        self,
+        forward_rnn: RNN,
+        backward_rnn: RNN,
+        *,
+        merge_fn: Callable[[Array, Array], Array] | None = None,
+    ):
+        if forward_rnn.reverse or not backward_rnn.reverse:
+            raise ValueError(
+                "Bidirectional needs forward_rnn with reverse=False and backward_rnn with "
+                f"reverse=True; got reverse={forward_rnn.reverse} and {backward_rnn.reverse}."
+            )
+        if forward_rnn.time_major != backward_rnn.time_major:
+            raise ValueError("forward_rnn and backward_rnn must agree on time_major.")
+        self.forward_rnn = forward_rnn
+        self.backward_rnn = backward_rnn
+        self.merge_fn = merge_fn
+
+    @property
+    def cell(self) -> GatedCell:
+        return self.forward_rnn.cell
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: BidirectionalCarry | None = None,
+        seq_lengths: Array | None = None,
+        mask: Array | None = None,
+        return_carry: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, Any] | None = None,
+    ):
+        """Same arguments and returns as :meth:`RNN.__call__`; carries are
+        :class:`~gatenets.BidirectionalCarry` and ``gate_overrides`` may also be keyed by
+        ``"forward"`` / ``"backward"``."""
+        directions = ("forward", "backward")
+        overrides = resolve_overrides(gate_overrides, directions, self.cell.gate_names)
+        if initial_carry is not None and not isinstance(initial_carry, BidirectionalCarry):
+            raise TypeError(
+                "initial_carry of a Bidirectional layer must be a BidirectionalCarry(forward, "
+                f"backward); got {type(initial_carry).__name__}."
+            )
+        results = []
+        for name, rnn in zip(directions, (self.forward_rnn, self.backward_rnn), strict=True):
+            results.append(
+                rnn(
+                    inputs,
+                    initial_carry=None if initial_carry is None else getattr(initial_carry, name),
+                    seq_lengths=seq_lengths,
+                    mask=mask,
+                    return_carry=True,
+                    return_gates=return_gates,
+                    gate_overrides=overrides[name] or None,
+                )
+            )
+        merge = self.merge_fn or (lambda a, b: jnp.concatenate([a, b], axis=-1))
+        outputs = merge(results[0][1], results[1][1])
+        result: tuple = (outputs,)
+        if return_carry:
+            result = (BidirectionalCarry(results[0][0], results[1][0]), *result)
+        if return_gates:
+            result = (*result, merge_traces([results[0][2], results[1][2]]))
+        return result[0] if len(result) == 1 else result
+
+
+class RecurrentStack(nnx.Module):
+    """A stack of recurrent layers of one cell type, uni- or bidirectional, as PyTorch's
+    ``nn.LSTM`` / ``nn.GRU``: the base of :class:`LSTM` and :class:`GRU`.
+
+    Gate traces name each part ``"layer{k}/forward"`` / ``"layer{k}/backward"``. Carries are a
+    tuple with one entry per layer (a :class:`~gatenets.BidirectionalCarry` per layer when
+    bidirectional).
+
+    Subclasses name their cell in ``cell_type``; ``LSTM`` and ``GRU`` are nothing more.
+
+    Args:
+      in_features: size of each input step.
+      hidden_features: size of each cell's state.
+      num_layers: number of stacked layers.
+      bidirectional: run each layer in both directions and concatenate.
+      dropout: dropout rate on the outputs of every layer but the last (training mode only).
+      recurrent_dropout: variational dropout rate on the recurrent input of every layer.
+      time_major: inputs and outputs are ``[time, batch, …]``.
+      learn_initial_carry: trainable initial carries.
+      precompute_inputs: see :class:`RNN`.
+      unroll: see :class:`RNN`.
+      rngs: random streams for parameters and dropout.
+      **cell_kwargs: passed to every cell (``proj_size``, ``reset_after``, ``dtype``, …).
+    """
+
+    cell_type: ClassVar[type[GatedCell]]
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        time_major: bool = False,
+        learn_initial_carry: bool = False,
+        precompute_inputs: bool = True,
+        unroll: int = 1,
+        rngs: nnx.Rngs,
+        **cell_kwargs,
+    ):
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int; got {num_layers!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1); got {dropout!r}.")
+        self.hidden_features = hidden_features
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.time_major = time_major
+        layers = []
+        features = in_features
+        for _ in range(num_layers):
+
+            def make_rnn(reverse, features=features):
+                return RNN(
+                    self.cell_type(features, hidden_features, rngs=rngs, **cell_kwargs),
+                    time_major=time_major,
+                    reverse=reverse,
+                    learn_initial_carry=learn_initial_carry,
+                    recurrent_dropout=recurrent_dropout,
+                    precompute_inputs=precompute_inputs,
+                    unroll=unroll,
+                    rngs=rngs,
+                )
+
+            layer = (
+                Bidirectional(make_rnn(False), make_rnn(True)) if bidirectional else make_rnn(False)
+            )
+            layers.append(layer)
+            features = layer.cell.output_features * (2 if bidirectional else 1)
+        self.layers = nnx.List(layers)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.out_features = features
+
+    @property
+    def cell(self) -> GatedCell:
+        """The first layer's (forward) cell."""
+        return self.layers[0].cell
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Names of the parts in gate traces and overrides."""
+        directions = ("forward", "backward") if self.bidirectional else ("forward",)
+        return tuple(f"layer{k}/{d}" for k in range(self.num_layers) for d in directions)
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: tuple | None = None,
+        seq_lengths: Array | None = None,
+        mask: Array | None = None,
+        return_carry: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, Any] | None = None,
+    ):
+        """Runs the stack.
+
+        Args:
+          inputs: ``[batch, time, features]`` (``[time, batch, features]`` if time-major).
+          initial_carry: a tuple with one carry per layer (``BidirectionalCarry`` per layer
+            when bidirectional), or None for zeros.
+          seq_lengths: ``[batch]`` integers in ``[0, time]`` (right padding).
+          mask: ``[batch, time]`` booleans, True at valid steps.
+          return_carry: also return the tuple of final carries.
+          return_gates: also return a :class:`~gatenets.GateTrace` of every layer and direction.
+          gate_overrides: ``{gate: value}`` for every layer, or scoped by path:
+            ``{"layer1": {"forget": 1.0}}``, ``{"layer0/backward": {"input": 0.0}}``.
+
+        Returns:
+          ``outputs``, ``(carry, outputs)``, ``(outputs, trace)`` or ``(carry, outputs, trace)``
+          as for :class:`RNN`.
+        """
+        overrides = resolve_overrides(gate_overrides, self.paths, self.cell.gate_names)
+        if initial_carry is not None and (
+            not isinstance(initial_carry, tuple | list) or len(initial_carry) != self.num_layers
+        ):
+            raise ValueError(
+                f"initial_carry must be a tuple of {self.num_layers} per-layer carries; got "
+                f"{type(initial_carry).__name__}"
+                + (
+                    f" of length {len(initial_carry)}."
+                    if isinstance(initial_carry, tuple | list)
+                    else "."
+                )
+            )
+        x = inputs
+        carries, traces = [], []
+        for k, layer in enumerate(self.layers):
+            if self.bidirectional:
+                layer_overrides = {
+                    d: overrides[f"layer{k}/{d}"]
+                    for d in ("forward", "backward")
+                    if overrides[f"layer{k}/{d}"]
+                }
+            else:
+                layer_overrides = overrides[f"layer{k}/forward"]
+            out = layer(
+                x,
+                initial_carry=None if initial_carry is None else initial_carry[k],
+                seq_lengths=seq_lengths,
+                mask=mask,
+                return_carry=True,
+                return_gates=return_gates,
+                gate_overrides=layer_overrides or None,
+            )
+            carry, x, trace = out if return_gates else (*out, None)
+            carries.append(carry)
+            if trace is not None:
+                traces.append(trace.prefixed(f"layer{k}"))
+            if k + 1 < self.num_layers:
+                x = self.dropout(x)
+        result: tuple = (x,)
+        if return_carry:
+            result = (tuple(carries), *result)
+        if return_gates:
+            result = (*result, merge_traces(traces))
+        return result[0] if len(result) == 1 else result
+
+
+class LSTM(RecurrentStack):
+    """A (stacked, optionally bidirectional) LSTM layer: the one-liner a PyTorch user expects.
+
+    Each layer is an :class:`~gatenets.LSTMCell` run by :class:`RNN`; see those for the
+    equations and the padding semantics. Arguments are those of :class:`RecurrentStack`; the
+    cell's own (``proj_size``, ``peephole``, ``forget_bias``, ``chrono_init``, ``use_bias``,
+    ``use_recurrent_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell.
+    Gate traces hold :class:`~gatenets.LSTMGates` under ``"layer{k}/forward"`` and
+    ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> lstm = gatenets.LSTM(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = lstm(jnp.ones((4, 6, 3)), return_gates=True)
+      >>> y.shape, sorted(trace.gates)[:2]
+      ((4, 6, 16), ['layer0/backward', 'layer0/forward'])
+    """
+
+    cell_type = LSTMCell
+
+
+class GRU(RecurrentStack):
+    """A (stacked, optionally bidirectional) GRU layer, as PyTorch's ``nn.GRU``.
+
+    Each layer is a :class:`~gatenets.GRUCell` run by :class:`RNN`. Arguments are those of
+    :class:`RecurrentStack`; the cell's own (``reset_after``, ``use_bias``, initialisers,
+    ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.GRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> gru = gatenets.GRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> gru(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0])).shape
+      (4, 6, 8)
+    """
+
+    cell_type = GRUCell
