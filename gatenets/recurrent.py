@@ -200,29 +200,17 @@ class RNN(nnx.Module):
         xs = x if self.time_major else jnp.swapaxes(x, 0, 1)
         if self.precompute_inputs:
             xs = self.cell.project(xs)
-        scan_inputs = xs if valid is None else (xs, valid.T[..., None])
-
-        cell = self.cell
-
-        def body(carry, step_inputs):
-            if valid is None:
-                x_t, valid_t = step_inputs, None
-            else:
-                x_t, valid_t = step_inputs
-            if not self.precompute_inputs:
-                x_t = cell.project(x_t)
-            new_carry, h, gates = cell.step(
-                carry, x_t, gate_overrides=gate_overrides, recurrent_mask=recurrent_mask
-            )
-            if valid_t is not None:
-                new_carry = jax.tree_util.tree_map(
-                    lambda new, old: jnp.where(valid_t, new, old), new_carry, carry
-                )
-                h = jnp.where(valid_t, h, jnp.zeros((), h.dtype))
-            return new_carry, ((h, gates) if return_gates else h)
-
-        carry, ys = jax.lax.scan(body, carry, scan_inputs, reverse=self.reverse, unroll=self.unroll)
-        outputs, gates = ys if return_gates else (ys, None)
+        carry, outputs, gates = self.cell.scan(
+            carry,
+            xs,
+            None if valid is None else valid.T,
+            projected=self.precompute_inputs,
+            reverse=self.reverse,
+            return_gates=return_gates,
+            gate_overrides=gate_overrides,
+            recurrent_mask=recurrent_mask,
+            unroll=self.unroll,
+        )
         if not self.time_major:
             outputs = jnp.swapaxes(outputs, 0, 1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -34,11 +35,12 @@ def fused_orthogonal(
     """A ``[rows, blocks * hidden]`` kernel made of ``blocks`` separately initialised blocks.
 
     Orthogonal initialisation is meant per gate (each ``[rows, hidden]`` block), not for the
-    fused matrix, whose columns could not all be orthogonal.
+    fused matrix, whose columns could not all be orthogonal. Blocks are drawn in float32 and
+    cast, since the QR decomposition behind orthogonal init has no bf16 kernel.
     """
     return jnp.concatenate(
-        [init(rngs.params(), (rows, hidden), param_dtype) for _ in range(blocks)], axis=-1
-    )
+        [init(rngs.params(), (rows, hidden), jnp.float32) for _ in range(blocks)], axis=-1
+    ).astype(param_dtype)
 
 
 class GatedCell(nnx.RNNCellBase):
@@ -85,6 +87,61 @@ class GatedCell(nnx.RNNCellBase):
         recurrent_mask: Array | None = None,
     ) -> tuple[Any, Array, Any]:
         raise NotImplementedError
+
+    def scan(
+        self,
+        carry: Any,
+        xs: Array,
+        valid: Array | None,
+        *,
+        projected: bool,
+        reverse: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+        unroll: int = 1,
+    ) -> tuple[Any, Array, Any]:
+        """Runs the cell over a time-major sequence: the one place a time loop lives.
+
+        The sequence layer calls this; a cell family overrides it to run a faster kernel (a
+        custom-VJP loop, a parallel scan) with the same contract.
+
+        Args:
+          carry: initial carry, ``[batch, …]`` leaves.
+          xs: ``[time, batch, 4 * hidden]`` projected inputs if ``projected``, else raw
+            ``[time, batch, features]``.
+          valid: ``[time, batch]`` booleans, or None when every step is valid. At an invalid
+            step the carry is held and the output is zero.
+          projected: whether ``xs`` already went through :meth:`project`.
+          reverse: run from the last step to the first (outputs stay in place).
+          return_gates: also return the gates, stacked ``[time, batch, units]``.
+          gate_overrides: validated ``{gate: constant or function}``.
+          recurrent_mask: ``[batch, output_features]`` variational dropout mask on ``h``.
+          unroll: steps per loop iteration.
+
+        Returns:
+          ``(final_carry, outputs [time, batch, output_features], gates or None)``.
+        """
+
+        def body(carry, step_inputs):
+            x_t, valid_t = step_inputs if valid is not None else (step_inputs, None)
+            if not projected:
+                x_t = self.project(x_t)
+            new_carry, h, gates = self.step(
+                carry, x_t, gate_overrides=gate_overrides, recurrent_mask=recurrent_mask
+            )
+            if valid_t is not None:
+                keep = valid_t[:, None]
+                new_carry = jax.tree_util.tree_map(
+                    lambda new, old: jnp.where(keep, new, old), new_carry, carry
+                )
+                h = jnp.where(keep, h, jnp.zeros((), h.dtype))
+            return new_carry, ((h, gates) if return_gates else h)
+
+        step_inputs = xs if valid is None else (xs, valid)
+        carry, ys = jax.lax.scan(body, carry, step_inputs, reverse=reverse, unroll=unroll)
+        outputs, gates = ys if return_gates else (ys, None)
+        return carry, outputs, gates
 
     def check_input(self, x: Any, name: str = "x", min_rank: int = 1) -> Array:
         """Raises a clear error for input of the wrong type, rank or feature size."""

@@ -107,8 +107,10 @@ class GRUCell(GatedCell):
             if self.reset_after:
                 # b_hr and b_hz add like input biases; b_hn stays inside r * (...).
                 hidden = self.hidden_features
-                bias = bias.at[: 2 * hidden].add(self.recurrent_bias[...][: 2 * hidden])
-            z = z + bias.astype(dtype)
+                bias = jnp.concatenate(
+                    [bias[: 2 * hidden] + self.recurrent_bias[: 2 * hidden], bias[2 * hidden :]]
+                )
+            z = z + jnp.broadcast_to(bias.astype(dtype), z.shape)
         return z
 
     def step(
@@ -135,7 +137,9 @@ class GRUCell(GatedCell):
             hh = jnp.dot(h_in, kernel)
             h_r, h_z, h_n = jnp.split(hh, 3, axis=-1)
             if self.use_bias:
-                h_n = h_n + self.recurrent_bias[...][2 * hidden :].astype(dtype)
+                h_n = h_n + jnp.broadcast_to(
+                    self.recurrent_bias[2 * hidden :].astype(dtype), h_n.shape
+                )
         else:
             h_r, h_z = jnp.split(jnp.dot(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
         r = apply_override(jax.nn.sigmoid(x_r + h_r), overrides.get("reset"))

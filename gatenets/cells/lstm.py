@@ -148,7 +148,7 @@ class LSTMCell(GatedCell):
             bias = self.bias[...]
             if self.use_recurrent_bias:
                 bias = bias + self.recurrent_bias[...]
-            z = z + bias.astype(dtype)
+            z = z + jnp.broadcast_to(bias.astype(dtype), z.shape)
         return z
 
     def step(
@@ -174,14 +174,14 @@ class LSTMCell(GatedCell):
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
         if self.peephole:
             peep = self.peephole_weights[...].astype(carry.c.dtype)
-            zi = zi + peep[0] * carry.c
-            zf = zf + peep[1] * carry.c
+            zi = zi + jnp.broadcast_to(peep[0], zi.shape) * carry.c
+            zf = zf + jnp.broadcast_to(peep[1], zf.shape) * carry.c
         overrides = gate_overrides or {}
         i = apply_override(jax.nn.sigmoid(zi), overrides.get("input"))
         f = apply_override(jax.nn.sigmoid(zf), overrides.get("forget"))
         c = f * carry.c + i * jnp.tanh(zg)
         if self.peephole:
-            zo = zo + self.peephole_weights[...][2].astype(c.dtype) * c
+            zo = zo + jnp.broadcast_to(self.peephole_weights[2].astype(c.dtype), c.shape) * c
         o = apply_override(jax.nn.sigmoid(zo), overrides.get("output"))
         gates = LSTMGates(input=i, forget=f, output=o)
         h = (o * jnp.tanh(c)).astype(dtype)

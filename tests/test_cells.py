@@ -1,0 +1,171 @@
+"""Cells against independent NumPy references, and the cell contract (nnx.RNN, jit, vmap, grads)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference
+from flax import nnx
+from jax.test_util import check_grads
+
+import gatenets
+
+B, T, I, H = 2, 5, 3, 4
+
+
+def randomize(module, seed=0, scale=0.5):
+    """Sets every parameter to random values so no term of the equations hides behind a zero."""
+    rng = np.random.default_rng(seed)
+    for _, param in nnx.iter_graph(module):
+        if isinstance(param, nnx.Param):
+            param[...] = jnp.asarray(scale * rng.standard_normal(param.shape), param.dtype)
+    return module
+
+
+def inputs(seed=1, shape=(B, T, I)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+LSTM_VARIANTS = {
+    "plain": {},
+    "peephole": {"peephole": True},
+    "projection": {"proj_size": 3},
+    "peephole+projection+double-bias": {
+        "peephole": True,
+        "proj_size": 2,
+        "use_recurrent_bias": True,
+    },
+    "no-bias": {"use_bias": False},
+}
+
+
+@pytest.mark.parametrize("variant", LSTM_VARIANTS)
+def test_lstm_cell_matches_numpy_reference(variant):
+    cell = randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0), **LSTM_VARIANTS[variant]))
+    x = inputs()
+    carry, y, trace = gatenets.RNN(cell)(jnp.asarray(x), return_carry=True, return_gates=True)
+    ref_y, ref_c, ref_h, ref_gates = reference.lstm(cell, x.astype(np.float64))
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    np.testing.assert_allclose(carry.c, ref_c, atol=1e-5)
+    np.testing.assert_allclose(carry.h, ref_h, atol=1e-5)
+    for name, value in ref_gates.items():
+        np.testing.assert_allclose(getattr(trace.gates["forward"], name), value, atol=1e-5)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_cell_matches_numpy_reference(reset_after):
+    cell = randomize(gatenets.GRUCell(I, H, reset_after=reset_after, rngs=nnx.Rngs(0)))
+    x = inputs()
+    carry, y, trace = gatenets.RNN(cell)(jnp.asarray(x), return_carry=True, return_gates=True)
+    ref_y, ref_h, ref_gates = reference.gru(cell, x.astype(np.float64))
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    np.testing.assert_allclose(carry.h, ref_h, atol=1e-5)
+    for name, value in ref_gates.items():
+        np.testing.assert_allclose(getattr(trace.gates["forward"], name), value, atol=1e-5)
+
+
+def test_forget_bias_init_and_gate_order():
+    cell = gatenets.LSTMCell(I, H, forget_bias=1.5, rngs=nnx.Rngs(0))
+    bias = np.asarray(cell.bias[...])
+    np.testing.assert_array_equal(bias[H : 2 * H], 1.5)  # order i, f, g, o: f is the 2nd block
+    np.testing.assert_array_equal(np.delete(bias, np.s_[H : 2 * H]), 0.0)
+
+
+def test_chrono_init_values():
+    t_max = 50.0
+    cell = gatenets.LSTMCell(I, 64, chrono_init=t_max, rngs=nnx.Rngs(0))
+    bias = np.asarray(cell.bias[...])
+    b_i, b_f = bias[:64], bias[64:128]
+    assert np.all(b_f >= 0.0) and np.all(b_f <= np.log(t_max - 1) + 1e-6)
+    np.testing.assert_allclose(b_i, -b_f)
+    # log U[1, T-1]: exp(b_f) spreads over the range, not a constant.
+    assert np.exp(b_f).std() > 5.0
+    np.testing.assert_array_equal(bias[128:], 0.0)
+
+
+@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
+def test_cell_works_inside_flax_nnx_rnn(cell_type):
+    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    flax_y = nnx.RNN(cell)(x)
+    np.testing.assert_allclose(flax_y, gatenets.RNN(cell)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
+def test_scan_matches_python_loop_and_jit_matches_eager(cell_type):
+    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    carry = cell.initialize_carry((B, I))
+    loop = []
+    for t in range(T):
+        carry, h = cell(carry, x[:, t])
+        loop.append(h)
+    rnn = gatenets.RNN(cell)
+    eager = rnn(x)
+    jitted = nnx.jit(lambda m, x: m(x))(rnn, x)
+    np.testing.assert_allclose(eager, np.stack(loop, 1), atol=1e-6)
+    np.testing.assert_allclose(jitted, eager, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
+def test_gradients_match_finite_differences(cell_type):
+    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(gatenets.RNN(cell))
+
+    def loss(params, x):
+        return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
+
+    x = jnp.asarray(inputs(shape=(1, 3, I)))
+    check_grads(loss, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+def test_vmap_over_batch_matches_batched_call():
+    cell = randomize(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)))
+    rnn = gatenets.RNN(cell)
+    x = jnp.asarray(inputs())
+    per_sequence = jax.vmap(lambda seq: rnn(seq[None])[0])(x)
+    np.testing.assert_allclose(per_sequence, rnn(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
+def test_every_gate_in_unit_interval(cell_type):
+    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)), scale=3.0)
+    _, trace = gatenets.RNN(cell)(jnp.asarray(10 * inputs()), return_gates=True)
+    for name, gate in trace.items():
+        assert gate.shape == (B, T, H), name
+        assert float(gate.min()) >= 0.0 and float(gate.max()) <= 1.0, name
+
+
+def test_bf16_compute_keeps_cell_state_float32():
+    cell = gatenets.LSTMCell(I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    carry, y = gatenets.RNN(cell)(jnp.asarray(inputs()), return_carry=True)
+    assert carry.c.dtype == jnp.float32
+    assert y.dtype == jnp.bfloat16 and carry.h.dtype == jnp.bfloat16
+    full = gatenets.RNN(cell)(jnp.asarray(inputs()))
+    ref, *_ = reference.lstm(cell, inputs().astype(np.float64))
+    np.testing.assert_allclose(np.asarray(full, np.float32), ref, atol=3e-2)
+
+
+def test_param_dtype_is_honoured():
+    cell = gatenets.GRUCell(I, H, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert cell.kernel[...].dtype == jnp.bfloat16
+    assert gatenets.RNN(cell)(jnp.asarray(inputs())).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"proj_size": 0}, "proj_size"),
+        ({"chrono_init": 1.0}, "chrono_init"),
+        ({"chrono_init": 10.0, "use_bias": False}, "use_bias"),
+    ],
+)
+def test_bad_lstm_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0), **kwargs)
+
+
+@pytest.mark.parametrize("hidden", [0, -3, 2.5])
+def test_bad_sizes_raise(hidden):
+    with pytest.raises(ValueError, match="hidden_features must be a positive int"):
+        gatenets.GRUCell(I, hidden, rngs=nnx.Rngs(0))

@@ -1,0 +1,50 @@
+"""The README's example and the command line, at tiny sizes."""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import gatenets
+from gatenets.cli import main
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_loss_falls_and_gates_are_summarised(capsys):
+    first, last, gate_means = load_example("quickstart").main(
+        steps=40, length=8, batch=16, hidden=8
+    )
+    assert last < first
+    assert set(gate_means) == {
+        "layer0/forward/input",
+        "layer0/forward/forget",
+        "layer0/forward/output",
+    }
+    assert all(0.0 < m < 1.0 for m in gate_means.values())
+    assert "gate summary" in capsys.readouterr().out
+
+
+def test_cli_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gatenets {gatenets.__version__}"
+    assert main([]) == 0
+    assert "usage: gatenets" in capsys.readouterr().out
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "gatenets", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: gatenets" in out.stdout and "--version" in out.stdout

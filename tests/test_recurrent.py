@@ -1,0 +1,350 @@
+"""The sequence layers: masks, reverse, bidirectional, stacks, overrides, gate switch, errors."""
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference
+from flax import nnx
+from hypothesis import HealthCheck, given, settings
+from test_cells import B, H, I, T, inputs, randomize
+
+import gatenets
+
+
+def lstm_rnn(**kwargs):
+    return gatenets.RNN(randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0))), **kwargs)
+
+
+# One compiled function per layer kind, reused by every example hypothesis draws.
+@nnx.jit
+def _run_masked(rnn, x, mask):
+    return rnn(x, mask=mask, return_carry=True)
+
+
+def test_padded_batch_equals_each_sequence_alone():
+    rnn = lstm_rnn()
+    x = jnp.asarray(inputs())
+    lengths = np.array([T, 2])
+    carry, y = rnn(x, seq_lengths=jnp.asarray(lengths), return_carry=True)
+    for b, length in enumerate(lengths):
+        alone_carry, alone = rnn(x[b : b + 1, :length], return_carry=True)
+        np.testing.assert_allclose(y[b, :length], alone[0], atol=1e-6)
+        np.testing.assert_array_equal(y[b, length:], 0.0)
+        np.testing.assert_allclose(carry.h[b], alone_carry.h[0], atol=1e-6)
+        np.testing.assert_allclose(carry.c[b], alone_carry.c[0], atol=1e-6)
+
+
+def test_reverse_with_padding_starts_at_last_valid_step():
+    cell = randomize(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)))
+    x = inputs()
+    y = gatenets.RNN(cell, reverse=True)(jnp.asarray(x), seq_lengths=jnp.array([T, 3]))
+    for b, length in enumerate([T, 3]):
+        flipped = x[b : b + 1, :length][:, ::-1].astype(np.float64)
+        ref, *_ = reference.gru(cell, flipped)
+        np.testing.assert_allclose(y[b, :length], ref[0, ::-1], atol=1e-5)
+        np.testing.assert_array_equal(y[b, length:], 0.0)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.booleans(), min_size=B * T, max_size=B * T))
+def test_arbitrary_mask_equals_running_only_the_valid_steps(bits):
+    rnn = lstm_rnn()
+    x = inputs()
+    mask = np.array(bits).reshape(B, T)
+    carry, y = _run_masked(rnn, jnp.asarray(x), jnp.asarray(mask))
+    for b in range(B):
+        valid = x[b : b + 1, mask[b]].astype(np.float64)
+        ref_y, ref_c, ref_h, _ = (
+            reference.lstm(rnn.cell, valid)
+            if valid.shape[1]
+            else (np.zeros((1, 0, H)), np.zeros((1, H)), np.zeros((1, H)), None)
+        )
+        np.testing.assert_allclose(y[b, mask[b]], ref_y[0], atol=1e-5)
+        np.testing.assert_array_equal(y[b, ~mask[b]], 0.0)
+        np.testing.assert_allclose(carry.c[b], ref_c[0], atol=1e-5)
+        np.testing.assert_allclose(carry.h[b], ref_h[0], atol=1e-5)
+
+
+def test_bidirectional_with_padding_matches_two_references():
+    rngs = nnx.Rngs(0)
+    fwd = randomize(gatenets.LSTMCell(I, H, rngs=rngs), seed=1)
+    bwd = randomize(gatenets.LSTMCell(I, H, rngs=rngs), seed=2)
+    bi = gatenets.Bidirectional(gatenets.RNN(fwd), gatenets.RNN(bwd, reverse=True))
+    x = inputs()
+    lengths = [3, T]
+    carry, y, trace = bi(
+        jnp.asarray(x), seq_lengths=jnp.array(lengths), return_carry=True, return_gates=True
+    )
+    assert sorted(trace.gates) == ["backward", "forward"]
+    for b, length in enumerate(lengths):
+        seq = x[b : b + 1, :length].astype(np.float64)
+        ref_f, _, hf, _ = reference.lstm(fwd, seq)
+        ref_b, _, hb, gb = reference.lstm(bwd, seq[:, ::-1])
+        np.testing.assert_allclose(y[b, :length, :H], ref_f[0], atol=1e-5)
+        np.testing.assert_allclose(y[b, :length, H:], ref_b[0, ::-1], atol=1e-5)
+        np.testing.assert_allclose(carry.forward.h[b], hf[0], atol=1e-5)
+        np.testing.assert_allclose(carry.backward.h[b], hb[0], atol=1e-5)
+        np.testing.assert_allclose(
+            trace.gates["backward"].forget[b, :length], gb["forget"][0, ::-1], atol=1e-5
+        )
+    np.testing.assert_array_equal(trace.mask, np.arange(T)[None] < np.array(lengths)[:, None])
+
+
+def test_time_major_equals_batch_major():
+    rnn = lstm_rnn()
+    x = jnp.asarray(inputs())
+    tm = gatenets.RNN(rnn.cell, time_major=True)
+    np.testing.assert_allclose(tm(x.swapaxes(0, 1)).swapaxes(0, 1), rnn(x), atol=1e-6)
+
+
+def test_projection_inside_step_equals_projection_before_scan():
+    rnn = lstm_rnn()
+    inside = gatenets.RNN(rnn.cell, precompute_inputs=False)
+    x = jnp.asarray(inputs())
+    np.testing.assert_allclose(
+        inside(x, seq_lengths=jnp.array([4, 2])), rnn(x, seq_lengths=jnp.array([4, 2])), atol=1e-6
+    )
+
+
+def test_initial_carry_and_learned_initial_carry():
+    rnn = lstm_rnn()
+    x = inputs()
+    rng = np.random.default_rng(3)
+    c0, h0 = (
+        rng.standard_normal((B, H)).astype(np.float32),
+        rng.standard_normal((B, H)).astype(np.float32),
+    )
+    y = rnn(jnp.asarray(x), initial_carry=gatenets.LSTMCarry(c=c0, h=h0))
+    ref, *_ = reference.lstm(rnn.cell, x.astype(np.float64), c0, h0)
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+
+    learned = gatenets.RNN(rnn.cell, learn_initial_carry=True)
+    learned.initial_carry.h[...] = jnp.asarray(h0[0])
+    ref, *_ = reference.lstm(
+        rnn.cell, x.astype(np.float64), np.zeros((B, H)), np.broadcast_to(h0[0], (B, H))
+    )
+    np.testing.assert_allclose(learned(jnp.asarray(x)), ref, atol=1e-5)
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(x))))(learned)
+    assert float(jnp.abs(grads.initial_carry.h[...]).sum()) > 0.0
+
+
+STACK_CONFIGS = [
+    (gatenets.LSTM, {"num_layers": 2}),
+    (gatenets.LSTM, {"num_layers": 2, "bidirectional": True, "proj_size": 3}),
+    (gatenets.GRU, {"num_layers": 2, "bidirectional": True}),
+]
+
+
+@pytest.mark.parametrize("layer_type, kwargs", STACK_CONFIGS)
+def test_stack_equals_chained_references(layer_type, kwargs):
+    layer = randomize(layer_type(I, H, rngs=nnx.Rngs(0), **kwargs))
+    x = inputs().astype(np.float64)
+    y, trace = layer(jnp.asarray(x, jnp.float32), return_gates=True)
+    ref_fn = reference.lstm if layer_type is gatenets.LSTM else reference.gru
+    ref = x
+    for k, stack_layer in enumerate(layer.layers):
+        if kwargs.get("bidirectional"):
+            f = ref_fn(stack_layer.forward_rnn.cell, ref)
+            b = ref_fn(stack_layer.backward_rnn.cell, ref[:, ::-1])
+            ref = np.concatenate([f[0], b[0][:, ::-1]], axis=-1)
+            gate = "forget" if layer_type is gatenets.LSTM else "update"
+            np.testing.assert_allclose(
+                getattr(trace.gates[f"layer{k}/backward"], gate), b[-1][gate][:, ::-1], atol=1e-5
+            )
+        else:
+            ref = ref_fn(stack_layer.cell, ref)[0]
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    assert set(trace.gates) == set(layer.paths)
+
+
+def test_forget_one_input_zero_keeps_cell_state_constant():
+    layer = randomize(gatenets.LSTM(I, H, num_layers=2, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    c0 = jnp.asarray(np.random.default_rng(4).standard_normal((B, H)), jnp.float32)
+    carry0 = tuple(gatenets.LSTMCarry(c=c0, h=jnp.zeros((B, H))) for _ in range(2))
+    carry, _, trace = layer(
+        x,
+        initial_carry=carry0,
+        return_carry=True,
+        return_gates=True,
+        gate_overrides={"forget": 1.0, "input": 0.0},
+    )
+    for k in range(2):
+        np.testing.assert_array_equal(carry[k].c, c0)
+        np.testing.assert_array_equal(trace.gates[f"layer{k}/forward"].forget, 1.0)
+
+
+def test_overrides_scoped_by_layer_and_direction_and_functions():
+    layer = randomize(gatenets.GRU(I, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    _, plain = layer(x, return_gates=True)
+    _, trace = layer(
+        x,
+        return_gates=True,
+        gate_overrides={
+            "layer1/backward": {"update": lambda z: 0.5 * z},
+            "layer0": {"reset": 0.25},
+        },
+    )
+    np.testing.assert_array_equal(trace.gates["layer0/forward"].reset, 0.25)
+    np.testing.assert_array_equal(trace.gates["layer0/backward"].reset, 0.25)
+    # layer1/forward sees changed inputs but no override: its gates are not constant.
+    assert float(trace.gates["layer1/forward"].reset.std()) > 0
+    # Overriding update on layer1/backward with z/2: its value is half of what it computes.
+    u = trace.gates["layer1/backward"].update
+    assert float(u.max()) <= 0.5 and not np.allclose(u, plain.gates["layer1/backward"].update)
+
+
+def test_gate_overrides_on_a_single_rnn_make_the_output_follow():
+    rnn = lstm_rnn()
+    x = jnp.asarray(inputs())
+    y = rnn(x, gate_overrides={"output": 0.0})
+    np.testing.assert_array_equal(y, 0.0)
+
+
+def _scan_eqn(jaxpr):
+    (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    return eqn
+
+
+def test_return_gates_is_a_static_switch_with_no_cost_when_off():
+    rnn = lstm_rnn()
+    graphdef, state = nnx.split(rnn)
+    x = jnp.asarray(inputs())
+
+    def run(state, x, **kwargs):
+        return nnx.merge(graphdef, state)(x, **kwargs)
+
+    off = jax.make_jaxpr(lambda s, x: run(s, x))(state, x)
+    on = jax.make_jaxpr(lambda s, x: run(s, x, return_gates=True))(state, x)
+    scan_off, scan_on = _scan_eqn(off.jaxpr), _scan_eqn(on.jaxpr)
+    # Off: the loop emits the carry (c, h) and the output only; on: plus the three gates.
+    assert len(scan_off.outvars) == 3
+    assert len(scan_on.outvars) == 3 + 3
+    # The loop body does the same arithmetic either way: gates cost nothing extra per step.
+    body_off = [e.primitive.name for e in scan_off.params["jaxpr"].jaxpr.eqns]
+    body_on = [e.primitive.name for e in scan_on.params["jaxpr"].jaxpr.eqns]
+    assert body_off == body_on
+    # And the compiled program without gates is smaller: nothing [time, batch, hidden] is kept.
+    lowered_off = jax.jit(lambda s, x: run(s, x)).lower(state, x).compile()
+    lowered_on = jax.jit(lambda s, x: run(s, x, return_gates=True)).lower(state, x).compile()
+    assert len(lowered_off.as_text()) < len(lowered_on.as_text())
+
+
+def test_dropout_only_in_training_mode_and_variational():
+    layer = gatenets.LSTM(I, H, num_layers=2, dropout=0.5, recurrent_dropout=0.5, rngs=nnx.Rngs(0))
+    x = jnp.asarray(inputs())
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not np.allclose(a, b)
+    layer.eval()
+    np.testing.assert_array_equal(layer(x), layer(x))
+    # Variational: one mask per sequence. Sample it and check it is shared by every step.
+    rnn = layer.layers[0]
+    rnn.train()
+    mask = rnn._recurrent_mask(B)
+    assert mask.shape == (B, H) and set(np.unique(np.asarray(mask))) <= {0.0, 2.0}
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: each a clear error naming the argument.
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda r: r(jnp.ones((B, T, I + 1))), ValueError, "in_features = 3"),
+        (lambda r: r(jnp.ones((T, I))), ValueError, "rank 3"),
+        (lambda r: r(jnp.ones((B, T, I), jnp.int32)), TypeError, "floating-point"),
+        (
+            lambda r: r(jnp.ones((B, T, I)), seq_lengths=jnp.array([1, 2, 3])),
+            ValueError,
+            "seq_lengths must have shape",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), seq_lengths=jnp.array([1, T + 1])),
+            ValueError,
+            r"seq_lengths must lie in \[0, time\]",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), seq_lengths=jnp.array([-1, 2])),
+            ValueError,
+            "seq_lengths must lie",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), seq_lengths=jnp.array([1.0, 2.0])),
+            TypeError,
+            "seq_lengths must hold integers",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), mask=jnp.ones((B, T + 1), bool)),
+            ValueError,
+            "mask must have shape",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), mask=jnp.ones((B, T))),
+            TypeError,
+            "mask must be boolean",
+        ),
+        (
+            lambda r: r(
+                jnp.ones((B, T, I)), mask=jnp.ones((B, T), bool), seq_lengths=jnp.array([1, 2])
+            ),
+            ValueError,
+            "not both",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), gate_overrides={"forgett": 1.0}),
+            ValueError,
+            "unknown gate 'forgett'",
+        ),
+        (
+            lambda r: r(
+                jnp.ones((B, T, I)),
+                initial_carry=gatenets.LSTMCarry(jnp.zeros((B, H + 1)), jnp.zeros((B, H))),
+            ),
+            ValueError,
+            "initial_carry",
+        ),
+        (
+            lambda r: r(jnp.ones((B, T, I)), initial_carry=jnp.zeros((B, H))),
+            ValueError,
+            "initial_carry must have the structure",
+        ),
+    ],
+)
+def test_rnn_bad_input_raises_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call(lstm_rnn())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"layer5": {"forget": 1.0}}, "unknown key 'layer5'"),
+        ({"layer0": {"gate": 1.0}}, "unknown gate 'gate'"),
+        ({"layer0/backward": {"forget": 1.0}}, "unknown key 'layer0/backward'"),
+        ([("forget", 1.0)], "must be a mapping"),
+    ],
+)
+def test_stack_bad_overrides_raise(overrides, message):
+    layer = gatenets.LSTM(I, H, num_layers=2, rngs=nnx.Rngs(0))
+    with pytest.raises((ValueError, TypeError), match=message):
+        layer(jnp.ones((B, T, I)), gate_overrides=overrides)
+
+
+def test_bad_layer_settings_raise():
+    with pytest.raises(ValueError, match="num_layers must be a positive int"):
+        gatenets.GRU(I, H, num_layers=0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
+        gatenets.GRU(I, H, dropout=1.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        gatenets.RNN(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)), recurrent_dropout=0.2)
+    with pytest.raises(TypeError, match="cell must be a gatenets cell"):
+        gatenets.RNN(nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="initial_carry must be a tuple of 2"):
+        gatenets.GRU(I, H, num_layers=2, rngs=nnx.Rngs(0))(
+            jnp.ones((B, T, I)), initial_carry=(None,)
+        )
