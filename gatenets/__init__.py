@@ -1,5 +1,20 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets.attention.gated import GatedAttention as GatedAttention
+from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
+from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
+from gatenets.attention.gau import GAUGates as GAUGates
+from gatenets.attention.heads import BinaryHead as BinaryHead
+from gatenets.attention.heads import BinaryHeadGates as BinaryHeadGates
+from gatenets.attention.heads import GatedFeedForward as GatedFeedForward
+from gatenets.attention.heads import GatedFeedForwardGates as GatedFeedForwardGates
+from gatenets.attention.router import ExpertBias as ExpertBias
+from gatenets.attention.router import RouterGates as RouterGates
+from gatenets.attention.router import Routing as Routing
+from gatenets.attention.router import SigmoidMoE as SigmoidMoE
+from gatenets.attention.router import SigmoidRouter as SigmoidRouter
+from gatenets.attention.sigmoid import SigmoidAttention as SigmoidAttention
+from gatenets.attention.sigmoid import SigmoidAttentionGates as SigmoidAttentionGates
 from gatenets.gates import BidirectionalCarry as BidirectionalCarry
 from gatenets.gates import GateTrace as GateTrace
 from gatenets.gates import GRUCarry as GRUCarry
@@ -11,10 +26,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BidirectionalCarry",
+    "BinaryHead",
+    "BinaryHeadGates",
+    "ExpertBias",
+    "GAUGates",
     "GRUCarry",
     "GRUGates",
     "GateTrace",
+    "GatedAttention",
+    "GatedAttentionGates",
+    "GatedAttentionUnit",
+    "GatedFeedForward",
+    "GatedFeedForwardGates",
     "LSTMCarry",
     "LSTMGates",
+    "RouterGates",
+    "Routing",
+    "SigmoidAttention",
+    "SigmoidAttentionGates",
+    "SigmoidMoE",
+    "SigmoidRouter",
     "__version__",
 ]
