@@ -202,8 +202,8 @@ class GatedAttentionUnit(nnx.Module):
         u = pre_u * gate if self.u_gate == "silu" else gate
         v = jax.nn.silu(pre_v)
         z = jax.nn.silu(pre_z)
-        gamma = self.gamma[...].astype(z.dtype)
-        beta = self.beta[...].astype(z.dtype)
+        gamma = self.gamma[...].astype(z.dtype)[:, None, None, :]
+        beta = self.beta[...].astype(z.dtype)[:, None, None, :]
         query = z * gamma[0] + beta[0]
         key = z * gamma[1] + beta[1]
 
