@@ -28,7 +28,12 @@ def make(gate="elementwise", num_heads=2, num_kv_heads=None, in_features=6, **kw
 
 def params_of(layer):
     p = {}
-    for name, module in [("q", layer.query), ("k", layer.key), ("v", layer.value), ("o", layer.out)]:
+    for name, module in [
+        ("q", layer.query),
+        ("k", layer.key),
+        ("v", layer.value),
+        ("o", layer.out),
+    ]:
         p["w" + name] = ref.f64(module.kernel[...])
         p["b" + name] = ref.f64(module.bias[...])
     if layer.gate is not None:
@@ -83,7 +88,11 @@ def test_matches_numpy_reference(gate, num_heads, num_kv_heads, head_dim, causal
 
 def test_gate_none_equals_flax_multi_head_attention():
     flax_mha = nnx.MultiHeadAttention(
-        num_heads=2, in_features=6, out_features=5, decode=False, bias_init=BIAS_INIT,
+        num_heads=2,
+        in_features=6,
+        out_features=5,
+        decode=False,
+        bias_init=BIAS_INIT,
         rngs=nnx.Rngs(1),
     )
     layer = GatedAttention(6, 2, gate=None, out_features=5, rngs=nnx.Rngs(2))
@@ -141,7 +150,9 @@ def test_causal_output_ignores_the_future():
     y = layer(x, causal=True)
     for t in range(5):
         changed = x.at[:, t + 1 :].set(jax.random.normal(jax.random.key(t + 7), (2, 5 - t, 6)))
-        np.testing.assert_allclose(layer(changed, causal=True)[:, : t + 1], y[:, : t + 1], atol=1e-6)
+        np.testing.assert_allclose(
+            layer(changed, causal=True)[:, : t + 1], y[:, : t + 1], atol=1e-6
+        )
         assert not np.allclose(layer(changed, causal=True)[:, t + 1 :], y[:, t + 1 :])
 
 

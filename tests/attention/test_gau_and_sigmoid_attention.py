@@ -36,7 +36,9 @@ def make_gau(u_gate="silu", max_relative_distance=None, **kw):
     gau.gamma[...] = jax.random.normal(jax.random.key(1), (2, 4))
     gau.beta[...] = 0.5 * jax.random.normal(jax.random.key(2), (2, 4))
     if max_relative_distance is not None:
-        gau.relative_bias[...] = jax.random.normal(jax.random.key(3), (2 * max_relative_distance + 1,))
+        gau.relative_bias[...] = jax.random.normal(
+            jax.random.key(3), (2 * max_relative_distance + 1,)
+        )
     return gau
 
 
@@ -57,13 +59,23 @@ def gau_params(gau):
 def make_sigmoid(num_heads=2, num_kv_heads=None, attention_bias=None, **kw):
     kw.setdefault("bias_init", BIAS_INIT)
     return SigmoidAttention(
-        6, num_heads, num_kv_heads=num_kv_heads, attention_bias=attention_bias, rngs=nnx.Rngs(0), **kw
+        6,
+        num_heads,
+        num_kv_heads=num_kv_heads,
+        attention_bias=attention_bias,
+        rngs=nnx.Rngs(0),
+        **kw,
     )
 
 
 def sigmoid_params(layer):
     p = {}
-    for name, module in [("q", layer.query), ("k", layer.key), ("v", layer.value), ("o", layer.out)]:
+    for name, module in [
+        ("q", layer.query),
+        ("k", layer.key),
+        ("v", layer.value),
+        ("o", layer.out),
+    ]:
         p["w" + name] = ref.f64(module.kernel[...])
         p["b" + name] = ref.f64(module.bias[...])
     return p
