@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.gates import GateTrace, sequence_mask
+from gatenets.gates import sequence_mask
 
 # Module-level initialisers, shared as argument defaults (Flax's own defaults).
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -149,13 +149,6 @@ def zero_invalid_queries(outputs: Array, valid: Array | None) -> Array:
         return outputs
     expand = (slice(None), slice(None)) + (None,) * (outputs.ndim - 2)
     return jnp.where(valid[expand], outputs, jnp.zeros((), outputs.dtype))
-
-
-def trace_of(path: str, gates: Any, batch: int, time: int, valid: Array | None) -> GateTrace:
-    """The layer's :class:`GateTrace`; an absent mask means every step is valid."""
-    if valid is None:
-        valid = jnp.ones((batch, time), bool)
-    return GateTrace({path: gates}, valid)
 
 
 def attended_key_counts(masks: Masks, batch: int, time: int) -> Array:
