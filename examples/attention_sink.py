@@ -170,7 +170,7 @@ def measure(model, tokens, targets):
     logits, trace, weights = model(tokens, inspect=True)  # weights [batch, layer, head, q, k]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
     # Query 0 can only attend to token 0, so it says nothing about a sink: skip it.
-    first_share = jnp.mean(weights[:, :, :, 1:, 0], axis=(0, 2, 3))
+    first_share = jnp.mean(weights[:, :, :, 1:, 0], axis=(0, 3))  # [layer, head]
     gate_means = {path: jnp.mean(value) for path, value in trace.flat().items()}
     return loss, first_share, gate_means
 
@@ -200,13 +200,15 @@ def train(gate: str | None, cfg: Config, train_data, valid_batches) -> dict:
             running, last = [], now
     results = [measure(model, *b) for b in valid_batches]
     loss = float(np.mean([r[0] for r in results]))
-    first_share = np.mean([np.asarray(r[1]) for r in results], axis=0)
+    share_per_head = np.mean([np.asarray(r[1]) for r in results], axis=0)
+    first_share = share_per_head.mean(axis=1)
     gate_means = {path: float(np.mean([r[2][path] for r in results])) for path in results[0][2]}
     summary = {
         "gate": label,
         "valid_loss": loss,
         "first_token_share": float(np.mean(first_share)),
         "first_token_share_per_layer": [float(s) for s in first_share],
+        "first_token_share_max_head": float(share_per_head.max()),
         "mean_gate": float(np.mean(list(gate_means.values()))) if gate_means else None,
         "mean_gate_per_layer": gate_means,
         "seconds": time.perf_counter() - start,
@@ -214,7 +216,9 @@ def train(gate: str | None, cfg: Config, train_data, valid_batches) -> dict:
     print(
         f"held-out loss {loss:.4f} | first-token share "
         + ", ".join(f"layer{i} {s:.3f}" for i, s in enumerate(first_share))
-        + (f" | mean gate {summary['mean_gate']:.3f}" if gate_means else ""),
+        + f" (most sink-like head {share_per_head.max():.3f})"
+        + (f" | mean gate {summary['mean_gate']:.3f}" if gate_means else "")
+        + f" | {summary['seconds']:.0f} s",
         flush=True,
     )
     return summary
@@ -242,11 +246,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     }
     # Uniform causal attention would put 1/(t+1) on the first token at query t.
     uniform = float(np.mean(1.0 / np.arange(2, cfg.seq_len + 1)))
-    print(f"\n{'gate':<12} {'held-out loss':>13} {'first-token share':>18} {'mean gate':>10}")
+    print(
+        f"\n{'gate':<12} {'held-out loss':>13} {'first-token share':>18} {'max head':>9} "
+        f"{'mean gate':>10}"
+    )
     for kind, s in summaries.items():
         mean_gate = "-" if s["mean_gate"] is None else f"{s['mean_gate']:.3f}"
         print(
-            f"{kind:<12} {s['valid_loss']:>13.4f} {s['first_token_share']:>18.3f} {mean_gate:>10}"
+            f"{kind:<12} {s['valid_loss']:>13.4f} {s['first_token_share']:>18.3f} "
+            f"{s['first_token_share_max_head']:>9.3f} {mean_gate:>10}"
         )
     print(f"(uniform causal attention would give a first-token share of {uniform:.3f})")
     return summaries

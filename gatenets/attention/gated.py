@@ -70,6 +70,7 @@ class GatedAttention(nnx.Module):
         Y'_h = Y_h \odot G_h \\
         O = [Y'_1, \dots, Y'_H]\, W^O + b^O
 
+    The biases of Q, K and V (``use_bias=True``) are left out of the equations.
     :math:`M` is 0 where a query may see a key and :math:`-\infty` elsewhere (padding, and the
     future when ``causal=True``); :math:`g(h)` maps a query head to its key/value head
     (grouped-query attention when ``num_kv_heads < num_heads``, consecutive query heads sharing

@@ -239,7 +239,9 @@ class SigmoidMoE(nnx.Module):
       routed_scaling_factor: scale of the routing weights.
       normalize: normalise the chosen scores to sum to 1.
       bias_update_rate: step of the balancing bias.
-      kernel_init: initialiser of expert kernels (fan-in computed per expert).
+      kernel_init: initialiser of the ``[num_experts, fan_in, fan_out]`` expert kernels (the
+        default computes the fan-in per expert).
+      router_kernel_init: initialiser of the router's expert centroids.
       dtype: compute dtype of the experts; None promotes inputs and parameters.
       param_dtype: dtype of the parameters.
       rngs: random streams for parameter initialisation.
@@ -272,6 +274,7 @@ class SigmoidMoE(nnx.Module):
         normalize: bool = True,
         bias_update_rate: float = 1e-3,
         kernel_init: Initializer = _EXPERT_KERNEL_INIT,
+        router_kernel_init: Initializer = _common.default_kernel_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -288,6 +291,7 @@ class SigmoidMoE(nnx.Module):
             routed_scaling_factor=routed_scaling_factor,
             normalize=normalize,
             bias_update_rate=bias_update_rate,
+            kernel_init=router_kernel_init,
             param_dtype=param_dtype,
             rngs=rngs,
         )

@@ -5,6 +5,7 @@ import re
 
 import jax.numpy as jnp
 import pytest
+from attention_testing import KERNEL_INIT
 from flax import nnx
 
 from gatenets import (
@@ -22,6 +23,10 @@ X = jnp.ones((2, 5, 6))
 
 def rngs():
     return nnx.Rngs(0)
+
+
+def inits():
+    return {"kernel_init": KERNEL_INIT, "rngs": rngs()}
 
 
 CONSTRUCTION_ERRORS = {
@@ -90,7 +95,7 @@ def test_construction_error(case):
 
 
 def attention():
-    return GatedAttention(6, 2, rngs=rngs())
+    return GatedAttention(6, 2, **inits())
 
 
 CALL_ERRORS = {
@@ -102,7 +107,7 @@ CALL_ERRORS = {
         "[batch, time, 6]; got (2, 5, 7)",
     ),
     "inputs_without_time_axis": (
-        lambda: GatedAttentionUnit(6, qk_features=4, rngs=rngs()),
+        lambda: GatedAttentionUnit(6, qk_features=4, **inits()),
         lambda m, x: m(x[:, 0]),
         ValueError,
         "GatedAttentionUnit: inputs must have shape [batch, time, in_features] = "
@@ -115,7 +120,7 @@ CALL_ERRORS = {
         "mask must have shape [batch, time] = (2, 5); got (2, 4)",
     ),
     "mask_not_boolean": (
-        lambda: SigmoidAttention(6, 2, rngs=rngs()),
+        lambda: SigmoidAttention(6, 2, **inits()),
         lambda m, x: m(x, mask=jnp.ones((2, 5), jnp.int32)),
         TypeError,
         "mask must be boolean (True at valid steps); got dtype int32",
@@ -134,27 +139,27 @@ CALL_ERRORS = {
         "('output',)",
     ),
     "override_on_ungated_attention": (
-        lambda: GatedAttention(6, 2, gate=None, rngs=rngs()),
+        lambda: GatedAttention(6, 2, gate=None, **inits()),
         lambda m, x: m(x, gate_overrides={"output": 0.0}),
         ValueError,
         "gate_overrides for GatedAttention: unknown gate 'output'; this layer's gates are ()",
     ),
     "unknown_gau_override": (
-        lambda: GatedAttentionUnit(6, qk_features=4, rngs=rngs()),
+        lambda: GatedAttentionUnit(6, qk_features=4, **inits()),
         lambda m, x: m(x, gate_overrides={"u": 0.0}),
         ValueError,
         "gate_overrides for GatedAttentionUnit: unknown gate 'u'; this layer's gates are "
         "('output',)",
     ),
     "unknown_moe_override": (
-        lambda: SigmoidMoE(6, 4, num_experts=3, top_k=1, rngs=rngs()),
+        lambda: SigmoidMoE(6, 4, num_experts=3, top_k=1, router_kernel_init=KERNEL_INIT, **inits()),
         lambda m, x: m(x, gate_overrides={"weights": 0.0}),
         ValueError,
         "gate_overrides for SigmoidRouter: unknown gate 'weights'; this layer's gates are "
         "('scores',)",
     ),
     "overrides_not_a_mapping": (
-        lambda: SigmoidAttention(6, 2, rngs=rngs()),
+        lambda: SigmoidAttention(6, 2, **inits()),
         lambda m, x: m(x, gate_overrides=[("weights", 0.0)]),
         TypeError,
         "gate_overrides for SigmoidAttention must be a mapping from gate name to a constant or "
@@ -174,26 +179,26 @@ CALL_ERRORS = {
         "GatedAttention: inputs must hold floats; got dtype int32",
     ),
     "update_bias_wrong_shape": (
-        lambda: SigmoidRouter(6, 4, top_k=2, rngs=rngs()),
+        lambda: SigmoidRouter(6, 4, top_k=2, **inits()),
         lambda m, x: m.update_bias(jnp.ones((3,))),
         ValueError,
         "SigmoidRouter.update_bias: load must have shape [num_experts] = (4,); got (3,)",
     ),
     "feed_forward_gates_without_time_axis": (
-        lambda: GatedFeedForward(6, 8, rngs=rngs()),
+        lambda: GatedFeedForward(6, 8, **inits()),
         lambda m, x: m(x[:, 0], return_gates=True),
         ValueError,
         "GatedFeedForward: return_gates, mask and seq_lengths need inputs of shape [batch, "
         "time, in_features]; got (2, 6)",
     ),
     "binary_head_wrong_feature_size": (
-        lambda: BinaryHead(6, rngs=rngs()),
+        lambda: BinaryHead(6, **inits()),
         lambda m, x: m(x[..., :4]),
         ValueError,
         "BinaryHead: inputs must have shape [..., in_features] = [..., 6]; got (2, 5, 4)",
     ),
     "binary_head_labels_wrong_shape": (
-        lambda: BinaryHead(6, rngs=rngs()),
+        lambda: BinaryHead(6, **inits()),
         lambda m, x: m.loss(x, jnp.ones((2, 5, 1))),
         ValueError,
         "BinaryHead.loss: labels must have the shape of the logits, inputs.shape[:-1] = "

@@ -5,13 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_testing import BIAS_INIT, KERNEL_INIT, inputs
 from flax import nnx
 from jax.test_util import check_grads
 
 from gatenets import GatedAttention, GateTrace
-
-# Non-zero biases, so that the references check where every bias enters.
-BIAS_INIT = nnx.initializers.normal(0.5)
 
 
 def make(gate="elementwise", num_heads=2, num_kv_heads=None, in_features=6, **kw):
@@ -20,6 +18,7 @@ def make(gate="elementwise", num_heads=2, num_kv_heads=None, in_features=6, **kw
         num_heads,
         num_kv_heads=num_kv_heads,
         gate=gate,
+        kernel_init=KERNEL_INIT,
         bias_init=BIAS_INIT,
         rngs=nnx.Rngs(0),
         **kw,
@@ -40,10 +39,6 @@ def params_of(layer):
         p["wg"] = ref.f64(layer.gate.kernel[...])
         p["bg"] = ref.f64(layer.gate.bias[...])
     return p
-
-
-def inputs(batch=2, time=5, features=6, seed=0):
-    return jax.random.normal(jax.random.key(seed), (batch, time, features))
 
 
 @pytest.mark.parametrize(
@@ -92,10 +87,13 @@ def test_gate_none_equals_flax_multi_head_attention():
         in_features=6,
         out_features=5,
         decode=False,
+        kernel_init=KERNEL_INIT,
         bias_init=BIAS_INIT,
         rngs=nnx.Rngs(1),
     )
-    layer = GatedAttention(6, 2, gate=None, out_features=5, rngs=nnx.Rngs(2))
+    layer = GatedAttention(
+        6, 2, gate=None, out_features=5, kernel_init=KERNEL_INIT, rngs=nnx.Rngs(2)
+    )
     for name in ("query", "key", "value", "out"):
         ours, theirs = getattr(layer, name), getattr(flax_mha, name)
         ours.kernel[...] = theirs.kernel[...]
@@ -149,7 +147,7 @@ def test_causal_output_ignores_the_future():
     x = inputs(time=6)
     y = layer(x, causal=True)
     for t in range(5):
-        changed = x.at[:, t + 1 :].set(jax.random.normal(jax.random.key(t + 7), (2, 5 - t, 6)))
+        changed = x.at[:, t + 1 :].set(inputs(2, 5 - t, 6, seed=t + 7))
         np.testing.assert_allclose(
             layer(changed, causal=True)[:, : t + 1], y[:, : t + 1], atol=1e-6
         )
@@ -202,7 +200,7 @@ def test_gradients_match_finite_differences():
         )
         return jnp.sum(y**2) + jnp.sum(trace.gates["attention"].output)
 
-    check_grads(f, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+    check_grads(jax.jit(f), (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
 
 
 def test_bfloat16_runs_and_agrees_with_float32():
