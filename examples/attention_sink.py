@@ -196,8 +196,13 @@ def train(gate: str | None, cfg: Config, train_data, valid_batches) -> dict:
             loss = float(np.mean(jax.device_get(running)))
             now = time.perf_counter()
             ms = 1000 * (now - last) / len(running)
-            print(f"step {step}: loss {loss:.4f} ({ms:.0f} ms/step)", flush=True)
-            running, last = [], now
+            # One held-out batch, to watch the sink and the gate move while training.
+            _, share, gate_means = measure(model, *valid_batches[0])
+            watch = f"first-token share {float(np.mean(share)):.3f}"
+            if gate_means:
+                watch += f", mean gate {float(np.mean(list(gate_means.values()))):.3f}"
+            print(f"step {step}: loss {loss:.4f} ({ms:.0f} ms/step) | {watch}", flush=True)
+            running, last = [], time.perf_counter()
     results = [measure(model, *b) for b in valid_batches]
     loss = float(np.mean([r[0] for r in results]))
     share_per_head = np.mean([np.asarray(r[1]) for r in results], axis=0)

@@ -207,7 +207,7 @@ class GatedAttention(nnx.Module):
           seq_lengths: ``[batch]`` integers, the alternative to ``mask`` for right padding.
           causal: if True, the query at step t sees keys at steps up to t only (static).
           return_gates: also return a :class:`~gatenets.GateTrace` with the gate under the
-            path ``"attention"`` (static).
+            path ``"attention"`` (static); with ``gate=None`` the trace holds no gates.
           return_attention_weights: also return the softmax weights (static).
           gate_overrides: ``{"output": constant_or_function}`` replacing the gate in the
             computation (an error when ``gate=None``, which has no gate).
