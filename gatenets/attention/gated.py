@@ -1,0 +1,255 @@
+"""Multi-head softmax attention with a sigmoid gate on each head's output (Qiu et al., 2025)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatenets._typing import Array, Dtype, Initializer
+from gatenets.attention import _common
+from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names
+
+GATE_KINDS = ("elementwise", "headwise")
+
+
+class GatedAttentionGates(NamedTuple):
+    """Post-sigmoid gate of :class:`GatedAttention` on the attention output.
+
+    Attributes:
+      output: ``[batch, time, heads, head_dim]`` with ``gate="elementwise"``, or
+        ``[batch, time, heads]`` with ``gate="headwise"``; ``time`` is the query position.
+    """
+
+    output: Array
+
+
+def softmax_attention(
+    query: Array, key: Array, value: Array, allowed: Array | None, precision: Any = None
+) -> tuple[Array, Array]:
+    """Scaled dot-product attention over heads.
+
+    Args:
+      query, key, value: ``[batch, time, heads, head_dim]`` (keys and values already repeated
+        to ``heads`` for grouped-query layouts).
+      allowed: ``[batch, 1, query, key]`` True where a query may attend to a key, or None.
+      precision: passed to the two matrix products.
+
+    Returns:
+      ``([batch, time, heads, head_dim]`` output in the dtype of ``value``,
+      ``[batch, heads, query, key]`` float32 weights).
+    """
+    # Logits and softmax in float32 whatever the compute dtype: in bfloat16 a row of
+    # near-equal logits loses the differences that the softmax exists to amplify.
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    logits = jnp.einsum(
+        "bqhd,bkhd->bhqk", query, key, precision=precision, preferred_element_type=jnp.float32
+    )
+    logits = logits * scale
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, _common.masked_fill_value(jnp.float32))
+    weights = jax.nn.softmax(logits, axis=-1)
+    output = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value, precision=precision)
+    return output, weights
+
+
+class GatedAttention(nnx.Module):
+    r"""Multi-head self-attention with a query-dependent sigmoid gate after SDPA.
+
+    The gate of Qiu et al. (2025) multiplies each head's attention output, before the output
+    projection, by a sigmoid of a linear map of the same input that made the query:
+
+    .. math::
+        Q_h = X W^Q_h,\quad K_h = X W^K_{g(h)},\quad V_h = X W^V_{g(h)} \\
+        Y_h = \operatorname{softmax}\!\Big(\frac{Q_h K_h^\top}{\sqrt{d_{head}}} + M\Big) V_h \\
+        G_h = \sigma(X W^G_h + b^G_h) \\
+        Y'_h = Y_h \odot G_h \\
+        O = [Y'_1, \dots, Y'_H]\, W^O + b^O
+
+    The biases of Q, K and V (``use_bias=True``) are left out of the equations.
+    :math:`M` is 0 where a query may see a key and :math:`-\infty` elsewhere (padding, and the
+    future when ``causal=True``); :math:`g(h)` maps a query head to its key/value head
+    (grouped-query attention when ``num_kv_heads < num_heads``, consecutive query heads sharing
+    one key/value head). With ``gate="elementwise"`` :math:`G_h` has one value per head dimension
+    (``[batch, time, heads, head_dim]``); with ``gate="headwise"`` one per head
+    (``[batch, time, heads]``), broadcast over the head's dimensions. The paper finds the gate
+    sparse (mean about 0.1-0.2 after training) and that it removes the attention sink on the
+    first token. ``gate=None`` builds the same layer without :math:`W^G`: plain multi-head
+    attention whose ``query``/``key``/``value``/``out`` parameters have the shapes and names of
+    :class:`flax.nnx.MultiHeadAttention`, so weights copy across.
+
+    Padded steps (``mask`` / ``seq_lengths``) are zeroed before the projections, are never
+    attended to, and their outputs are zero. Returned gates are the values actually used, after
+    ``gate_overrides``.
+
+    Args:
+      in_features: size of the last axis of the inputs.
+      num_heads: number of query heads.
+      head_dim: size of each head; defaults to ``in_features // num_heads``, which must divide.
+      num_kv_heads: number of key/value heads (must divide ``num_heads``); defaults to
+        ``num_heads``.
+      gate: ``"elementwise"``, ``"headwise"`` or None (no gate).
+      out_features: size of the output; defaults to ``in_features``.
+      use_bias: whether the projections (gate included) have biases, as in Flax.
+      kernel_init: initialiser of the projection kernels.
+      bias_init: initialiser of the biases (zeros: every gate starts at 0.5).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); None promotes inputs and parameters. The
+        attention logits and softmax are always computed in float32.
+      param_dtype: dtype of the parameters.
+      precision: matrix-product precision passed to :func:`jax.lax.dot_general`.
+      rngs: random streams for parameter initialisation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gatenets import GatedAttention
+      >>> layer = GatedAttention(8, 2, gate="headwise", rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((1, 5, 8))
+      >>> y, trace = layer(x, causal=True, return_gates=True)
+      >>> y.shape, trace.gates["attention"].output.shape, trace.mask.shape
+      ((1, 5, 8), (1, 5, 2), (1, 5))
+      >>> y_off = layer(x, causal=True, gate_overrides={"output": 0.0})
+      >>> bool(jnp.all(y_off == layer.out.bias[...][None, None]))  # every head gated shut
+      True
+
+    References:
+      Qiu et al., "Gated Attention for Large Language Models: Non-linearity, Sparsity, and
+      Attention-Sink-Free", 2025, arXiv:2505.06708.
+    """
+
+    gate_names = ("output",)
+
+    def __init__(
+        self,
+        in_features: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        gate: str | None = "elementwise",
+        out_features: int | None = None,
+        use_bias: bool = True,
+        kernel_init: Initializer = _common.default_kernel_init,
+        bias_init: Initializer = _common.default_bias_init,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        where = type(self).__name__
+        layout = _common.resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
+        if gate is not None and gate not in GATE_KINDS:
+            raise ValueError(f"{where}: gate must be one of {GATE_KINDS} or None; got {gate!r}.")
+        if out_features is None:
+            out_features = in_features
+        _common.check_positive_int(out_features, "out_features", where)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_heads = layout.num_heads
+        self.num_kv_heads = layout.num_kv_heads
+        self.head_dim = layout.head_dim
+        self.gate_kind = gate
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+
+        def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
+            return nnx.LinearGeneral(
+                in_features,
+                features,
+                use_bias=use_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                precision=precision,
+                rngs=rngs,
+            )
+
+        self.query = project((self.num_heads, self.head_dim))
+        self.key = project((self.num_kv_heads, self.head_dim))
+        self.value = project((self.num_kv_heads, self.head_dim))
+        gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
+        self.gate = nnx.data(project(gate_shape[gate]) if gate is not None else None)
+        self.out = nnx.LinearGeneral(
+            (self.num_heads, self.head_dim),
+            out_features,
+            axis=(-2, -1),
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        mask: Array | None = None,
+        seq_lengths: Array | None = None,
+        causal: bool = False,
+        return_gates: bool = False,
+        return_attention_weights: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+    ) -> Any:
+        """Attends over ``inputs`` and gates each head's output.
+
+        Args:
+          inputs: ``[batch, time, in_features]``.
+          mask: ``[batch, time]`` booleans, True at real steps (keys and queries alike).
+          seq_lengths: ``[batch]`` integers, the alternative to ``mask`` for right padding.
+          causal: if True, the query at step t sees keys at steps up to t only (static).
+          return_gates: also return a :class:`~gatenets.GateTrace` with the gate under the
+            path ``"attention"`` (static); with ``gate=None`` the trace holds no gates.
+          return_attention_weights: also return the softmax weights (static).
+          gate_overrides: ``{"output": constant_or_function}`` replacing the gate in the
+            computation (an error when ``gate=None``, which has no gate).
+
+        Returns:
+          ``[batch, time, out_features]``; with ``return_gates``, ``(output, trace)``; with
+          ``return_attention_weights``, the ``[batch, heads, query, key]`` float32 weights
+          are appended: ``(output, weights)`` or ``(output, trace, weights)``.
+        """
+        where = type(self).__name__
+        _common.check_static_flag(causal, "causal", where)
+        _common.check_static_flag(return_gates, "return_gates", where)
+        _common.check_static_flag(return_attention_weights, "return_attention_weights", where)
+        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
+        check_gate_names(gate_overrides, self.gate_names if self.gate else (), where)
+        masks = _common.attention_masks(
+            batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
+        )
+        inputs = _common.zero_padding(inputs, masks.valid)
+
+        query = self.query(inputs)
+        key = _common.repeat_kv(self.key(inputs), self.num_heads)
+        value = _common.repeat_kv(self.value(inputs), self.num_heads)
+        heads, weights = softmax_attention(query, key, value, masks.allowed, self.precision)
+
+        gates = None
+        if self.gate is not None:
+            gates = GatedAttentionGates(jax.nn.sigmoid(self.gate(inputs)))
+            gates = apply_overrides(gates, gate_overrides)
+            gate = gates.output if self.gate_kind == "elementwise" else gates.output[..., None]
+            heads = heads * gate.astype(heads.dtype)
+
+        output = _common.zero_invalid_queries(self.out(heads), masks.valid)
+        if not (return_gates or return_attention_weights):
+            return output
+        results: tuple[Any, ...] = (output,)
+        if return_gates:
+            trace_gates = {} if gates is None else {"attention": gates}
+            valid = masks.valid if masks.valid is not None else jnp.ones((batch, time), bool)
+            results += (GateTrace(trace_gates, valid),)
+        if return_attention_weights:
+            if masks.valid is not None:
+                weights = jnp.where(masks.valid[:, None, :, None], weights, 0.0)
+            results += (weights,)
+        return results

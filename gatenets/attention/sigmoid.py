@@ -1,0 +1,229 @@
+"""Sigmoid attention (Ramapuram et al., 2024): each attention weight is an independent sigmoid
+gate on one key, with no normalisation across the row."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gatenets._typing import Array, Dtype, Initializer
+from gatenets.attention import _common
+from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names
+
+
+class SigmoidAttentionGates(NamedTuple):
+    """The attention weights of :class:`SigmoidAttention`, which are sigmoid gates.
+
+    Attributes:
+      weights: ``[batch, time, heads, key_time]``: the gate of query step ``time`` in head
+        ``heads`` on key step ``key_time``; exactly 0 where the key is masked (padding, or the
+        future when causal).
+    """
+
+    weights: Array
+
+
+class SigmoidAttention(nnx.Module):
+    r"""Multi-head self-attention whose weights are elementwise sigmoids, not a softmax.
+
+    .. math::
+        Q_h = X W^Q_h,\quad K_h = X W^K_{g(h)},\quad V_h = X W^V_{g(h)} \\
+        S_{h,ij} = \sigma\!\Big(\frac{Q_{h,i} \cdot K_{h,j}}{\sqrt{d_{head}}} + b_i\Big)
+            \quad (j \text{ attended by } i,\ 0 \text{ otherwise}) \\
+        Y_{h,i} = \sum_j S_{h,ij}\, V_{h,j} \\
+        O = [Y_1, \dots, Y_H]\, W^O + b^O
+
+    There is no row normalisation: each :math:`S_{h,ij} \in (0, 1)` gates one key, and these
+    weights are the layer's gates. Ramapuram et al. show the bias :math:`b = -\log n` (with
+    :math:`n` the sequence length) is what makes sigmoid attention train like softmax attention:
+    it keeps the sum of a row near its softmax value of 1 at initialisation. By default this
+    layer takes :math:`n_i` to be the number of keys query :math:`i` attends to: the sequence
+    length for unpadded non-causal inputs (the paper's choice), the number of valid keys with
+    padding, and the :math:`i + 1` visible keys when ``causal=True``. Pass a float
+    ``attention_bias`` for a constant bias instead (e.g. ``-math.log(context_length)``, the
+    paper's setting for causal language models).
+
+    Args:
+      in_features: size of the last axis of the inputs.
+      num_heads: number of query heads.
+      head_dim: size of each head; defaults to ``in_features // num_heads``, which must divide.
+      num_kv_heads: number of key/value heads (must divide ``num_heads``).
+      attention_bias: None for :math:`b_i = -\log n_i`, or a float constant bias.
+      out_features: size of the output; defaults to ``in_features``.
+      use_bias: whether the projections have biases.
+      kernel_init: initialiser of the projection kernels.
+      bias_init: initialiser of the projection biases.
+      dtype: compute dtype; None promotes inputs and parameters. Logits and sigmoids are
+        computed in float32.
+      param_dtype: dtype of the parameters.
+      precision: matrix-product precision.
+      rngs: random streams for parameter initialisation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gatenets import SigmoidAttention
+      >>> layer = SigmoidAttention(8, 2, rngs=nnx.Rngs(0))
+      >>> y, trace = layer(jnp.ones((1, 4, 8)), return_gates=True)
+      >>> weights = trace.gates["attention"].weights
+      >>> weights.shape, bool(jnp.all((weights > 0) & (weights < 1)))
+      ((1, 4, 2, 4), True)
+
+    References:
+      Ramapuram et al., "Theory, Analysis, and Best Practices for Sigmoid Self-Attention",
+      ICLR 2025, arXiv:2409.04431.
+    """
+
+    gate_names = ("weights",)
+
+    def __init__(
+        self,
+        in_features: int,
+        num_heads: int,
+        *,
+        head_dim: int | None = None,
+        num_kv_heads: int | None = None,
+        attention_bias: float | None = None,
+        out_features: int | None = None,
+        use_bias: bool = True,
+        kernel_init: Initializer = _common.default_kernel_init,
+        bias_init: Initializer = _common.default_bias_init,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        where = type(self).__name__
+        layout = _common.resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
+        if attention_bias is not None and not (
+            isinstance(attention_bias, int | float)
+            and not isinstance(attention_bias, bool)
+            and math.isfinite(attention_bias)
+        ):
+            raise ValueError(
+                f"{where}: attention_bias must be None (for -log of the number of attended keys) "
+                f"or a finite float; got {attention_bias!r}."
+            )
+        if out_features is None:
+            out_features = in_features
+        _common.check_positive_int(out_features, "out_features", where)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_heads = layout.num_heads
+        self.num_kv_heads = layout.num_kv_heads
+        self.head_dim = layout.head_dim
+        self.attention_bias = None if attention_bias is None else float(attention_bias)
+        self.dtype = dtype
+        self.precision = precision
+
+        def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
+            return nnx.LinearGeneral(
+                in_features,
+                features,
+                use_bias=use_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                precision=precision,
+                rngs=rngs,
+            )
+
+        self.query = project((self.num_heads, self.head_dim))
+        self.key = project((self.num_kv_heads, self.head_dim))
+        self.value = project((self.num_kv_heads, self.head_dim))
+        self.out = nnx.LinearGeneral(
+            (self.num_heads, self.head_dim),
+            out_features,
+            axis=(-2, -1),
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        mask: Array | None = None,
+        seq_lengths: Array | None = None,
+        causal: bool = False,
+        return_gates: bool = False,
+        return_attention_weights: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+    ) -> Any:
+        """Attends over ``inputs`` with sigmoid weights.
+
+        Args:
+          inputs: ``[batch, time, in_features]``.
+          mask: ``[batch, time]`` booleans, True at real steps.
+          seq_lengths: ``[batch]`` integers, the alternative to ``mask`` for right padding.
+          causal: if True, step t attends to steps up to t only (static).
+          return_gates: also return a :class:`~gatenets.GateTrace` with the weights under the
+            path ``"attention"`` (static).
+          return_attention_weights: also return the weights as ``[batch, heads, query, key]``,
+            the layout of :class:`GatedAttention` (static).
+          gate_overrides: ``{"weights": constant_or_function}`` replacing the sigmoid weights;
+            masked keys stay at 0 whatever the override.
+
+        Returns:
+          ``[batch, time, out_features]`` (zero at padded steps); with ``return_gates``,
+          ``(output, trace)``; with ``return_attention_weights`` the weights are appended.
+        """
+        where = type(self).__name__
+        _common.check_static_flag(causal, "causal", where)
+        _common.check_static_flag(return_gates, "return_gates", where)
+        _common.check_static_flag(return_attention_weights, "return_attention_weights", where)
+        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
+        check_gate_names(gate_overrides, self.gate_names, where)
+        masks = _common.attention_masks(
+            batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
+        )
+        inputs = _common.zero_padding(inputs, masks.valid)
+
+        query = self.query(inputs)
+        key = _common.repeat_kv(self.key(inputs), self.num_heads)
+        value = _common.repeat_kv(self.value(inputs), self.num_heads)
+        # Gate layout [batch, query, heads, key]: batch and time first, as every gate trace.
+        logits = jnp.einsum(
+            "bqhd,bkhd->bqhk",
+            query,
+            key,
+            precision=self.precision,
+            preferred_element_type=jnp.float32,
+        ) / math.sqrt(self.head_dim)
+        if self.attention_bias is None:
+            counts = jnp.swapaxes(_common.attended_key_counts(masks, batch, time), 1, 2)
+            logits = logits - jnp.log(counts)
+        else:
+            logits = logits + self.attention_bias
+        gates = apply_overrides(SigmoidAttentionGates(jax.nn.sigmoid(logits)), gate_overrides)
+        weights = gates.weights
+        if masks.allowed is not None:
+            allowed = jnp.swapaxes(masks.allowed, 1, 2)
+            if masks.valid is not None:
+                allowed = allowed & masks.valid[:, :, None, None]
+            weights = jnp.where(allowed, weights, 0.0)
+            gates = SigmoidAttentionGates(weights)
+        heads = jnp.einsum(
+            "bqhk,bkhd->bqhd", weights.astype(value.dtype), value, precision=self.precision
+        )
+        output = _common.zero_invalid_queries(self.out(heads), masks.valid)
+        if not (return_gates or return_attention_weights):
+            return output
+        results: tuple[Any, ...] = (output,)
+        if return_gates:
+            valid = masks.valid if masks.valid is not None else jnp.ones((batch, time), bool)
+            results += (GateTrace({"attention": gates}, valid),)
+        if return_attention_weights:
+            results += (jnp.transpose(weights, (0, 2, 1, 3)),)
+        return results
