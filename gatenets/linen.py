@@ -12,7 +12,9 @@ linen ``params`` of its bridged twin.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from flax import linen as nn
+  >>> import jax
+import jax.numpy as jnp
+from flax import linen as nn
   >>> import gatenets.linen as gl
   >>> class Model(nn.Module):
   ...     @nn.compact
@@ -31,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 from flax.core import FrozenDict
@@ -107,19 +111,42 @@ class _Bridged(nn.Module):
                 f"{self.recurrent_dropout} and deterministic=False needs a 'dropout' rng: "
                 "apply(..., rngs={'dropout': key})."
             )
+        args = (inputs.shape[-1], self.hidden_features)
+        kwargs = FrozenDict(
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            **self.options,
+        )
+        stored = self.variables.get("params", {}).get(BRIDGE_NAME)
+        if stored is not None:
+            self._check_stored(stored, args, kwargs)
         layer = bridge.ToLinen(
-            _with_dropout_stream(self.layer_type),
-            args=(inputs.shape[-1], self.hidden_features),
-            kwargs=FrozenDict(
-                num_layers=self.num_layers,
-                bidirectional=self.bidirectional,
-                dropout=self.dropout,
-                recurrent_dropout=self.recurrent_dropout,
-                **self.options,
-            ),
-            name=BRIDGE_NAME,
+            _with_dropout_stream(self.layer_type), args=args, kwargs=kwargs, name=BRIDGE_NAME
         )
         return layer(inputs, nnx_method=_run, deterministic=deterministic, **call_kwargs)
+
+    def _check_stored(self, stored: Any, args: tuple, kwargs: Mapping[str, Any]) -> None:
+        """Raises if the params do not fit a layer built for this input (the bridge itself
+        would copy them in without a look at their shapes)."""
+        abstract = nnx.eval_shape(lambda: self.layer_type(*args, rngs=nnx.Rngs(0), **kwargs))
+        want = _shapes(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+        got = _shapes(stored)
+        if want != got:
+            wrong = sorted(set(want.items()) ^ set(got.items()))[:4]
+            raise ValueError(
+                f"{type(self).__name__}: the params do not fit a {self.layer_type.__name__} with "
+                f"in_features = {args[0]} (the inputs' last axis) and hidden_features = "
+                f"{args[1]}; (path, shape) pairs that differ include {wrong}."
+            )
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 class LSTM(_Bridged):
@@ -207,11 +234,13 @@ def params_to_nnx(params: Mapping[str, Any], layer: nnx.Module) -> nnx.Module:
             + (f" with keys {sorted(params)}." if isinstance(params, Mapping) else ".")
         )
     state = nnx.state(layer, nnx.Param)
-    try:
-        nnx.replace_by_pure_dict(state, params[BRIDGE_NAME])
-    except (KeyError, ValueError) as err:
+    want, got = _shapes(nnx.to_pure_dict(state)), _shapes(params[BRIDGE_NAME])
+    if want != got:
+        wrong = sorted(set(want.items()) ^ set(got.items()))[:4]
         raise ValueError(
-            f"params do not fit a {type(layer).__name__} of these sizes: {err}"
-        ) from err
+            f"params do not fit a {type(layer).__name__} of these sizes: (path, shape) pairs "
+            f"that differ include {wrong}."
+        )
+    nnx.replace_by_pure_dict(state, params[BRIDGE_NAME])
     nnx.update(layer, state)
     return layer
