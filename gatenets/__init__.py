@@ -1,5 +1,6 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets import linen as linen
 from gatenets.cells.base import GatedCell as GatedCell
 from gatenets.cells.diagonal import DiagonalCarry as DiagonalCarry
 from gatenets.cells.diagonal import DiagonalCell as DiagonalCell
@@ -55,4 +56,5 @@ __all__ = [
     "RGLRUStack",
     "RecurrentStack",
     "__version__",
+    "linen",
 ]

@@ -40,8 +40,9 @@ from flax import nnx
 from flax.core import FrozenDict
 from flax.nnx import bridge
 
-import gatenets
+from gatenets import recurrent
 from gatenets._typing import Array
+from gatenets.cells import minimal, rglru
 
 __all__ = [
     "GRU",
@@ -162,34 +163,34 @@ class LSTM(_Bridged):
         ``forget_bias``, ``dtype``, ``time_major``, …).
     """
 
-    layer_type = gatenets.LSTM
+    layer_type = recurrent.LSTM
 
 
 class GRU(_Bridged):
     """:class:`gatenets.GRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
     ``options`` for :class:`gatenets.GRU`'s other arguments (``reset_after``, …)."""
 
-    layer_type = gatenets.GRU
+    layer_type = recurrent.GRU
 
 
 class MinGRU(_Bridged):
     """:class:`gatenets.MinGRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
     ``options`` such as ``{"mode": "sequential"}``."""
 
-    layer_type = gatenets.MinGRU
+    layer_type = minimal.MinGRU
 
 
 class MinLSTM(_Bridged):
     """:class:`gatenets.MinLSTM` as a ``flax.linen`` module; attributes as :class:`LSTM`."""
 
-    layer_type = gatenets.MinLSTM
+    layer_type = minimal.MinLSTM
 
 
 class RGLRUStack(_Bridged):
     """:class:`gatenets.RGLRUStack` as a ``flax.linen`` module; attributes as :class:`LSTM`,
     with ``options`` such as ``{"c": 8.0, "min_decay": 0.9}``."""
 
-    layer_type = gatenets.RGLRUStack
+    layer_type = rglru.RGLRUStack
 
 
 def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """minGRU, minLSTM and RG-LRU: NumPy references, parallel = sequential (values and gradients),
 masks, overrides, stacks, long bf16 sequences, and bad input."""
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -351,3 +354,17 @@ def test_rglru_decay_init_and_bounded_square_root_gradient():
 def test_bad_input_raises_clear_error(make_bad, error, message):
     with pytest.raises(error, match=message):
         make_bad()
+
+
+def test_adding_example_trains_every_cell(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "min_rnn_adding", pathlib.Path(__file__).parent.parent / "examples" / "min_rnn_adding.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(steps=40, length=8, batch=32, hidden=8, layers=1, learning_rate=3e-2)
+    assert set(results) == {"MinGRU", "MinLSTM", "RGLRUStack"}
+    for name, (first, test_mse) in results.items():
+        # Below predicting the mean: the marked values were found, not only the offset.
+        assert test_mse < example.BASELINE < first, (name, first, test_mse)
+    assert "MinLSTM: test MSE" in capsys.readouterr().out
