@@ -14,6 +14,7 @@ from test_cells import B, H, I, T, inputs, randomize
 
 import gatenets
 from gatenets.cells.rglru import sqrt_bounded_derivative
+from gatenets.kernels.parallel_scan import linear_recurrence
 
 CELLS = {
     "mingru": gatenets.MinGRUCell,
@@ -368,3 +369,35 @@ def test_adding_example_trains_every_cell(capsys):
         # Below predicting the mean: the marked values were found, not only the offset.
         assert test_mse < example.BASELINE < first, (name, first, test_mse)
     assert "MinLSTM: test MSE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["associative", "sequential"])
+def test_linear_recurrence_kernel_matches_a_loop(method):
+    rng = np.random.default_rng(0)
+    time, batch, hidden = 9, 2, 3
+    log_a = -rng.uniform(0.0, 2.0, (time, batch, hidden))
+    b = rng.standard_normal((time, batch, hidden))
+    h0 = rng.standard_normal((batch, hidden))
+    valid = rng.uniform(size=(time, batch)) > 0.3
+    for reverse in (False, True):
+        h = linear_recurrence(
+            *(jnp.asarray(v, jnp.float32) for v in (log_a, b, h0)),
+            valid=jnp.asarray(valid),
+            reverse=reverse,
+            method=method,
+        )
+        expected, state = np.zeros_like(b), h0.copy()
+        for t in range(time - 1, -1, -1) if reverse else range(time):
+            state = np.where(valid[t][:, None], np.exp(log_a[t]) * state + b[t], state)
+            expected[t] = state
+        np.testing.assert_allclose(h, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_recurrence_bad_input():
+    ones = jnp.ones((3, 2, 4))
+    with pytest.raises(ValueError, match="method"):
+        linear_recurrence(ones, ones, jnp.ones((2, 4)), method="cumsum")
+    with pytest.raises(ValueError, match="h0 must be"):
+        linear_recurrence(ones, ones, jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match="log_a and b"):
+        linear_recurrence(ones, jnp.ones((3, 2, 5)), jnp.ones((2, 4)))

@@ -36,9 +36,11 @@ class DiagonalCell(GatedCell):
     """Base of the cells whose recurrence is :math:`h_t = a_t \\odot h_{t-1} + b_t` with gates
     that depend on the input only.
 
-    ``mode="parallel"`` runs a whole sequence with a log-space associative scan
-    (:func:`gatenets.kernels.parallel_scan.linear_recurrence`); ``mode="sequential"`` runs
-    :meth:`step` in ``jax.lax.scan``. Both evaluate the same :meth:`coefficients`, in float32.
+    Over a sequence, :meth:`coefficients` runs once for all steps (in float32) and
+    ``mode="parallel"`` solves the recurrence with a log-space associative scan, depth
+    :math:`O(\\log T)`; ``mode="sequential"`` with ``jax.lax.scan``, one multiply-add per step
+    (:func:`gatenets.kernels.parallel_scan.linear_recurrence`). :meth:`step` runs one step, as
+    ``__call__`` and ``flax.nnx.RNN`` use it.
     """
 
     carry_type = DiagonalCarry
@@ -100,19 +102,12 @@ class DiagonalCell(GatedCell):
         recurrent_mask: Array | None = None,
         unroll: int = 1,
     ) -> tuple[DiagonalCarry, Array, Any]:
-        """The :meth:`GatedCell.scan` contract; ``mode="parallel"`` uses the associative scan."""
-        if self.mode == "sequential":
-            return super().scan(
-                carry,
-                xs,
-                valid,
-                projected=projected,
-                reverse=reverse,
-                return_gates=return_gates,
-                gate_overrides=gate_overrides,
-                recurrent_mask=recurrent_mask,
-                unroll=unroll,
-            )
+        """The :meth:`GatedCell.scan` contract.
+
+        The gates read only the input, so the coefficients of every step are computed at once,
+        outside the time loop, in both modes; only the recurrence itself runs as an associative
+        scan (``"parallel"``) or one multiply-add per step (``"sequential"``).
+        """
         if not projected:
             xs = self.project(xs)
         if xs.shape[0] == 0:
@@ -124,7 +119,15 @@ class DiagonalCell(GatedCell):
             positive = scale > 0
             log_scale = jnp.log(jnp.where(positive, scale, jnp.ones((), scale.dtype)))
             log_a = jnp.where(positive, log_a + log_scale, -jnp.inf)
-        h = linear_recurrence(log_a, b, carry.h.astype(jnp.float32), valid=valid, reverse=reverse)
+        h = linear_recurrence(
+            log_a,
+            b,
+            carry.h.astype(jnp.float32),
+            valid=valid,
+            reverse=reverse,
+            method="associative" if self.mode == "parallel" else "sequential",
+            unroll=unroll,
+        )
         final = h[0] if reverse else h[-1]
         outputs = h.astype(xs.dtype)
         if valid is not None:

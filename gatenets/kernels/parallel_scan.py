@@ -40,6 +40,8 @@ def linear_recurrence(
     *,
     valid: Array | None = None,
     reverse: bool = False,
+    method: str = "associative",
+    unroll: int = 1,
 ) -> Array:
     r"""All states of :math:`h_t = e^{\ell_t} h_{t-1} + b_t` over the leading (time) axis.
 
@@ -50,6 +52,9 @@ def linear_recurrence(
       valid: ``[time, batch]`` booleans or None. An invalid step holds the state exactly
         (:math:`\ell_t = 0, b_t = 0`), so padding never leaks into later valid steps.
       reverse: run from the last step to the first (states stay in time order).
+      method: ``"associative"`` (``jax.lax.associative_scan``, depth :math:`O(\log T)`) or
+        ``"sequential"`` (``jax.lax.scan``, one multiply-add per step).
+      unroll: steps per loop iteration of the sequential method.
 
     Returns:
       ``[time, batch, hidden]`` states :math:`h_t`, in ``b``'s dtype; the last processed one is
@@ -75,6 +80,18 @@ def linear_recurrence(
         keep = valid[:, :, None]
         log_a = jnp.where(keep, log_a, jnp.zeros((), log_a.dtype))
         b = jnp.where(keep, b, jnp.zeros((), b.dtype))
+    if method == "sequential":
+
+        def body(h, step):
+            a_t, b_t = step
+            h = a_t * h + b_t
+            return h, h
+
+        a = jnp.exp(log_a)
+        _, h = jax.lax.scan(body, h0.astype(b.dtype), (a, b), reverse=reverse, unroll=unroll)
+        return h
+    if method != "associative":
+        raise ValueError(f"method must be 'associative' or 'sequential'; got {method!r}.")
     if reverse:
         log_a, b = log_a[::-1], b[::-1]
     # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
