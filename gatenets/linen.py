@@ -12,9 +12,7 @@ linen ``params`` of its bridged twin.
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> import jax
-import jax.numpy as jnp
-from flax import linen as nn
+  >>> from flax import linen as nn
   >>> import gatenets.linen as gl
   >>> class Model(nn.Module):
   ...     @nn.compact
