@@ -278,10 +278,20 @@ def test_recurrent_dropout_same_in_both_modes():
 
 
 @pytest.mark.parametrize("name", CELLS)
-def test_cell_steps_inside_flax_nnx_rnn(name):
+def test_step_by_step_equals_the_sequence_kernels_and_flax_nnx_rnn(name):
     cell = make(name)
     x = jnp.asarray(inputs())
     np.testing.assert_allclose(nnx.RNN(cell)(x), gatenets.RNN(cell)(x), atol=1e-5)
+    overrides = {gatenets_gate(name): lambda g: 1.0 - g}
+    carry, outputs = gatenets.DiagonalCarry(jnp.asarray(H0)), []
+    for t in range(T):
+        carry, h, _ = cell.step(carry, cell.project(x[:, t]), gate_overrides=overrides)
+        outputs.append(h)
+    for mode in ("parallel", "sequential"):
+        y = gatenets.RNN(twin(cell, mode))(
+            x, initial_carry=gatenets.DiagonalCarry(jnp.asarray(H0)), gate_overrides=overrides
+        )
+        np.testing.assert_allclose(y, np.stack(outputs, axis=1), atol=1e-5)
 
 
 def test_rglru_decay_init_and_bounded_square_root_gradient():
