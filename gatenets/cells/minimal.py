@@ -40,9 +40,10 @@ class MinGRUCell(DiagonalCell):
     Because nothing inside the gates depends on :math:`h_{t-1}`, a whole sequence is one linear
     recurrence; ``mode="parallel"`` solves it with a log-space associative scan
     (:math:`\log(1 - z_t) = -\mathrm{softplus}(W_z x_t + b_z)` exactly), ``mode="sequential"``
-    with ``lax.scan``, one multiply-add per step. On a CPU the sequential mode is the faster
-    (``benchmarks/parallel_scan.py``); the parallel one pays off where many cores run the
-    :math:`O(\log T)`-deep scan at once (GPU, TPU). The candidate is the paper's plain linear map: the scan handles signed values, so
+    with ``lax.scan``, one multiply-add per step. The parallel scan trades more work for
+    :math:`O(\log T)` depth, which pays only where enough cores run it at once: on a CPU the
+    sequential mode is the faster (``benchmarks/parallel_scan.py``). The candidate is the
+    paper's plain linear map: the scan handles signed values, so
     the positivity activation of the paper's log-space variant is not needed.
 
     ``kernel`` is ``[in_features, 2 * hidden]`` with blocks in the order ``z, h̃``; the gate
