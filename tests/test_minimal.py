@@ -57,7 +57,7 @@ def reference(name, cell, x, h0, valid=None, reverse=False, overrides=None):
     """
     overrides = overrides or {}
     kernel = np.asarray(cell.kernel[...], np.float64)
-    bias = np.asarray(cell.bias[...], np.float64)
+    bias = np.asarray(cell.bias[...], np.float64) if cell.use_bias else 0.0
     z = x.astype(np.float64) @ kernel + bias
     batch, time, _ = x.shape
     valid = np.ones((batch, time), bool) if valid is None else valid
@@ -113,6 +113,14 @@ def test_matches_numpy_reference_with_mask_reverse_and_initial_carry(name, mode)
             np.testing.assert_allclose(
                 getattr(trace.gates["backward" if reverse else "forward"], gate), value, atol=1e-5
             )
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_without_bias_matches_numpy_reference(name):
+    cell = make(name, use_bias=False)
+    assert not hasattr(cell, "bias")
+    y = gatenets.RNN(cell)(jnp.asarray(inputs()))
+    np.testing.assert_allclose(y, reference(name, cell, inputs(), np.zeros((B, H)))[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", CELLS)
