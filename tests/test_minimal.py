@@ -62,7 +62,8 @@ def reference(name, cell, x, h0, valid=None, reverse=False, overrides=None):
     batch, time, _ = x.shape
     valid = np.ones((batch, time), bool) if valid is None else valid
     h = h0.astype(np.float64).copy()
-    ys = np.zeros((batch, time, H))
+    hidden = cell.hidden_features
+    ys = np.zeros((batch, time, hidden))
     gates = {}
     for t in range(time - 1, -1, -1) if reverse else range(time):
         blocks = np.split(z[:, t], len(cell.gate_names) + 1, axis=-1)
@@ -85,7 +86,7 @@ def reference(name, cell, x, h0, valid=None, reverse=False, overrides=None):
         h = np.where(keep, a * h + b, h)
         ys[:, t] = np.where(keep, h, 0.0)
         for k, v in g.items():
-            gates.setdefault(k, np.zeros((batch, time, H)))[:, t] = v
+            gates.setdefault(k, np.zeros((batch, time, hidden)))[:, t] = v
     return ys, h, gates
 
 
@@ -158,9 +159,10 @@ def gatenets_gate(name):
     return CELLS[name].gates_type._fields[0]
 
 
-@pytest.mark.parametrize("name", CELLS)
-def test_gradients_match_finite_differences(name):
-    graphdef, params = nnx.split(gatenets.RNN(make(name)))
+def test_gradients_match_finite_differences():
+    # RG-LRU: its square root has a hand-written derivative; the other cells' gradients are
+    # checked against the sequential mode's above.
+    graphdef, params = nnx.split(gatenets.RNN(make("rglru")))
 
     def loss(params, x):
         return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
@@ -246,28 +248,30 @@ def test_bidirectional_stack_equals_chained_references(name):
 
 
 @pytest.mark.parametrize("name", CELLS)
-def test_long_sequence_bf16_is_finite_and_parallel_matches_sequential(name):
+def test_long_sequence_bf16_is_finite_and_matches_the_float64_reference(name):
     time = 4096
-    x = jnp.asarray(inputs(shape=(1, time, I)))
+    x = inputs(shape=(1, time, I))
     cell = CELLS[name](I, 2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    sequential = CELLS[name](I, 2, dtype=jnp.bfloat16, mode="sequential", rngs=nnx.Rngs(0))
 
-    @nnx.jit
-    def run(cell, x):
-        def loss(cell):
-            carry, y = gatenets.RNN(cell)(x, return_carry=True)
-            return jnp.mean(y.astype(jnp.float32) ** 2), (carry, y)
+    def loss(cell, x):
+        carry, y = gatenets.RNN(cell)(x, return_carry=True)
+        return jnp.mean(y.astype(jnp.float32) ** 2), (carry, y)
 
-        return nnx.value_and_grad(loss, has_aux=True)(cell)
-
-    (loss, (carry, y)), grads = run(cell, x)
+    if name == "rglru":
+        # Gradients once, through the cell with the square-root normaliser and a_t near 1;
+        # the scan kernel they go through is the one every cell shares.
+        (value, (carry, y)), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(
+            cell, jnp.asarray(x)
+        )
+        assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
+    else:
+        value, (carry, y) = nnx.jit(loss)(cell, jnp.asarray(x))
     assert y.dtype == jnp.bfloat16 and carry.h.dtype == jnp.float32
-    assert np.isfinite(float(loss))
-    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in jax.tree.leaves(grads))
-    y_seq = nnx.jit(lambda c, x: gatenets.RNN(c)(x))(sequential, x)
-    np.testing.assert_allclose(
-        np.asarray(y, np.float32), np.asarray(y_seq, np.float32), atol=2e-2, rtol=2e-2
-    )
+    assert np.isfinite(float(value))
+    ref_y, ref_h, _ = reference(name, cell, x, np.zeros((1, 2)))
+    # Only the bf16 input matmul differs from the reference; errors must not grow with time.
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref_y, atol=3e-2, rtol=3e-2)
+    np.testing.assert_allclose(carry.h, ref_h, atol=3e-2, rtol=3e-2)
 
 
 def test_recurrent_dropout_same_in_both_modes():
@@ -375,17 +379,19 @@ def test_bad_input_raises_clear_error(make_bad, error, message):
         make_bad()
 
 
-def test_adding_example_trains_every_cell(capsys):
+def test_adding_example_trains(capsys):
     spec = importlib.util.spec_from_file_location(
         "min_rnn_adding", pathlib.Path(__file__).parent.parent / "examples" / "min_rnn_adding.py"
     )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    results = example.main(steps=40, length=8, batch=32, hidden=8, layers=1, learning_rate=3e-2)
-    assert set(results) == {"MinGRU", "MinLSTM", "RGLRUStack"}
-    for name, (first, test_mse) in results.items():
-        # Below predicting the mean: the marked values were found, not only the offset.
-        assert test_mse < example.BASELINE < first, (name, first, test_mse)
+    # One model keeps the compile short; the cells themselves are tested above.
+    results = example.main(
+        steps=40, length=8, batch=32, hidden=8, layers=1, learning_rate=3e-2, models="MinLSTM"
+    )
+    first, test_mse = results["MinLSTM"]
+    # Below predicting the mean: the marked values were found, not only the offset.
+    assert test_mse < example.BASELINE < first, (first, test_mse)
     assert "MinLSTM: test MSE" in capsys.readouterr().out
 
 
