@@ -16,8 +16,19 @@ from gatenets.attention.router import SigmoidRouter as SigmoidRouter
 from gatenets.attention.sigmoid import SigmoidAttention as SigmoidAttention
 from gatenets.attention.sigmoid import SigmoidAttentionGates as SigmoidAttentionGates
 from gatenets.cells.base import GatedCell as GatedCell
+from gatenets.cells.diagonal import DiagonalCarry as DiagonalCarry
+from gatenets.cells.diagonal import DiagonalCell as DiagonalCell
 from gatenets.cells.gru import GRUCell as GRUCell
 from gatenets.cells.lstm import LSTMCell as LSTMCell
+from gatenets.cells.minimal import MinGRU as MinGRU
+from gatenets.cells.minimal import MinGRUCell as MinGRUCell
+from gatenets.cells.minimal import MinGRUGates as MinGRUGates
+from gatenets.cells.minimal import MinLSTM as MinLSTM
+from gatenets.cells.minimal import MinLSTMCell as MinLSTMCell
+from gatenets.cells.minimal import MinLSTMGates as MinLSTMGates
+from gatenets.cells.rglru import RGLRU as RGLRU
+from gatenets.cells.rglru import RGLRUGates as RGLRUGates
+from gatenets.cells.rglru import RGLRUStack as RGLRUStack
 from gatenets.gates import BidirectionalCarry as BidirectionalCarry
 from gatenets.gates import GateTrace as GateTrace
 from gatenets.gates import GRUCarry as GRUCarry
@@ -29,6 +40,7 @@ from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
 from gatenets.recurrent import RecurrentStack as RecurrentStack
 from gatenets.recurrent import RNN as RNN
+from gatenets import linen as linen
 
 __version__ = "0.1.0"
 
@@ -37,6 +49,8 @@ __all__ = [
     "BidirectionalCarry",
     "BinaryHead",
     "BinaryHeadGates",
+    "DiagonalCarry",
+    "DiagonalCell",
     "ExpertBias",
     "GAUGates",
     "GRU",
@@ -54,6 +68,15 @@ __all__ = [
     "LSTMCarry",
     "LSTMCell",
     "LSTMGates",
+    "MinGRU",
+    "MinGRUCell",
+    "MinGRUGates",
+    "MinLSTM",
+    "MinLSTMCell",
+    "MinLSTMGates",
+    "RGLRU",
+    "RGLRUGates",
+    "RGLRUStack",
     "RNN",
     "RecurrentStack",
     "RouterGates",
@@ -63,4 +86,5 @@ __all__ = [
     "SigmoidMoE",
     "SigmoidRouter",
     "__version__",
+    "linen",
 ]

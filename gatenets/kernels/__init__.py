@@ -1,0 +1,1 @@
+"""Fast sequence kernels chosen by the layers; private, used through the cells."""

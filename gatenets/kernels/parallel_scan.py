@@ -1,0 +1,100 @@
+r"""A parallel scan for diagonal linear recurrences, with decays kept in log space.
+
+The minimal cells (minGRU, minLSTM) and the RG-LRU all reduce to
+
+.. math::
+    h_t = a_t \odot h_{t-1} + b_t, \qquad a_t = e^{\ell_t} \in (0, 1],
+
+whose gates depend on the input only, so every :math:`(\ell_t, b_t)` is known before the
+recurrence runs. Pairs compose associatively,
+
+.. math::
+    (\ell_1, b_1) \circ (\ell_2, b_2) = (\ell_1 + \ell_2,\; e^{\ell_2} b_1 + b_2),
+
+and ``jax.lax.associative_scan`` evaluates all prefixes in :math:`O(\log T)` depth. The decays
+travel as sums of logs: a long product of decays never underflows through intermediate
+rounding, ``exp`` only ever sees a sum of non-positive logs (it cannot overflow), and nothing is
+divided (unlike the cumulative-sum form :math:`h_t = A_t \sum_s b_s / A_s`, which overflows once
+:math:`A_t` is tiny). Values stay signed and in linear space, so no activation has to make
+them positive.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gatenets._typing import Array
+
+
+def _combine(earlier: tuple[Array, Array], later: tuple[Array, Array]) -> tuple[Array, Array]:
+    log_a_1, b_1 = earlier
+    log_a_2, b_2 = later
+    return log_a_1 + log_a_2, jnp.exp(log_a_2) * b_1 + b_2
+
+
+def linear_recurrence(
+    log_a: Array,
+    b: Array,
+    h0: Array,
+    *,
+    valid: Array | None = None,
+    reverse: bool = False,
+    method: str = "associative",
+    unroll: int = 1,
+) -> Array:
+    r"""All states of :math:`h_t = e^{\ell_t} h_{t-1} + b_t` over the leading (time) axis.
+
+    Args:
+      log_a: ``[time, batch, hidden]`` logs of the decays (non-positive for a stable recurrence).
+      b: ``[time, batch, hidden]`` inputs of the recurrence.
+      h0: ``[batch, hidden]`` state before the first step.
+      valid: ``[time, batch]`` booleans or None. An invalid step holds the state exactly
+        (:math:`\ell_t = 0, b_t = 0`), so padding never leaks into later valid steps.
+      reverse: run from the last step to the first (states stay in time order).
+      method: ``"associative"`` (``jax.lax.associative_scan``, depth :math:`O(\log T)`) or
+        ``"sequential"`` (``jax.lax.scan``, one multiply-add per step).
+      unroll: steps per loop iteration of the sequential method.
+
+    Returns:
+      ``[time, batch, hidden]`` states :math:`h_t`, in ``b``'s dtype; the last processed one is
+      the final state.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gatenets.kernels.parallel_scan import linear_recurrence
+      >>> log_a = jnp.log(jnp.full((3, 1, 1), 0.5))
+      >>> b = jnp.ones((3, 1, 1))
+      >>> linear_recurrence(log_a, b, jnp.zeros((1, 1)))[:, 0, 0].tolist()
+      [1.0, 1.5, 1.75]
+    """
+    if log_a.shape != b.shape or log_a.ndim != 3:
+        raise ValueError(
+            f"log_a and b must both be [time, batch, hidden]; got {log_a.shape} and {b.shape}."
+        )
+    if h0.shape != b.shape[1:]:
+        raise ValueError(f"h0 must be [batch, hidden] = {b.shape[1:]}; got {h0.shape}.")
+    if b.shape[0] == 0:
+        return b
+    if valid is not None:
+        keep = valid[:, :, None]
+        log_a = jnp.where(keep, log_a, jnp.zeros((), log_a.dtype))
+        b = jnp.where(keep, b, jnp.zeros((), b.dtype))
+    if method == "sequential":
+
+        def body(h, step):
+            a_t, b_t = step
+            h = a_t * h + b_t
+            return h, h
+
+        a = jnp.exp(log_a)
+        _, h = jax.lax.scan(body, h0.astype(b.dtype), (a, b), reverse=reverse, unroll=unroll)
+        return h
+    if method != "associative":
+        raise ValueError(f"method must be 'associative' or 'sequential'; got {method!r}.")
+    if reverse:
+        log_a, b = log_a[::-1], b[::-1]
+    # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
+    b = b.at[0].add(jnp.exp(log_a[0]) * h0.astype(b.dtype))
+    _, h = jax.lax.associative_scan(_combine, (log_a, b), axis=0)
+    return h[::-1] if reverse else h

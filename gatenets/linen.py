@@ -1,0 +1,245 @@
+"""gatenets layers inside ``flax.linen`` models, through Flax's NNX→linen bridge.
+
+Each class here is a ``flax.linen.Module`` that builds the gatenets NNX layer of the same name
+with ``flax.nnx.bridge.ToLinen`` and keeps its parameters in the linen ``params`` collection
+(under ``"layer"``, laid out exactly as ``nnx.state(layer, nnx.Param)``), so a linen model
+trains them with any optax optimiser. ``in_features`` is read from the input on first call, as
+linen layers do; the call takes every argument of the NNX layer's call (``seq_lengths``,
+``mask``, ``return_gates``, ``gate_overrides``, …) plus linen's ``deterministic``.
+
+:func:`params_from_nnx` and :func:`params_to_nnx` move weights between an NNX layer and the
+linen ``params`` of its bridged twin.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from flax import linen as nn
+  >>> import gatenets.linen as gl
+  >>> class Model(nn.Module):
+  ...     @nn.compact
+  ...     def __call__(self, x):
+  ...         y, trace = gl.MinGRU(8, num_layers=2)(x, return_gates=True)
+  ...         return nn.Dense(1)(y[:, -1]), trace
+  >>> x = jnp.ones((2, 5, 3))
+  >>> variables = Model().init(jax.random.key(0), x)
+  >>> out, trace = Model().apply(variables, x)
+  >>> out.shape, trace.gates["layer1/forward"].update.shape
+  ((2, 1), (2, 5, 8))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import nnx
+from flax.core import FrozenDict
+from flax.nnx import bridge
+
+from gatenets import recurrent
+from gatenets._typing import Array
+from gatenets.cells import minimal, rglru
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "MinGRU",
+    "MinLSTM",
+    "RGLRUStack",
+    "params_from_nnx",
+    "params_to_nnx",
+]
+
+BRIDGE_NAME = "layer"
+
+
+def _with_dropout_stream(layer_type: type) -> Any:
+    """Builds ``layer_type`` with a ``dropout`` stream even when linen gave only ``params``:
+    gatenets layers always create their dropout modules, which need one to exist."""
+
+    def make(*args, rngs: nnx.Rngs, **kwargs):
+        dropout = rngs.dropout() if "dropout" in rngs else rngs.params()
+        return layer_type(*args, rngs=nnx.Rngs(params=rngs.params(), dropout=dropout), **kwargs)
+
+    make.__name__ = make.__qualname__ = layer_type.__name__
+    return make
+
+
+def _run(module: nnx.Module, inputs: Array, *, deterministic: bool, **call_kwargs):
+    if deterministic:
+        module.eval()
+    else:
+        module.train()
+    return module(inputs, **call_kwargs)
+
+
+class _Bridged(nn.Module):
+    """A gatenets recurrent stack as a linen module (subclasses set ``layer_type``)."""
+
+    hidden_features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    options: Mapping[str, Any] = FrozenDict()
+
+    layer_type: ClassVar[type]
+
+    @nn.compact
+    def __call__(self, inputs: Array, *, deterministic: bool = True, **call_kwargs):
+        """Runs the layer; see the NNX layer's ``__call__`` for ``call_kwargs`` and returns.
+
+        Args:
+          inputs: ``[batch, time, features]`` (``[time, batch, features]`` with
+            ``options={"time_major": True}``).
+          deterministic: turn dropout off (evaluation); with False a ``"dropout"`` rng must be
+            passed to ``apply`` if the layer has dropout.
+          **call_kwargs: ``seq_lengths``, ``mask``, ``initial_carry``, ``return_carry``,
+            ``return_gates``, ``gate_overrides``.
+        """
+        if not hasattr(inputs, "shape") or len(inputs.shape) < 1:
+            raise ValueError(
+                f"inputs must be an array [batch, time, features]; got {type(inputs).__name__}."
+            )
+        has_dropout = self.dropout > 0 or self.recurrent_dropout > 0
+        if not deterministic and has_dropout and not self.has_rng("dropout"):
+            raise ValueError(
+                f"{type(self).__name__} with dropout={self.dropout}, recurrent_dropout="
+                f"{self.recurrent_dropout} and deterministic=False needs a 'dropout' rng: "
+                "apply(..., rngs={'dropout': key})."
+            )
+        args = (inputs.shape[-1], self.hidden_features)
+        kwargs = FrozenDict(
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            **self.options,
+        )
+        stored = self.variables.get("params", {}).get(BRIDGE_NAME)
+        if stored is not None:
+            self._check_stored(stored, args, kwargs)
+        layer = bridge.ToLinen(
+            _with_dropout_stream(self.layer_type), args=args, kwargs=kwargs, name=BRIDGE_NAME
+        )
+        return layer(inputs, nnx_method=_run, deterministic=deterministic, **call_kwargs)
+
+    def _check_stored(self, stored: Any, args: tuple, kwargs: Mapping[str, Any]) -> None:
+        """Raises if the params do not fit a layer built for this input (the bridge itself
+        would copy them in without a look at their shapes)."""
+        abstract = nnx.eval_shape(lambda: self.layer_type(*args, rngs=nnx.Rngs(0), **kwargs))
+        want = _shapes(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+        got = _shapes(stored)
+        if want != got:
+            wrong = sorted(set(want.items()) ^ set(got.items()))[:4]
+            raise ValueError(
+                f"{type(self).__name__}: the params do not fit a {self.layer_type.__name__} with "
+                f"in_features = {args[0]} (the inputs' last axis) and hidden_features = "
+                f"{args[1]}; (path, shape) pairs that differ include {wrong}."
+            )
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+class LSTM(_Bridged):
+    """:class:`gatenets.LSTM` as a ``flax.linen`` module.
+
+    Attributes:
+      hidden_features: size of each cell's state.
+      num_layers: stacked layers.
+      bidirectional: run each layer both ways and concatenate.
+      dropout: dropout between layers (when ``deterministic=False``).
+      recurrent_dropout: variational dropout on ``h_{t-1}`` (when ``deterministic=False``).
+      options: any other keyword argument of :class:`gatenets.LSTM` (``proj_size``,
+        ``forget_bias``, ``dtype``, ``time_major``, …).
+    """
+
+    layer_type = recurrent.LSTM
+
+
+class GRU(_Bridged):
+    """:class:`gatenets.GRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
+    ``options`` for :class:`gatenets.GRU`'s other arguments (``reset_after``, …)."""
+
+    layer_type = recurrent.GRU
+
+
+class MinGRU(_Bridged):
+    """:class:`gatenets.MinGRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
+    ``options`` such as ``{"mode": "sequential"}``."""
+
+    layer_type = minimal.MinGRU
+
+
+class MinLSTM(_Bridged):
+    """:class:`gatenets.MinLSTM` as a ``flax.linen`` module; attributes as :class:`LSTM`."""
+
+    layer_type = minimal.MinLSTM
+
+
+class RGLRUStack(_Bridged):
+    """:class:`gatenets.RGLRUStack` as a ``flax.linen`` module; attributes as :class:`LSTM`,
+    with ``options`` such as ``{"c": 8.0, "min_decay": 0.9}``."""
+
+    layer_type = rglru.RGLRUStack
+
+
+def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:
+    """The linen ``params`` of a bridged layer holding ``layer``'s weights.
+
+    Args:
+      layer: a gatenets NNX layer (``gatenets.LSTM``, ``gatenets.MinGRU``, …).
+
+    Returns:
+      ``{"layer": {...}}``: pass it as ``{"params": params_from_nnx(layer)}`` to the bridged
+      module's ``apply`` (or put it under the module's name in a bigger model's params).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets, gatenets.linen as gl
+      >>> layer = gatenets.GRU(3, 4, rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> y = gl.GRU(4).apply({"params": gl.params_from_nnx(layer)}, x)
+      >>> bool(jnp.allclose(y, layer(x)))
+      True
+    """
+    if not isinstance(layer, nnx.Module):
+        raise TypeError(f"layer must be an NNX module; got {type(layer).__name__}.")
+    return {BRIDGE_NAME: nnx.to_pure_dict(nnx.state(layer, nnx.Param))}
+
+
+def params_to_nnx(params: Mapping[str, Any], layer: nnx.Module) -> nnx.Module:
+    """Copies the linen ``params`` of a bridged layer into the NNX ``layer`` (in place).
+
+    Args:
+      params: the bridged module's ``params`` (``{"layer": {...}}``).
+      layer: an NNX layer of the same type and sizes.
+
+    Returns:
+      ``layer``, now holding the linen weights.
+    """
+    if not isinstance(params, Mapping) or BRIDGE_NAME not in params:
+        raise ValueError(
+            f"params must be the params of a bridged gatenets layer, a mapping with key "
+            f"{BRIDGE_NAME!r}; got {type(params).__name__}"
+            + (f" with keys {sorted(params)}." if isinstance(params, Mapping) else ".")
+        )
+    state = nnx.state(layer, nnx.Param)
+    want, got = _shapes(nnx.to_pure_dict(state)), _shapes(params[BRIDGE_NAME])
+    if want != got:
+        wrong = sorted(set(want.items()) ^ set(got.items()))[:4]
+        raise ValueError(
+            f"params do not fit a {type(layer).__name__} of these sizes: (path, shape) pairs "
+            f"that differ include {wrong}."
+        )
+    nnx.replace_by_pure_dict(state, params[BRIDGE_NAME])
+    nnx.update(layer, state)
+    return layer
