@@ -40,10 +40,12 @@ from flax.nnx import bridge
 
 from gatenets import recurrent
 from gatenets._typing import Array
+from gatenets.attention import gated as attention_gated
 from gatenets.cells import minimal, rglru
 
 __all__ = [
     "GRU",
+    "GatedAttention",
     "LSTM",
     "MinGRU",
     "MinLSTM",
@@ -75,49 +77,32 @@ def _run(module: nnx.Module, inputs: Array, *, deterministic: bool, **call_kwarg
     return module(inputs, **call_kwargs)
 
 
-class _Bridged(nn.Module):
-    """A gatenets recurrent stack as a linen module (subclasses set ``layer_type``)."""
+class _Bridge(nn.Module):
+    """Builds a gatenets NNX layer through ``bridge.ToLinen`` and calls it.
 
-    hidden_features: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    options: Mapping[str, Any] = FrozenDict()
+    Subclasses set ``layer_type`` and say how the layer is built from the input's feature size
+    (``_layer_args``) and whether it has dropout (``_has_dropout``).
+    """
 
     layer_type: ClassVar[type]
 
-    @nn.compact
-    def __call__(self, inputs: Array, *, deterministic: bool = True, **call_kwargs):
-        """Runs the layer; see the NNX layer's ``__call__`` for ``call_kwargs`` and returns.
+    def _layer_args(self, in_features: int) -> tuple[tuple, Mapping[str, Any]]:
+        raise NotImplementedError
 
-        Args:
-          inputs: ``[batch, time, features]`` (``[time, batch, features]`` with
-            ``options={"time_major": True}``).
-          deterministic: turn dropout off (evaluation); with False a ``"dropout"`` rng must be
-            passed to ``apply`` if the layer has dropout.
-          **call_kwargs: ``seq_lengths``, ``mask``, ``initial_carry``, ``return_carry``,
-            ``return_gates``, ``gate_overrides``.
-        """
+    def _has_dropout(self) -> bool:
+        return False
+
+    def _bridge(self, inputs: Array, deterministic: bool, call_kwargs: Mapping[str, Any]):
         if not hasattr(inputs, "shape") or len(inputs.shape) < 1:
             raise ValueError(
                 f"inputs must be an array [batch, time, features]; got {type(inputs).__name__}."
             )
-        has_dropout = self.dropout > 0 or self.recurrent_dropout > 0
-        if not deterministic and has_dropout and not self.has_rng("dropout"):
+        if not deterministic and self._has_dropout() and not self.has_rng("dropout"):
             raise ValueError(
-                f"{type(self).__name__} with dropout={self.dropout}, recurrent_dropout="
-                f"{self.recurrent_dropout} and deterministic=False needs a 'dropout' rng: "
-                "apply(..., rngs={'dropout': key})."
+                f"{type(self).__name__} with dropout and deterministic=False needs a 'dropout' "
+                "rng: apply(..., rngs={'dropout': key})."
             )
-        args = (inputs.shape[-1], self.hidden_features)
-        kwargs = FrozenDict(
-            num_layers=self.num_layers,
-            bidirectional=self.bidirectional,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            **self.options,
-        )
+        args, kwargs = self._layer_args(inputs.shape[-1])
         stored = self.variables.get("params", {}).get(BRIDGE_NAME)
         if stored is not None:
             self._check_stored(stored, args, kwargs)
@@ -146,6 +131,44 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
         jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
+
+
+class _Bridged(_Bridge):
+    """A gatenets recurrent stack as a linen module (subclasses set ``layer_type``)."""
+
+    hidden_features: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    options: Mapping[str, Any] = FrozenDict()
+
+    def _layer_args(self, in_features: int) -> tuple[tuple, Mapping[str, Any]]:
+        kwargs = FrozenDict(
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            **self.options,
+        )
+        return (in_features, self.hidden_features), kwargs
+
+    def _has_dropout(self) -> bool:
+        return self.dropout > 0 or self.recurrent_dropout > 0
+
+    @nn.compact
+    def __call__(self, inputs: Array, *, deterministic: bool = True, **call_kwargs):
+        """Runs the layer; see the NNX layer's ``__call__`` for ``call_kwargs`` and returns.
+
+        Args:
+          inputs: ``[batch, time, features]`` (``[time, batch, features]`` with
+            ``options={"time_major": True}``).
+          deterministic: turn dropout off (evaluation); with False a ``"dropout"`` rng must be
+            passed to ``apply`` if the layer has dropout.
+          **call_kwargs: ``seq_lengths``, ``mask``, ``initial_carry``, ``return_carry``,
+            ``return_gates``, ``gate_overrides``.
+        """
+        return self._bridge(inputs, deterministic, call_kwargs)
 
 
 class LSTM(_Bridged):
@@ -243,3 +266,37 @@ def params_to_nnx(params: Mapping[str, Any], layer: nnx.Module) -> nnx.Module:
     nnx.replace_by_pure_dict(state, params[BRIDGE_NAME])
     nnx.update(layer, state)
     return layer
+
+
+class GatedAttention(_Bridge):
+    """:class:`gatenets.GatedAttention` as a ``flax.linen`` module.
+
+    Attributes:
+      num_heads: attention heads.
+      options: any other keyword argument of :class:`gatenets.GatedAttention` (``gate``,
+        ``head_dim``, ``num_kv_heads``, ``out_features``, ``dtype``, …).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import gatenets.linen as gl
+      >>> attention = gl.GatedAttention(2, options={"gate": "headwise"})
+      >>> x = jnp.ones((1, 4, 8))
+      >>> y, trace = attention.apply(attention.init(jax.random.key(0), x), x, causal=True,
+      ...                            return_gates=True)
+      >>> y.shape, trace.gates["attention"].output.shape
+      ((1, 4, 8), (1, 4, 2))
+    """
+
+    num_heads: int
+    options: Mapping[str, Any] = FrozenDict()
+
+    layer_type = attention_gated.GatedAttention
+
+    def _layer_args(self, in_features: int) -> tuple[tuple, Mapping[str, Any]]:
+        return (in_features, self.num_heads), FrozenDict(self.options)
+
+    @nn.compact
+    def __call__(self, inputs: Array, *, deterministic: bool = True, **call_kwargs):
+        """Runs the layer; ``call_kwargs`` are those of :meth:`gatenets.GatedAttention.__call__`
+        (``causal``, ``mask``, ``seq_lengths``, ``return_gates``, ``gate_overrides``, …)."""
+        return self._bridge(inputs, deterministic, call_kwargs)

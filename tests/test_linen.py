@@ -112,3 +112,20 @@ def test_bad_params_raise_clear_errors():
         gl.params_from_nnx({"kernel": 1})
     with pytest.raises(ValueError, match="in_features = 4"):
         gl.GRU(H).apply({"params": gl.params_from_nnx(layer)}, jnp.ones((B, T, I + 1)))
+
+
+@pytest.mark.parametrize("gate", ["elementwise", "headwise", None])
+def test_gated_attention_bridge_matches_the_nnx_layer(gate):
+    layer = randomize(gatenets.GatedAttention(I + 1, 2, gate=gate, rngs=nnx.Rngs(0)))
+    bridged = gl.GatedAttention(2, options={"gate": gate})
+    x = jnp.asarray(inputs(shape=(B, T, I + 1)))
+    lengths = jnp.array([T, 3])
+    params = {"params": gl.params_from_nnx(layer)}
+    y, trace = bridged.apply(params, x, causal=True, seq_lengths=lengths, return_gates=True)
+    ref_y, ref_trace = layer(x, causal=True, seq_lengths=lengths, return_gates=True)
+    np.testing.assert_allclose(y, ref_y, atol=1e-6)
+    assert sorted(trace.flat()) == sorted(ref_trace.flat())
+    for (path, value), (_, ref_value) in zip(trace.items(), ref_trace.items(), strict=True):
+        np.testing.assert_allclose(value, ref_value, atol=1e-6, err_msg=path)
+    init = bridged.init(jax.random.key(1), x)["params"]
+    assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, params["params"])
