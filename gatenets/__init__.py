@@ -1,5 +1,6 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets import linen as linen
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
 from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
@@ -35,12 +36,11 @@ from gatenets.gates import GRUCarry as GRUCarry
 from gatenets.gates import GRUGates as GRUGates
 from gatenets.gates import LSTMCarry as LSTMCarry
 from gatenets.gates import LSTMGates as LSTMGates
-from gatenets.recurrent import Bidirectional as Bidirectional
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
-from gatenets.recurrent import RecurrentStack as RecurrentStack
 from gatenets.recurrent import RNN as RNN
-from gatenets import linen as linen
+from gatenets.recurrent import Bidirectional as Bidirectional
+from gatenets.recurrent import RecurrentStack as RecurrentStack
 
 __version__ = "0.1.0"
 
