@@ -48,3 +48,12 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "gatenets", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: gatenets" in out.stdout and "--version" in out.stdout
+
+
+def test_readme_code_runs():
+    """Every ```python block of the README, in order, as one script: the tour stays true."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    exec(compile("\n".join(blocks), "README.md", "exec"), {})
