@@ -56,7 +56,7 @@ class AddingTask(Task):
     baseline_source = "predict the mean: 1/6 (Arjovsky et al. 2016)"
     higher_is_better = False
     defaults = {
-        "steps": 1500,
+        "steps": 1000,
         "batch_size": 64,
         "learning_rate": 1e-2,
         "hidden": 64,

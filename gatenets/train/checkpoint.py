@@ -78,10 +78,11 @@ class Checkpointer:
 
     def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> None:
         """Writes checkpoint ``step`` (in the background; :meth:`wait` or :meth:`close` ends it)."""
-        state = {"model": _flat_state(model)}
+        # Separate items, so that a model can be restored without its optimizer.
+        items = {"model": ocp.args.StandardSave(_flat_state(model))}
         if optimizer is not None:
-            state["optimizer"] = _flat_state(optimizer)
-        self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+            items["optimizer"] = ocp.args.StandardSave(_flat_state(optimizer))
+        self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -102,10 +103,10 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"checkpoint: no checkpoint in {str(self.directory)!r}.")
-        template = {"model": _flat_state(model)}
+        items = {"model": ocp.args.StandardRestore(_flat_state(model))}
         if optimizer is not None:
-            template["optimizer"] = _flat_state(optimizer)
-        restored = self.manager.restore(int(step), args=ocp.args.StandardRestore(template))
+            items["optimizer"] = ocp.args.StandardRestore(_flat_state(optimizer))
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
         _restore_into(model, restored["model"])
         if optimizer is not None:
             _restore_into(optimizer, restored["optimizer"])

@@ -246,9 +246,7 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
         raise FileNotFoundError(f"run_dir: no config.json in {str(run_dir)!r}.")
     config = RunConfig(**json.loads(config_path.read_text()))
     task, model = _build(config)
-    # The checkpoint holds the optimizer state too; restoring it needs a matching template.
-    optimizer = nnx.Optimizer(model, make_optimizer(config.resolved(task)), wrt=nnx.Param)
     with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
-        checkpoints.restore(model, optimizer)
+        checkpoints.restore(model)
     model.eval()
     return LoadedRun(model, task, config)

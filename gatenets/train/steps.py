@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -12,6 +13,8 @@ from gatenets._typing import Array
 from gatenets.tasks.base import Batch, Task
 
 
+# One compiled step per task object: fits and evaluations of the same task reuse it.
+@functools.lru_cache(maxsize=32)
 def make_train_step(task: Task) -> Callable[[nnx.Module, nnx.Optimizer, Batch], Array]:
     """A jitted ``train_step(model, optimizer, batch) -> loss`` for ``task``.
 
@@ -45,6 +48,7 @@ def make_train_step(task: Task) -> Callable[[nnx.Module, nnx.Optimizer, Batch], 
     return train_step
 
 
+@functools.lru_cache(maxsize=32)
 def make_eval_step(task: Task) -> Callable[[nnx.Module, Batch], tuple[Array, dict[str, Array]]]:
     """A jitted ``eval_step(model, batch) -> (loss, metrics)`` for ``task``."""
 
