@@ -75,7 +75,7 @@ class MNIST1DTask(Task):
     baseline_source = "GRU, MNIST-1D paper (Greydanus & Kobak 2024)"
     higher_is_better = True
     defaults = {
-        "steps": 3000,
+        "steps": 1000,
         "batch_size": 128,
         "learning_rate": 5e-3,
         "hidden": 128,
