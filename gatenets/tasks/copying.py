@@ -89,6 +89,10 @@ class CopyingTask(Task):
         return 0.1 * self.baseline
 
     def make_model(self, model="lstm", hidden=None, *, rngs: nnx.Rngs, **kwargs):
+        """The default model; an LSTM gets chrono initialisation (Tallec & Ollivier 2018) with
+        ``T_max`` the sequence length, which lets it hold the symbols over the whole delay."""
+        if model == "lstm":
+            kwargs.setdefault("chrono_init", float(self.options["delay"] + 2 * self.copy_length))
         return SequenceModel(
             VOCAB_SIZE,
             hidden or self.defaults["hidden"],

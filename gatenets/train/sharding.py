@@ -1,11 +1,15 @@
 """Data parallelism through JAX's own sharding: the batch axis split over a device mesh,
 parameters and optimizer state replicated.
 
-On one host, every local device joins the mesh. On several hosts, call
-``jax.distributed.initialize()`` in every process first (before any other JAX call); then
-``jax.devices()`` lists the devices of all hosts, :func:`data_parallel_mesh` spans them, and
-each process feeds the rows of the global batch that live on its devices (see
-``jax.make_array_from_process_local_data``). The train step itself does not change.
+On one host, every local device joins the mesh. On several hosts, start one process per host
+and call ``jax.distributed.initialize()`` (coordinator address, process count and id; on
+Cloud TPU and SLURM they are found automatically) in every process before any other JAX call.
+``jax.devices()`` then lists the devices of all hosts and :func:`data_parallel_mesh` spans
+them. Every process runs the same program: since a task's batch depends only on the seed and
+the step, each process makes the same global batch and :func:`shard_batch` places the rows
+that belong to its own devices (for data read per host instead, build the global array with
+``jax.make_array_from_process_local_data``). Checkpoints are written by orbax cooperatively
+from all processes to a directory they share. The train step itself does not change.
 """
 
 from __future__ import annotations
