@@ -267,6 +267,9 @@ class Task:
         raise NotImplementedError
 
     def metrics(self, outputs: Array, batch: Batch) -> dict[str, Array]:
+        """Named scalar metrics of one batch (JAX scalars, so that they compute under jit;
+        ``float()`` them outside). :func:`gatenets.train.evaluate` averages them over a split
+        weighted by sequences per batch."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

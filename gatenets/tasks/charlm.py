@@ -135,6 +135,13 @@ class CharLMTask(Task):
     def target(self) -> float:
         return 0.5 * self._unigram_bits
 
+    @property
+    def default_prompt(self) -> str:
+        """``"def "`` when the vocabulary has its characters, else the text's first character."""
+        if all(ch in self._index for ch in "def "):
+            return "def "
+        return self.vocab[int(self._splits["train"][0])]
+
     def encode(self, text: str) -> np.ndarray:
         """Character ids ``[len(text)]`` int32; raises on characters outside the vocabulary."""
         try:

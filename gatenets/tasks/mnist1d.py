@@ -44,9 +44,12 @@ def mnist1d_data(data_seed: int = 42, num_samples: int = 5000) -> dict[str, np.n
             ) from err
         args = get_dataset_args()
         args.seed = data_seed
+        args.num_samples = num_samples
         data = make_dataset(args)
-        _DATASETS[data_seed] = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
-    return _DATASETS[data_seed]
+        _DATASETS[data_seed, num_samples] = {
+            k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")
+        }
+    return _DATASETS[data_seed, num_samples]
 
 
 class MNIST1DTask(Task):

@@ -143,6 +143,13 @@ def fit(
     def prepare(batch):
         return batch if mesh is None else shard_batch(batch, mesh)
 
+    def prepare_eval(batch):
+        # The last evaluation batch of a finite split may not divide over the devices: it is
+        # then replicated, each device computing all of it, instead of refused.
+        if mesh is None or np.shape(batch.inputs)[0] % mesh.shape[mesh.axis_names[0]] == 0:
+            return prepare(batch)
+        return replicate(batch, mesh)
+
     train_step = make_train_step(task)
     eval_step = make_eval_step(task)
     metrics_file = None if out is None else open(out / "metrics.jsonl", "a")
@@ -158,9 +165,13 @@ def fit(
     step, window, valid = start, [], {}
     began = time.perf_counter()
 
-    def save() -> None:
+    def save() -> int:
+        # The optimizer's own counter, not the loop's: Ctrl-C usually lands while the loop
+        # waits for a step's loss, after that step's parameters were already written back.
+        done = int(optimizer.step[...])
         if checkpointer is not None:
-            checkpointer.save(step, model, optimizer)
+            checkpointer.save(done, model, optimizer)
+        return done
 
     try:
         batches = task.batches("train", batch_size, seed=seed, start=start)
@@ -204,7 +215,7 @@ def fit(
                     batch_size=eval_batch_size,
                     seed=seed,
                     eval_step=eval_step,
-                    prepare=prepare,
+                    prepare=prepare_eval,
                 )
                 _write_line(metrics_file, {"step": step, "split": "valid", **valid})
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in valid.items())
@@ -212,11 +223,11 @@ def fit(
             if step == steps or (checkpoint_every is not None and step % checkpoint_every == 0):
                 save()
     except KeyboardInterrupt:
-        save()
+        done = save()
         if checkpointer is not None:
             checkpointer.wait()
             bar.write(
-                f"interrupted: saved step {step} in {str(checkpointer.directory)!r}; "
+                f"interrupted: saved step {done} in {str(checkpointer.directory)!r}; "
                 "continue with resume=True (gatenets run … --resume).",
                 file=sys.stderr,
             )

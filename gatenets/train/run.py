@@ -222,7 +222,9 @@ def run(
         "gate_means": gate_means(model, probe),
     }
     if hasattr(task, "sample"):
-        summary["sample"] = task.sample(model, "def ", 200, temperature=0.8, seed=config.seed)
+        summary["sample"] = task.sample(
+            model, task.default_prompt, 200, temperature=0.8, seed=config.seed
+        )
     _write_json(out / "summary.json", summary)
     return summary
 

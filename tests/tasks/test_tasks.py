@@ -162,6 +162,7 @@ def test_charlm_text_file_and_sampling(tmp_path):
     assert task.vocab == ("a", "b", "c") and task.baseline == pytest.approx(
         -(0.4 * math.log2(0.4) * 2 + 0.2 * math.log2(0.2)), abs=0.01
     )
+    assert task.default_prompt == "a"  # "def " is not in this vocabulary
     model = task.make_model("gru", 8, rngs=nnx.Rngs(0))
     text = task.sample(model, "ab", 12, temperature=0.5, seed=1)
     assert text.startswith("ab") and len(text) == 14 and set(text) <= set("abc")
