@@ -96,6 +96,10 @@ class TemporalOrderTask(Task):
         return 0.99
 
     def make_model(self, model="lstm", hidden=None, *, rngs: nnx.Rngs, **kwargs):
+        """The default model; an LSTM gets chrono initialisation (Tallec & Ollivier 2018) with
+        ``T_max = max_length``, so its forget gates start out holding memory that long."""
+        if model == "lstm":
+            kwargs.setdefault("chrono_init", float(self.options["max_length"]))
         return SequenceModel(
             len(SYMBOLS),
             hidden or self.defaults["hidden"],
