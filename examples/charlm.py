@@ -1,7 +1,7 @@
 """Character-level language model on the Python standard library's source (or a text file),
 reporting validation bits per character and sampling text at a temperature.
 
-    python examples/charlm.py --steps 2000
+    python examples/charlm.py --steps 1000
     python examples/charlm.py --text my_novel.txt --temperature 0.6
 """
 
@@ -15,10 +15,10 @@ from gatenets.train import evaluate, fit
 
 # Settings (each can be overridden on the command line).
 TEXT = None  # None: the fixed list of standard-library files in gatenets.tasks.charlm
-SEQ_LEN = 128
+SEQ_LEN = 100
 MODEL = "lstm"
-HIDDEN = 256
-STEPS = 2000
+HIDDEN = 128
+STEPS = 1000
 BATCH = 32
 LEARNING_RATE = 5e-3
 TEMPERATURE = 0.8

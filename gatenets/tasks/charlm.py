@@ -82,14 +82,14 @@ class CharLMTask(Task):
     baseline_source = "unigram entropy of the training text (context-free model)"
     higher_is_better = False
     defaults = {
-        "steps": 2000,
+        "steps": 1000,
         "batch_size": 32,
         "learning_rate": 5e-3,
-        "hidden": 256,
-        "eval_every": 500,
+        "hidden": 128,
+        "eval_every": 250,
         "eval_batch_size": 64,
     }
-    option_defaults = {"text_file": None, "seq_len": 128}
+    option_defaults = {"text_file": None, "seq_len": 100}
 
     def __init__(self, **options):
         super().__init__(**options)
