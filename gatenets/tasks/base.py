@@ -196,7 +196,8 @@ class Task:
       target: the value of ``metric`` the default config is meant to reach.
       higher_is_better: direction of ``metric``.
       defaults: default training config (``steps``, ``batch_size``, ``learning_rate``,
-        ``hidden``, ``eval_every``, ``eval_batches``).
+        ``hidden``, ``eval_every``, ``eval_batch_size``, and ``model`` when it is not
+        ``"lstm"``).
       options: the task's own options (sequence length, …) after validation.
     """
 

@@ -65,6 +65,7 @@ class CopyingTask(Task):
     baseline_source = "memoryless: 10 ln 8 / (T + 20) (Arjovsky et al. 2016)"
     higher_is_better = False
     defaults = {
+        "model": "gru",
         "steps": 2000,
         "batch_size": 64,
         "learning_rate": 5e-3,

@@ -78,6 +78,7 @@ class MNIST1DTask(Task):
     baseline_source = "GRU, MNIST-1D paper (Greydanus & Kobak 2024)"
     higher_is_better = True
     defaults = {
+        "model": "gru",
         "steps": 1000,
         "batch_size": 128,
         "learning_rate": 5e-3,

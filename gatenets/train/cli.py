@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("task", nargs="?", help=f"one of {', '.join(list_tasks())}")
     parser.add_argument("--list", action="store_true", help="list the tasks and exit")
-    parser.add_argument("--model", default="lstm", help=f"one of {', '.join(sorted(MODELS))}")
+    parser.add_argument(
+        "--model", help=f"one of {', '.join(sorted(MODELS))} (task default if omitted)"
+    )
     parser.add_argument("--steps", type=int, help="training steps (task default if omitted)")
     parser.add_argument("--hidden", type=int, help="recurrent state size")
     parser.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
@@ -97,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"gatenets run: {err}", file=sys.stderr)
         return 2
-    out = args.out or f"runs/{args.task}-{args.model}"
+    out = args.out or f"runs/{args.task}-{config.model}"
     print(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
         f"{config.batch_size}; baseline {task.metric} {task.baseline:.4g} "

@@ -28,7 +28,7 @@ class RunConfig(NamedTuple):
     Attributes:
       task: task name.
       options: the task's options (``{"length": 100}``, ``{"text_file": "x.txt"}``, …).
-      model: ``"lstm"`` or ``"gru"``.
+      model: ``"lstm"`` or ``"gru"`` (the task's default if None).
       hidden: recurrent state size.
       num_layers: stacked recurrent layers.
       steps: training steps.
@@ -45,7 +45,7 @@ class RunConfig(NamedTuple):
 
     task: str
     options: dict[str, Any] = {}
-    model: str = "lstm"
+    model: str | None = None
     hidden: int | None = None
     num_layers: int = 1
     steps: int | None = None
@@ -61,11 +61,11 @@ class RunConfig(NamedTuple):
 
     def resolved(self, task: Task) -> RunConfig:
         """The config with the task's defaults filled in, validated."""
-        if self.model not in MODELS:
-            raise ValueError(
-                f"model: unknown model {self.model!r}; the models are {sorted(MODELS)}."
-            )
+        model = task.defaults.get("model", "lstm") if self.model is None else self.model
+        if model not in MODELS:
+            raise ValueError(f"model: unknown model {model!r}; the models are {sorted(MODELS)}.")
         filled = self._replace(
+            model=model,
             options=dict(task.options),
             **{
                 field: task.defaults[field]

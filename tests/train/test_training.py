@@ -241,3 +241,10 @@ def test_bad_fit_arguments_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="run_dir: no config.json"):
         load_run(tmp_path)
     assert make_train_step(task) is make_train_step(task)
+
+
+def test_run_config_takes_the_task_defaults():
+    copying = RunConfig("copying").resolved(get_task("copying"))
+    assert (copying.model, copying.hidden, copying.options) == ("gru", 128, {"delay": 50})
+    adding = RunConfig("adding", steps=7).resolved(get_task("adding"))
+    assert (adding.model, adding.steps, adding.checkpoint_every) == ("lstm", 7, 250)
