@@ -1,16 +1,5 @@
 """Training through optax: jitted steps, the :func:`fit` loop, orbax checkpoints, data
 parallelism over a device mesh, and whole runs of the example tasks (``gatenets run``).
-
-Example:
-  >>> import optax
-  >>> from flax import nnx
-  >>> from gatenets.tasks import get_task
-  >>> from gatenets.train import fit
-  >>> task = get_task("temporal_order", min_length=12, max_length=14)
-  >>> model = task.make_model("gru", 8, rngs=nnx.Rngs(0))
-  >>> fit(model, optax.adam(1e-2), task, steps=2, batch_size=4, eval_every=0,
-  ...     progress=False).step
-  2
 """
 
 from __future__ import annotations

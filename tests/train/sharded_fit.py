@@ -5,15 +5,13 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+import numpy as np
+import optax
+from flax import nnx
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from gatenets.tasks import get_task  # noqa: E402
-from gatenets.train import data_parallel_mesh, fit, shard_batch  # noqa: E402
+from gatenets.tasks import get_task
+from gatenets.train import data_parallel_mesh, fit, shard_batch
 
 
 def train(mesh):
@@ -57,4 +55,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # Set here, not at import: pytest's doctest collection imports this file, and JAX reads
+    # the flag only when its CPU backend starts, so it must not leak into the test session.
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     main()
