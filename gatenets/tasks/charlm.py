@@ -1,0 +1,237 @@
+"""Character-level language modelling on the Python standard library's source, or any text."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sysconfig
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gatenets._typing import Array
+from gatenets.tasks.base import (
+    Batch,
+    SequenceModel,
+    Task,
+    batch_rng,
+    check_positive_int,
+    check_split,
+    cross_entropy,
+)
+
+STDLIB_FILES = (
+    "argparse.py",
+    "bisect.py",
+    "collections/__init__.py",
+    "dataclasses.py",
+    "difflib.py",
+    "fractions.py",
+    "functools.py",
+    "heapq.py",
+    "pprint.py",
+    "random.py",
+    "shlex.py",
+    "statistics.py",
+    "string.py",
+    "textwrap.py",
+)
+"""The default corpus: these files of the running Python's standard library, in this order,
+joined by newlines (about 530 kB on Python 3.11). The text differs a little between Python
+versions, so bits per character are comparable only on the same version."""
+
+SPLIT_FRACTIONS = {"train": (0.0, 0.9), "valid": (0.9, 0.95), "test": (0.95, 1.0)}
+
+
+def stdlib_corpus() -> str:
+    """The default corpus: :data:`STDLIB_FILES` read from the standard library, joined."""
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    return "\n".join((root / name).read_text(encoding="utf-8") for name in STDLIB_FILES)
+
+
+class CharLMTask(Task):
+    """Character-level language modelling: predict each next character.
+
+    The text (the standard library files :data:`STDLIB_FILES`, or ``text_file``) is split
+    without shuffling: the first 90% trains, the next 5% validates, the last 5% tests. The
+    vocabulary is the sorted set of characters of the whole text. Training batches are random
+    windows of ``seq_len + 1`` characters; evaluation reads consecutive windows. Loss:
+    cross-entropy; metric: bits per character, :math:`\\mathrm{CE} / \\ln 2`. Baseline: the
+    unigram entropy of the training text in bits (a model that ignores context); there is no
+    published number for this corpus.
+
+    Options:
+      text_file: path of a UTF-8 text file to model instead of the default corpus.
+      seq_len: characters per training window.
+
+    Example:
+      >>> from gatenets.tasks import get_task
+      >>> task = get_task("charlm", seq_len=16)
+      >>> batch = next(task.batches("train", 2, seed=0))
+      >>> batch.inputs.shape, task.decode(task.encode("def f():")) == "def f():"
+      ((2, 16), True)
+    """
+
+    name = "charlm"
+    description = "character-level language model on Python stdlib source (or a text file)"
+    metric = "bits_per_char"
+    baseline_source = "unigram entropy of the training text (context-free model)"
+    higher_is_better = False
+    defaults = {
+        "steps": 1000,
+        "batch_size": 32,
+        "learning_rate": 5e-3,
+        "hidden": 128,
+        "eval_every": 250,
+        "eval_batch_size": 64,
+    }
+    option_defaults = {"text_file": None, "seq_len": 100}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        seq_len = check_positive_int("seq_len", self.options["seq_len"], minimum=2)
+        text_file = self.options["text_file"]
+        if text_file is None:
+            text = stdlib_corpus()
+        else:
+            path = pathlib.Path(text_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"text_file: no such file {str(path)!r}.")
+            text = path.read_text(encoding="utf-8")
+            self.options["text_file"] = str(path)
+        if not text:
+            raise ValueError(f"text_file {text_file!r} is empty; a corpus needs text to model.")
+        self.vocab: tuple[str, ...] = tuple(sorted(set(text)))
+        self._index = {ch: i for i, ch in enumerate(self.vocab)}
+        ids = self.encode(text)
+        self._splits = {
+            split: ids[int(low * len(ids)) : int(high * len(ids))]
+            for split, (low, high) in SPLIT_FRACTIONS.items()
+        }
+        for split, part in self._splits.items():
+            if len(part) < seq_len + 1:
+                raise ValueError(
+                    f"text is too short: the {split} split ({SPLIT_FRACTIONS[split]} of "
+                    f"{len(ids)} characters) has {len(part)}, fewer than seq_len + 1 = "
+                    f"{seq_len + 1}; give a longer text or a smaller seq_len."
+                )
+        counts = np.bincount(self._splits["train"], minlength=len(self.vocab))
+        probabilities = counts[counts > 0] / counts.sum()
+        self._unigram_bits = float(-(probabilities * np.log2(probabilities)).sum())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def baseline(self) -> float:
+        return self._unigram_bits
+
+    @property
+    def target(self) -> float:
+        return 0.5 * self._unigram_bits
+
+    @property
+    def default_prompt(self) -> str:
+        """``"def "`` when the vocabulary has its characters, else the text's first character."""
+        if all(ch in self._index for ch in "def "):
+            return "def "
+        return self.vocab[int(self._splits["train"][0])]
+
+    def encode(self, text: str) -> np.ndarray:
+        """Character ids ``[len(text)]`` int32; raises on characters outside the vocabulary."""
+        try:
+            return np.array([self._index[ch] for ch in text], np.int32)
+        except KeyError as err:
+            raise ValueError(f"text: character {err.args[0]!r} is not in the vocabulary.") from None
+
+    def decode(self, ids: Any) -> str:
+        """The text of a sequence of character ids."""
+        return "".join(self.vocab[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def make_model(self, model="lstm", hidden=None, *, rngs: nnx.Rngs, **kwargs):
+        return SequenceModel(
+            self.vocab_size,
+            hidden or self.defaults["hidden"],
+            self.vocab_size,
+            model=model,
+            embed_features=64,
+            readout="all",
+            rngs=rngs,
+            **kwargs,
+        )
+
+    def batches(self, split: str, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Batch]:
+        check_split(split)
+        check_positive_int("batch_size", batch_size)
+        ids, window = self._splits[split], self.options["seq_len"] + 1
+        if split == "train":
+            index = check_positive_int("start", start, minimum=0)
+            while True:
+                starts = batch_rng(seed, split, index).integers(
+                    0, len(ids) - window + 1, batch_size
+                )
+                chunk = ids[starts[:, None] + np.arange(window)[None, :]]
+                yield Batch(chunk[:, :-1], chunk[:, 1:], None)
+                index += 1
+        # Consecutive windows overlapping by one character, so every character but the first
+        # is predicted exactly once (up to the last partial window, which is dropped).
+        count = (len(ids) - 1) // (window - 1)
+        starts = np.arange(count) * (window - 1)
+        for begin in range(0, count, batch_size):
+            rows = starts[begin : begin + batch_size]
+            chunk = ids[rows[:, None] + np.arange(window)[None, :]]
+            yield Batch(chunk[:, :-1], chunk[:, 1:], None)
+
+    def loss(self, outputs: Array, batch: Batch) -> Array:
+        return cross_entropy(outputs, batch.targets, batch.mask)
+
+    def metrics(self, outputs: Array, batch: Batch) -> dict[str, Array]:
+        loss = self.loss(outputs, batch)
+        return {"bits_per_char": loss / math.log(2.0), "cross_entropy": loss}
+
+    def sample(
+        self,
+        model: SequenceModel,
+        prompt: str = "def ",
+        length: int = 200,
+        *,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        """Text generated by ``model`` after ``prompt``, one character at a time.
+
+        Args:
+          model: a model of this task (readout ``"all"`` over this vocabulary).
+          prompt: text to start from (at least one character, all in the vocabulary).
+          length: characters to generate.
+          temperature: divides the logits before sampling: < 1 sharper, > 1 flatter.
+          seed: sampling seed.
+
+        Returns:
+          ``prompt`` followed by the generated characters.
+        """
+        if not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number; got {temperature!r}.")
+        check_positive_int("length", length, minimum=0)
+        if not prompt:
+            raise ValueError("prompt must hold at least one character; got ''.")
+        ids = self.encode(prompt)
+        carry, logits = model(jnp.asarray(ids[None, :]), return_carry=True)
+        key = jax.random.key(seed)
+        generated = []
+        for _ in range(length):
+            key, subkey = jax.random.split(key)
+            token = jax.random.categorical(subkey, logits[0, -1] / temperature)
+            generated.append(int(token))
+            carry, logits = _next_step(model, carry, token.reshape(1, 1).astype(jnp.int32))
+        return prompt + self.decode(generated)
+
+
+@nnx.jit
+def _next_step(model, carry, token):
+    return model(token, initial_carry=carry, return_carry=True)

@@ -1,0 +1,254 @@
+"""A whole run of a task: config, training, checkpoints, final summary; and reloading it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from gatenets.tasks import MODELS, get_task
+from gatenets.tasks.base import Task, check_positive_int
+from gatenets.train.checkpoint import Checkpointer
+from gatenets.train.loop import fit
+from gatenets.train.sharding import data_parallel_mesh
+from gatenets.train.steps import evaluate, gate_means
+
+
+class RunConfig(NamedTuple):
+    """Everything that defines a run; ``config.json`` holds it. None means the task's default.
+
+    Attributes:
+      task: task name.
+      options: the task's options (``{"length": 100}``, ``{"text_file": "x.txt"}``, …).
+      model: ``"lstm"`` or ``"gru"`` (the task's default if None).
+      hidden: recurrent state size.
+      num_layers: stacked recurrent layers.
+      steps: training steps.
+      batch_size: sequences per training batch.
+      learning_rate: Adam's learning rate.
+      grad_clip: global-norm gradient clipping threshold.
+      seed: seed of parameters and data.
+      eval_every: steps between validations.
+      eval_batch_size: sequences per evaluation batch.
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: how many checkpoints to keep.
+      data_parallel: split batches over all local devices.
+    """
+
+    task: str
+    options: dict[str, Any] = {}
+    model: str | None = None
+    hidden: int | None = None
+    num_layers: int = 1
+    steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int | None = None
+    eval_batch_size: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 3
+    data_parallel: bool = False
+
+    def resolved(self, task: Task) -> RunConfig:
+        """The config with the task's defaults filled in, validated."""
+        model = task.defaults.get("model", "lstm") if self.model is None else self.model
+        if model not in MODELS:
+            raise ValueError(f"model: unknown model {model!r}; the models are {sorted(MODELS)}.")
+        filled = self._replace(
+            model=model,
+            options=dict(task.options),
+            **{
+                field: task.defaults[field]
+                for field in ("hidden", "steps", "batch_size", "learning_rate", "eval_every")
+                if getattr(self, field) is None
+            },
+        )
+        if filled.eval_batch_size is None:
+            filled = filled._replace(eval_batch_size=task.defaults["eval_batch_size"])
+        if filled.checkpoint_every is None:
+            filled = filled._replace(checkpoint_every=filled.eval_every)
+        for field in ("hidden", "num_layers", "steps", "batch_size", "eval_batch_size"):
+            check_positive_int(field, getattr(filled, field))
+        for field in ("eval_every", "checkpoint_every", "seed"):
+            check_positive_int(field, getattr(filled, field), minimum=0)
+        check_positive_int("keep_checkpoints", filled.keep_checkpoints)
+        for field in ("learning_rate", "grad_clip"):
+            value = getattr(filled, field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{field} must be a positive number; got {value!r}.")
+        return filled._replace(checkpoint_every=filled.checkpoint_every or None)
+
+
+class LoadedRun(NamedTuple):
+    """A run rebuilt from its directory: the trained model, its task and its config."""
+
+    model: nnx.Module
+    task: Task
+    config: RunConfig
+
+
+def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
+    """Adam after global-norm clipping, as ``gatenets run`` trains."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip), optax.adam(config.learning_rate)
+    )
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    """Writes ``data`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream, indent=2, sort_keys=True)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+def _build(config: RunConfig) -> tuple[Task, nnx.Module]:
+    task = get_task(config.task, **config.options)
+    config = config.resolved(task)
+    model = task.make_model(
+        config.model, config.hidden, num_layers=config.num_layers, rngs=nnx.Rngs(config.seed)
+    )
+    return task, model
+
+
+def run(
+    config: RunConfig,
+    out_dir: str | pathlib.Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains ``config`` into ``out_dir`` and returns the summary.
+
+    Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json``: the test
+    metrics against the baseline and target, validation metrics, wall time, and the mean of
+    every gate over a validation batch (and, for ``charlm``, a sample of generated text).
+
+    Args:
+      config: the run's settings.
+      out_dir: the run directory.
+      resume: continue the run in ``out_dir`` from its latest checkpoint; the config must
+        match the saved one except for ``steps``.
+      progress: show a progress bar.
+
+    Example:
+      >>> import tempfile
+      >>> from gatenets.train import RunConfig, load_run, run
+      >>> config = RunConfig("adding", {"length": 6}, hidden=4, steps=2, batch_size=4,
+      ...                    eval_batch_size=8)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     summary = run(config, d, progress=False)
+      ...     loaded = load_run(d)
+      >>> summary["metric"], summary["steps"], loaded.config.hidden
+      ('mse', 2, 4)
+    """
+    out = pathlib.Path(out_dir)
+    task = get_task(config.task, **config.options)
+    config = config.resolved(task)
+    config_path = out / "config.json"
+    if config_path.exists():
+        saved = RunConfig(**json.loads(config_path.read_text()))
+        if not resume:
+            raise FileExistsError(
+                f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
+                "continue it or choose another directory."
+            )
+        differing = [
+            f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
+        ]
+        if differing:
+            raise ValueError(
+                f"resume: the config differs from the saved run in {differing}; only steps may "
+                "change when resuming."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, config._asdict())
+
+    model = task.make_model(
+        config.model, config.hidden, num_layers=config.num_layers, rngs=nnx.Rngs(config.seed)
+    )
+    began = time.perf_counter()
+    result = fit(
+        model,
+        make_optimizer(config),
+        task,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        eval_every=config.eval_every,
+        eval_batch_size=config.eval_batch_size,
+        out_dir=out,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        resume=resume,
+        mesh=data_parallel_mesh() if config.data_parallel else None,
+        progress=progress,
+    )
+    test = evaluate(model, task, "test", batch_size=config.eval_batch_size, seed=config.seed)
+    value = test[task.metric]
+    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
+    probe = next(task.batches("valid", min(config.eval_batch_size, 64), seed=config.seed))
+    summary: dict[str, Any] = {
+        "task": task.name,
+        "options": task.options,
+        "model": config.model,
+        "hidden": config.hidden,
+        "num_layers": config.num_layers,
+        "parameters": int(sum(np.size(p) for p in _leaves(nnx.state(model, nnx.Param)))),
+        "steps": result.step,
+        "seconds": time.perf_counter() - began,
+        "steps_per_second": result.steps_per_second,
+        "metric": task.metric,
+        "value": value,
+        "baseline": task.baseline,
+        "baseline_source": task.baseline_source,
+        "beats_baseline": bool(better(value, task.baseline)),
+        "target": task.target,
+        "reached_target": bool(better(value, task.target) or value == task.target),
+        "test": test,
+        "valid": result.valid,
+        "train_loss": result.train_loss,
+        "gate_means": gate_means(model, probe),
+    }
+    if hasattr(task, "sample"):
+        summary["sample"] = task.sample(
+            model, task.default_prompt, 200, temperature=0.8, seed=config.seed
+        )
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _leaves(state: Any) -> list[Any]:
+    return jax.tree_util.tree_leaves(nnx.to_pure_dict(state))
+
+
+def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
+    """Rebuilds the task and model of a run directory and loads its latest checkpoint.
+
+    Args:
+      run_dir: a directory written by :func:`run` (``gatenets run … --out run_dir``).
+
+    Returns:
+      ``LoadedRun(model, task, config)`` with the model in evaluation mode.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run_dir: no config.json in {str(run_dir)!r}.")
+    config = RunConfig(**json.loads(config_path.read_text()))
+    task, model = _build(config)
+    with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
+        checkpoints.restore(model)
+    model.eval()
+    return LoadedRun(model, task, config)

@@ -1,0 +1,61 @@
+"""Data parallelism through JAX's own sharding: the batch axis split over a device mesh,
+parameters and optimizer state replicated.
+
+On one host, every local device joins the mesh. On several hosts, start one process per host
+and call ``jax.distributed.initialize()`` (coordinator address, process count and id; on
+Cloud TPU and SLURM they are found automatically) in every process before any other JAX call.
+``jax.devices()`` then lists the devices of all hosts and :func:`data_parallel_mesh` spans
+them. Every process runs the same program: since a task's batch depends only on the seed and
+the step, each process makes the same global batch and :func:`shard_batch` places the rows
+that belong to its own devices (for data read per host instead, build the global array with
+``jax.make_array_from_process_local_data``). Checkpoints are written by orbax cooperatively
+from all processes to a directory they share. The train step itself does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gatenets.tasks.base import Batch
+
+
+def data_parallel_mesh(devices: Sequence[Any] | None = None, *, axis_name: str = "data") -> Mesh:
+    """A one-axis mesh over ``devices`` (all devices by default) for data parallelism.
+
+    Example:
+      >>> from gatenets.train import data_parallel_mesh
+      >>> data_parallel_mesh().axis_names
+      ('data',)
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must hold at least one device; got an empty sequence.")
+    return Mesh(np.array(devices), (axis_name,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` with every array copied to every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
+    """``batch`` with its leading (batch) axis split over the mesh's first axis.
+
+    Raises:
+      ValueError: if the batch size does not divide evenly over the mesh's devices.
+    """
+    axis = mesh.axis_names[0]
+    devices = mesh.shape[axis]
+    size = int(np.shape(batch.inputs)[0])
+    if size % devices:
+        raise ValueError(
+            f"batch_size must be a multiple of the {devices} devices of the mesh axis "
+            f"{axis!r} for data parallelism; got {size}."
+        )
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return jax.tree_util.tree_map(lambda leaf: jax.device_put(leaf, sharding), batch)

@@ -1,0 +1,72 @@
+"""``gatenets run`` at tiny settings, and its errors."""
+
+import json
+
+import pytest
+
+from gatenets.cli import main
+
+
+def test_run_list(capsys):
+    assert main(["run", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "adding",
+        "charlm",
+        "copying",
+        "mnist1d",
+        "temporal_order",
+    ]
+
+
+def test_run_writes_a_run_and_resumes_it(tmp_path, capsys):
+    args = [
+        "run",
+        "adding",
+        "-o",
+        "length=6",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main([*args, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline mse 0.1667" in out and "layer0/forward/forget" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["options"] == {"length": 6}
+
+    assert main([*args, "--steps", "3"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--steps", "3", "--resume"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 3
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "sorting"], "unknown task 'sorting'"),
+        (["run", "adding", "--model", "transformer"], "unknown model 'transformer'"),
+        (["run", "adding", "--steps", "0"], "steps must be an int >= 1; got 0"),
+        (["run", "adding", "-o", "length=0"], "length must be an int >= 2; got 0"),
+        (["run", "charlm", "--text", "/no/such/file.txt"], "text_file: no such file"),
+        (["run"], "give a TASK or --list"),
+    ],
+)
+def test_run_errors_name_the_argument(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_with_an_empty_corpus(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["run", "charlm", "--text", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err

@@ -1,0 +1,250 @@
+"""Training: loss falls on every task, resume equals an uninterrupted run, NaN stops, Ctrl-C
+saves, sharded equals unsharded, runs reload, and bad input is named."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gatenets.tasks import AddingTask, get_task
+from gatenets.train import (
+    Checkpointer,
+    NonFiniteLossError,
+    RunConfig,
+    evaluate,
+    fit,
+    load_run,
+    make_train_step,
+    run,
+)
+
+ROOT = pathlib.Path(__file__).parent.parent.parent
+
+# options, hidden, batch size, learning rate, steps, largest allowed ratio of loss after/before
+TINY = {
+    "adding": ({"length": 8}, 8, 16, 1e-2, 30, 0.9),
+    "copying": ({"delay": 3}, 16, 16, 1e-2, 30, 0.9),
+    # MNIST-1D starts slowly at this size: 60 steps take the loss down by about 1.6%.
+    "mnist1d": ({"num_samples": 500}, 16, 32, 3e-2, 60, 0.99),
+    "charlm": ({"seq_len": 16}, 16, 16, 1e-2, 30, 0.9),
+    "temporal_order": ({"min_length": 12, "max_length": 14}, 8, 32, 3e-2, 30, 0.99),
+}
+
+
+def params_of(model):
+    return [np.asarray(p) for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_few_steps_lower_the_validation_loss(name):
+    options, hidden, batch_size, learning_rate, steps, ratio = TINY[name]
+    task = get_task(name, **options)
+    model = task.make_model("gru" if name == "mnist1d" else "lstm", hidden, rngs=nnx.Rngs(0))
+    before = evaluate(model, task, "valid", batch_size=1024)
+    fit(
+        model,
+        optax.adam(learning_rate),
+        task,
+        steps=steps,
+        batch_size=batch_size,
+        eval_every=0,
+        progress=False,
+    )
+    after = evaluate(model, task, "valid", batch_size=1024)
+    assert after["loss"] < ratio * before["loss"], (before, after)
+    assert set(after) >= {"loss", task.metric}
+
+
+def test_evaluation_weighs_batches_by_their_sequences():
+    task = get_task("mnist1d", num_samples=500)
+    model = task.make_model("gru", 8, rngs=nnx.Rngs(0))
+    # 100 test sequences in batches of 30: the last batch holds 10.
+    metrics = evaluate(model, task, "test", batch_size=30)
+    x, y = task.split_arrays("test")
+    predictions = np.argmax(np.asarray(model(x)), axis=-1)
+    assert metrics["accuracy"] == pytest.approx(np.mean(predictions == y), abs=1e-6)
+
+
+class Interrupted(AddingTask):
+    """Adding, with Ctrl-C pressed while the batch of index ``at`` is being made."""
+
+    def __init__(self, at, **options):
+        super().__init__(**options)
+        self.at = at
+
+    def batches(self, split, batch_size, *, seed, start=0):
+        for index, batch in enumerate(super().batches(split, batch_size, seed=seed, start=start)):
+            if split == "train" and start + index == self.at:
+                raise KeyboardInterrupt
+            yield batch
+
+
+class Poisoned(AddingTask):
+    """Adding, with NaN inputs in the batch of index ``at``."""
+
+    def __init__(self, at, **options):
+        super().__init__(**options)
+        self.at = at
+
+    def batches(self, split, batch_size, *, seed, start=0):
+        for index, batch in enumerate(super().batches(split, batch_size, seed=seed, start=start)):
+            if split == "train" and start + index == self.at:
+                batch = batch._replace(inputs=np.full_like(batch.inputs, np.nan))
+            yield batch
+
+
+def tiny_fit(task, out_dir, *, steps=6, resume=False, **kwargs):
+    model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
+    fit(
+        model,
+        optax.adam(1e-2),
+        task,
+        steps=steps,
+        batch_size=8,
+        eval_every=0,
+        log_every=1,
+        out_dir=out_dir,
+        resume=resume,
+        progress=False,
+        **kwargs,
+    )
+    return model
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    whole = tiny_fit(
+        AddingTask(length=6), tmp_path / "whole", checkpoint_every=2, keep_checkpoints=2
+    )
+    assert Checkpointer(tmp_path / "whole" / "checkpoints").all_steps() == [4, 6]
+
+    task = Interrupted(4, length=6)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_fit(task, tmp_path / "cut", checkpoint_every=10)
+    # Ctrl-C saved the 4 completed steps although no periodic save was due.
+    assert Checkpointer(tmp_path / "cut" / "checkpoints").latest_step() == 4
+    task.at = None
+    resumed = tiny_fit(task, tmp_path / "cut", resume=True, checkpoint_every=10)
+    assert params_of(resumed) != [] and not np.array_equal(
+        params_of(resumed)[0], params_of(task.make_model("lstm", 8, rngs=nnx.Rngs(1)))[0]
+    )
+    for a, b in zip(params_of(whole), params_of(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss is nan at step 5; the last good "
+        r"checkpoint, step 4",
+    ):
+        tiny_fit(Poisoned(4, length=6), tmp_path, steps=8, checkpoint_every=2)
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.latest_step() == 4
+    model = AddingTask(length=6).make_model("lstm", 8, rngs=nnx.Rngs(5))
+    checkpoints.restore(model)
+    assert all(np.isfinite(p).all() for p in params_of(model))
+
+
+def test_sharded_training_equals_single_device_training():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "train" / "sharded_fit.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["devices"] == 4 and report["batch_devices"] == 4
+    assert report["batch_shard_rows"] == [2, 2, 2, 2] and report["param_devices"] == 4
+    assert report["sharded_loss"] == pytest.approx(report["single_loss"], rel=1e-5)
+    assert report["max_param_difference"] < 1e-5 < report["params_moved"]
+
+
+def test_run_writes_the_contract_files_and_load_run_restores_them(tmp_path):
+    config = RunConfig(
+        "temporal_order",
+        {"min_length": 12, "max_length": 14},
+        model="gru",
+        hidden=4,
+        steps=4,
+        batch_size=8,
+        eval_every=2,
+        eval_batch_size=1024,
+    )
+    summary = run(config, tmp_path, progress=False)
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints",
+    }
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["task"] == "temporal_order" and saved["model"] == "gru" and saved["steps"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert summary["metric"] == "accuracy" and summary["baseline"] == 0.5
+    assert set(summary["gate_means"]) == {"layer0/forward/reset", "layer0/forward/update"}
+    assert all(0 < m < 1 for m in summary["gate_means"].values())
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records if r["split"] == "valid"] == [
+        (2, "valid"),
+        (4, "valid"),
+    ]
+    loaded = load_run(tmp_path)
+    assert loaded.config.hidden == 4 and loaded.task.name == "temporal_order"
+    again = evaluate(loaded.model, loaded.task, "test", batch_size=1024)
+    assert again == pytest.approx(summary["test"], rel=1e-6)
+    _, trace = loaded.model(np.zeros((1, 5), np.int32), return_gates=True)
+    assert sorted(trace.gates) == ["layer0/forward"]
+
+    with pytest.raises(FileExistsError, match="already holds a run; pass resume=True"):
+        run(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"differs from the saved run in \['hidden'\]"):
+        run(config._replace(hidden=5), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "transformer"}, "model: unknown model 'transformer'; the models are"),
+        ({"steps": 0}, "steps must be an int >= 1; got 0"),
+        ({"hidden": -3}, "hidden must be an int >= 1; got -3"),
+        ({"learning_rate": -1.0}, "learning_rate must be a positive number; got -1.0"),
+        ({"batch_size": 2.0}, "batch_size must be an int >= 1; got 2.0"),
+    ],
+)
+def test_bad_run_configs_are_named(changes, message):
+    config = RunConfig("adding", {"length": 6}, **changes)
+    with pytest.raises(ValueError, match=message):
+        config.resolved(get_task("adding", length=6))
+
+
+def test_bad_fit_arguments_are_named(tmp_path):
+    task = get_task("adding", length=6)
+    model = task.make_model("lstm", 4, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation; got str"):
+        fit(model, "adam", task, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="steps must be an int >= 1; got 0"):
+        fit(model, optax.sgd(0.1), task, steps=0, batch_size=4)
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        fit(model, optax.sgd(0.1), task, steps=1, batch_size=4, resume=True)
+    with pytest.raises(FileNotFoundError, match="run_dir: no config.json"):
+        load_run(tmp_path)
+    assert make_train_step(task) is make_train_step(task)
+
+
+def test_run_config_takes_the_task_defaults():
+    copying = RunConfig("copying").resolved(get_task("copying"))
+    assert (copying.model, copying.hidden, copying.options) == ("gru", 128, {"delay": 50})
+    adding = RunConfig("adding", steps=7).resolved(get_task("adding"))
+    assert (adding.model, adding.steps, adding.checkpoint_every) == ("lstm", 7, 250)
