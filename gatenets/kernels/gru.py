@@ -174,7 +174,15 @@ def _gru_bwd(config, residuals, cotangents):
     gate_cotangent = config.return_gates and dgates is not None
     kernel_t = recurrent_kernel.T
 
-    def body(dh, step):
+    # Backward arithmetic in at least float32: bf16 accumulations over time lose the gradient.
+    acc = jnp.promote_types(dtype, jnp.float32)
+
+    # With remat nothing [time, batch, 3 hidden] may exist, so the weight gradients are summed
+    # in the loop (one small matmul per step) instead of one large matmul after it.
+    accumulate = config.remat
+
+    def body(carry, step):
+        dh, sums = carry
         h_prev_t, dh_out_t, valid_t, dgates_t, values_t, x_t = step
         if recompute:
             values_t = _step_values(
@@ -187,27 +195,41 @@ def _gru_bwd(config, residuals, cotangents):
                 recurrent_mask,
                 config.overrides,
             )
-        r, z, n, m = jnp.split(values_t, 4, axis=-1)
-        dh = dh + dh_out_t
-        dh_step = (
-            dh if valid_t is None else jnp.where(valid_t[:, None], dh, jnp.zeros((), dh.dtype))
-        )
+        r, z, n, m = jnp.split(values_t.astype(acc), 4, axis=-1)
+        dh = dh + dh_out_t.astype(acc)
+        zero = jnp.zeros((), acc)
+        dh_step = dh if valid_t is None else jnp.where(valid_t[:, None], dh, zero)
         d_an = dh_step * (1.0 - z) * (1.0 - n * n)
         d_r = d_an * m
-        d_z = dh_step * (h_prev_t - n)
+        d_z = dh_step * (h_prev_t.astype(acc) - n)
         if gate_cotangent:
-            dg_r, dg_z = jnp.split(dgates_t, 2, axis=-1)
+            dg_r, dg_z = jnp.split(dgates_t.astype(acc), 2, axis=-1)
             d_r, d_z = d_r + dg_r, d_z + dg_z
         d_ar = jnp.zeros_like(d_r) if config.overrides[0] is not None else d_r * r * (1.0 - r)
         d_az = jnp.zeros_like(d_z) if config.overrides[1] is not None else d_z * z * (1.0 - z)
         d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-        dh_rec = jnp.dot(d_hh.astype(dtype), kernel_t, preferred_element_type=dh.dtype)
+        dh_rec = jnp.dot(d_hh.astype(dtype), kernel_t, preferred_element_type=acc)
         if recurrent_mask is not None:
-            dh_rec = dh_rec * recurrent_mask
+            dh_rec = dh_rec * recurrent_mask.astype(acc)
         dh_prev = dh_step * z + dh_rec
         if valid_t is not None:
-            dh_prev = dh_prev + jnp.where(valid_t[:, None], jnp.zeros((), dh.dtype), dh)
-        return dh_prev, (jnp.concatenate([d_ar, d_az, d_an], axis=-1), d_hh)
+            dh_prev = dh_prev + jnp.where(valid_t[:, None], zero, dh)
+        dx = jnp.concatenate([d_ar, d_az, d_an], axis=-1).astype(dtype)
+        d_hh = d_hh.astype(dtype)
+        if not accumulate:
+            return (dh_prev, sums), (dx, d_hh)
+        h_in_t = h_prev_t if recurrent_mask is None else h_prev_t * recurrent_mask
+        sums = dict(sums)
+        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
+        if recurrent_bias is not None:
+            sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(
+                jnp.float32
+            ).sum(axis=0)
+        if input_kernel is None:
+            return (dh_prev, sums), dx
+        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dx)
+        sums["bias"] = sums["bias"] + dx.astype(jnp.float32).sum(axis=0)
+        return (dh_prev, sums), jnp.dot(dx, input_kernel.T).astype(xs.dtype)
 
     steps = (
         h_prev,
@@ -215,30 +237,55 @@ def _gru_bwd(config, residuals, cotangents):
         valid,
         dgates if gate_cotangent else None,
         None if recompute else values,
-        xs if recompute else None,
+        xs if recompute or accumulate else None,
     )
-    dh0, (dx, d_hh) = jax.lax.scan(
-        body, dh_last, steps, reverse=not config.reverse, unroll=config.unroll
-    )
-    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-    d_recurrent = flat_matmul(h_in.astype(dtype), d_hh).astype(recurrent_kernel.dtype)
     hidden = h0.shape[-1]
-    d_recurrent_bias = (
-        None
-        if recurrent_bias is None
-        else d_hh[..., 2 * hidden :]
-        .astype(jnp.float32)
-        .sum(axis=(0, 1))
-        .astype(recurrent_bias.dtype)
+    sums = {}
+    if accumulate:
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        if recurrent_bias is not None:
+            sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, jnp.float32)
+        if input_kernel is not None:
+            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
+            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+    (dh0, sums), emitted = jax.lax.scan(
+        body,
+        (dh_last.astype(acc), sums),
+        steps,
+        reverse=not config.reverse,
+        unroll=config.unroll,
     )
-    if input_kernel is None:
-        dxs, d_input, d_bias = dx, None, None
+    if accumulate:
+        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
+        d_recurrent_bias = (
+            None if recurrent_bias is None else sums["recurrent_bias"].astype(recurrent_bias.dtype)
+        )
+        if input_kernel is None:
+            dxs, d_input, d_bias = emitted, None, None
+        else:
+            dxs = emitted
+            d_input = sums["input"].astype(input_kernel.dtype)
+            d_bias = sums["bias"].astype(bias.dtype)
     else:
-        dxs = jnp.dot(dx, input_kernel.T).astype(xs.dtype)
-        d_input = flat_matmul(xs.astype(dtype), dx).astype(input_kernel.dtype)
-        d_bias = dx.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
+        dx, d_hh = emitted
+        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
+        d_recurrent = flat_matmul(h_in.astype(dtype), d_hh).astype(recurrent_kernel.dtype)
+        d_recurrent_bias = (
+            None
+            if recurrent_bias is None
+            else d_hh[..., 2 * hidden :]
+            .astype(jnp.float32)
+            .sum(axis=(0, 1))
+            .astype(recurrent_bias.dtype)
+        )
+        if input_kernel is None:
+            dxs, d_input, d_bias = dx, None, None
+        else:
+            dxs = jnp.dot(dx, input_kernel.T).astype(xs.dtype)
+            d_input = flat_matmul(xs.astype(dtype), dx).astype(input_kernel.dtype)
+            d_bias = dx.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
     d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
-    return dxs, d_input, d_bias, d_recurrent, d_recurrent_bias, dh0, None, d_mask
+    return dxs, d_input, d_bias, d_recurrent, d_recurrent_bias, dh0.astype(h0.dtype), None, d_mask
 
 
 _gru.defvjp(_gru_fwd, _gru_bwd)

@@ -126,7 +126,7 @@ def _lstm_bwd(config, residuals, cotangents):
     dtype = recurrent_kernel.dtype
     state = c0.dtype
     h_prev = previous(hs, h0, config.reverse)
-    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
     c_prev = previous(cs, c0, config.reverse)
     gate_cotangent = dacts is not None and config.return_gates
     recompute = acts is None
@@ -134,8 +134,12 @@ def _lstm_bwd(config, residuals, cotangents):
     constant.append(config.overrides[2] is not None)
     kernel_t = recurrent_kernel.T
 
+    # With remat nothing [time, batch, 4 hidden] may exist, so the weight gradients are summed
+    # in the loop (one small matmul per step) instead of one large matmul after it.
+    accumulate = config.remat
+
     def body(carry, step):
-        dh, dc = carry
+        dh, dc, sums = carry
         c_t, c_prev_t, dh_out_t, valid_t, dacts_t, acts_t, x_t, h_in_t = step
         if recompute:
             z = _preactivation(x_t, input_kernel, bias, h_in_t, recurrent_kernel, state)
@@ -173,7 +177,16 @@ def _lstm_bwd(config, residuals, cotangents):
         if valid_t is not None:
             dh_prev = dh_prev + jnp.where(keep, jnp.zeros((), state), dh)
             dc_prev = jnp.where(keep, dc_prev, dc)
-        return (dh_prev, dc_prev), dz.astype(dtype)
+        dz = dz.astype(dtype)
+        if not accumulate:
+            return (dh_prev, dc_prev, sums), dz
+        sums = dict(sums)
+        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), dz)
+        if input_kernel is None:
+            return (dh_prev, dc_prev, sums), dz
+        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dz)
+        sums["bias"] = sums["bias"] + dz.astype(jnp.float32).sum(axis=0)
+        return (dh_prev, dc_prev, sums), jnp.dot(dz, input_kernel.T).astype(xs.dtype)
 
     steps = (
         cs,
@@ -182,21 +195,38 @@ def _lstm_bwd(config, residuals, cotangents):
         valid,
         dacts if gate_cotangent else None,
         None if recompute else acts,
-        xs if recompute else None,
-        h_in if recompute else None,
+        xs if recompute or accumulate else None,
+        h_in if recompute or accumulate else None,
     )
-    (dh0, dc0), dz = jax.lax.scan(
+    sums = {}
+    if accumulate:
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        if input_kernel is not None:
+            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
+            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+    (dh0, dc0, sums), emitted = jax.lax.scan(
         body,
-        (dh_last.astype(state), dc_last.astype(state)),
+        (dh_last.astype(state), dc_last.astype(state), sums),
         steps,
         reverse=not config.reverse,
         unroll=config.unroll,
     )
-    d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
-    if input_kernel is None:
+    if accumulate:
+        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
+        if input_kernel is None:
+            dxs, d_input, d_bias = emitted, None, None
+        else:
+            dxs = emitted
+            d_input = sums["input"].astype(input_kernel.dtype)
+            d_bias = sums["bias"].astype(bias.dtype)
+    elif input_kernel is None:
         # The projected inputs were made in the compute dtype, which dz is in.
+        dz = emitted
+        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
         dxs, d_input, d_bias = dz, None, None
     else:
+        dz = emitted
+        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
         dxs = jnp.dot(dz, input_kernel.T).astype(xs.dtype)
         d_input = flat_matmul(xs.astype(dtype), dz).astype(input_kernel.dtype)
         d_bias = dz.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
