@@ -100,7 +100,7 @@ def test_time_major_equals_batch_major():
 
 
 def test_projection_inside_step_equals_projection_before_scan():
-    rnn = lstm_rnn()
+    rnn = lstm_rnn(precompute_inputs=True)
     inside = gatenets.RNN(rnn.cell, precompute_inputs=False)
     x = jnp.asarray(inputs())
     np.testing.assert_allclose(
