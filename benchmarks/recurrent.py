@@ -12,7 +12,8 @@ training a small penalty on the forget/update gates is added so that the gates a
 differentiated, which the peers cannot do); ``mask`` (random right-padding, ``seq_lengths``;
 the peers get it too: Flax ``seq_lengths``, PyTorch packed sequences); ``scan`` (the generic
 ``lax.scan`` path, ``kernel="scan"``); ``before`` (input matmul for all steps before the
-loop, ``precompute_inputs=True``; the default on CPU runs it inside each step); ``remat``; ``bf16`` (bfloat16 compute, float32 cell state).
+loop, ``precompute_inputs=True``; the default on CPU runs it inside each step); ``remat``;
+``bf16`` (bfloat16 compute, float32 cell state).
 
 Run ``python benchmarks/recurrent.py`` for the issue's sweep, ``--quick`` for one small point.
 The table goes to stdout, everything to ``--json`` (with CPU model and library versions).
