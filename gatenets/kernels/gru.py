@@ -217,7 +217,8 @@ def _gru_bwd(config, residuals, cotangents):
         dx = jnp.concatenate([d_ar, d_az, d_an], axis=-1).astype(dtype)
         d_hh = d_hh.astype(dtype)
         if not accumulate:
-            return (dh_prev, sums), (dx, d_hh)
+            # d_hh is dx with its last block times r: rebuilt after the loop, not stacked.
+            return (dh_prev, sums), dx
         h_in_t = h_prev_t if recurrent_mask is None else h_prev_t * recurrent_mask
         sums = dict(sums)
         sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
@@ -267,7 +268,11 @@ def _gru_bwd(config, residuals, cotangents):
             d_input = sums["input"].astype(input_kernel.dtype)
             d_bias = sums["bias"].astype(bias.dtype)
     else:
-        dx, d_hh = emitted
+        dx = emitted
+        reset = values[..., :hidden]
+        d_hh = jnp.concatenate(
+            [dx[..., : 2 * hidden], (dx[..., 2 * hidden :] * reset).astype(dtype)], axis=-1
+        )
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
         d_recurrent = flat_matmul(h_in.astype(dtype), d_hh).astype(recurrent_kernel.dtype)
         d_recurrent_bias = (
