@@ -213,6 +213,8 @@ def torch_runner(model, mode, x_np, target_np, lengths_np, variant, threads):
     if mode == "forward":
 
         def run():
+            # Thread count is process-wide and other runners interleave: set it every call.
+            torch.set_num_threads(threads)
             with torch.inference_mode():
                 forward()
 
@@ -220,6 +222,7 @@ def torch_runner(model, mode, x_np, target_np, lengths_np, variant, threads):
         optimizer = torch.optim.Adam(layer.parameters(), lr=LEARNING_RATE)
 
         def run():
+            torch.set_num_threads(threads)
             optimizer.zero_grad(set_to_none=True)
             loss = torch.mean((forward() - target) ** 2)
             loss.backward()
@@ -303,9 +306,10 @@ def run_point(model, size, mode, variants, args, peak):
                 gate_penalty=False,
             )
         if "torch" in args.peers:
-            runners[f"torch/{variant}"] = torch_runner(
-                model, mode, x_np, target_np, lengths_np, variant, args.threads
-            )
+            for threads in args.torch_threads:
+                runners[f"torch{threads}/{variant}"] = torch_runner(
+                    model, mode, x_np, target_np, lengths_np, variant, threads
+                )
     for run, _, _ in runners.values():
         for _ in range(args.warmup):
             run()
@@ -332,7 +336,11 @@ def run_point(model, size, mode, variants, args, peak):
     for variant in variants:
         ours = results[f"gatenets/{variant}"]["ms"]
         peer_variant = "mask" if variant == "mask" else "plain"
-        peers = {p: results[f"{p}/{peer_variant}"] for p in ("flax", "torch") if p in args.peers}
+        peers = {
+            name.split("/")[0]: result
+            for name, result in results.items()
+            if not name.startswith("gatenets/") and name.endswith(f"/{peer_variant}")
+        }
         points.append(
             {
                 "model": model,
@@ -342,6 +350,9 @@ def run_point(model, size, mode, variants, args, peak):
                 "gatenets": results[f"gatenets/{variant}"],
                 "peers": peers,
                 "speedup": {p: r["ms"] / ours for p, r in peers.items()},
+                "speedup_vs_fastest_peer": min(r["ms"] for r in peers.values()) / ours
+                if peers
+                else None,
             }
         )
     return points
@@ -382,10 +393,15 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default="flax,torch")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--torch-threads",
+        default=f"{os.cpu_count()}",
+        help="PyTorch thread counts to measure, e.g. '1,2' (each is a peer: torch1, torch2)",
+    )
     parser.add_argument("--quick", action="store_true", help="one small point, 3 repeats")
     parser.add_argument("--json", default="benchmarks/results/recurrent.json")
     args = parser.parse_args(argv)
+    args.torch_threads = [int(t) for t in args.torch_threads.split(",")]
     if args.quick:
         args.sizes, args.repeats, args.warmup = QUICK_SIZES, 3, 1
     for variant in args.variants.split(","):
@@ -393,7 +409,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--variants: unknown {variant!r}; expected some of {VARIANTS}.")
 
     peak = matmul_peak_gflops(max(args.repeats, 5))
-    env = environment(args.threads, peak)
+    env = environment(args.torch_threads, peak)
     print(
         f"# {env['cpu']} ({env['cores']} cores, {' '.join(env['isa'])}), load {env['load_average']}"
     )
