@@ -11,8 +11,9 @@ As for :mod:`gatenets.kernels.lstm`, the backward loop computes only the sequent
     \delta h_{t-1} = \delta h_t z_t + [\delta a^r_t, \delta a^z_t, r_t \delta a^n_t]\, U^\top
 
 and the recurrent kernel's gradient is one matmul over all steps after the loop. Saved for the
-backward pass: ``r, z, n, m`` (``[time, batch, 4 hidden]``); with ``remat=True`` nothing but the
-hidden states, which are outputs anyway.
+backward pass: ``r, z, n, m`` (``[time, batch, 4 hidden]``) and the hidden states; with
+``remat=True`` only the hidden states, the rest recomputed step by step and the weight
+gradients summed inside the backward loop.
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ with respect to the projected inputs is :math:`\delta z` itself, so the input ke
 is also one large matmul, done by autodiff of :meth:`~gatenets.LSTMCell.project`.
 
 Saved for the backward pass: the post-activation gates ``[time, batch, 4 hidden]`` and the cell
-states ``[time, batch, hidden]`` (the hidden states are outputs anyway); with ``remat=True`` only
-the states, and the gates are recomputed one step at a time in the backward loop (one more
-matmul per step, 4/5 less saved).
+and hidden states (``[time, batch, hidden]`` each): six hidden-sized arrays per step. With
+``remat=True`` only the two states are kept; the gates are recomputed one step at a time in the
+backward loop and the weight gradients are summed inside it, so that nothing
+``[time, batch, 4 hidden]`` exists at all when the input projection runs inside the loop (one
+more matmul per step, and per-step weight-gradient matmuls, for about a third of the memory).
 """
 
 from __future__ import annotations
