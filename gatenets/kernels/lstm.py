@@ -40,14 +40,18 @@ class LSTMKernelConfig(NamedTuple):
     unroll: int
 
 
-def _activations(z: Array, overrides: tuple) -> Array:
+def _gate_list(z: Array, overrides: tuple) -> list[Array]:
     """``[batch, 4 hidden]`` pre-activations to ``[i, f, g, o]``, constant gates in place."""
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     gates = [jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)]
     for index, value in zip((0, 1, 3), overrides, strict=True):
         if value is not None:
             gates[index] = jnp.full_like(gates[index], value)
-    return jnp.concatenate(gates, axis=-1)
+    return gates
+
+
+def _activations(z: Array, overrides: tuple) -> Array:
+    return jnp.concatenate(_gate_list(z, overrides), axis=-1)
 
 
 def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype):
@@ -73,15 +77,16 @@ def _forward(
         x_t, valid_t = step
         h_in = h if recurrent_mask is None else h * recurrent_mask
         z = _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, c.dtype)
-        acts = _activations(z, config.overrides)
-        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        # Concatenated only when stacked: a loop that keeps nothing pays for no copy.
+        i, f, g, o = _gate_list(z, config.overrides)
+        acts = jnp.concatenate([i, f, g, o], axis=-1) if keep_acts else None
         c_new = f * c + i * g
         h_new = (o * jnp.tanh(c_new)).astype(dtype)
         if valid_t is not None:
             keep = valid_t[:, None]
             c_new = jnp.where(keep, c_new, c)
             h_new = jnp.where(keep, h_new, h)
-        return (c_new, h_new), (c_new if for_backward else None, h_new, acts if keep_acts else None)
+        return (c_new, h_new), (c_new if for_backward else None, h_new, acts)
 
     (c_last, h_last), (cs, hs, acts) = jax.lax.scan(
         body, (c0, h0), (xs, valid), reverse=config.reverse, unroll=config.unroll
