@@ -374,6 +374,29 @@ def format_row(point) -> str:
     )
 
 
+def markdown_table(points: list) -> str:
+    """The README's table: one row per point, ratios ``peer_ms / gatenets_ms``."""
+    peers = sorted({p for point in points for p in point["peers"]})
+    head = ["model", "mode", "variant", "B, T, I, H", "gatenets ms", "% peak"]
+    head += [f"x vs {p}" for p in peers] + ["XLA temp MiB (flax)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for point in points:
+        size = ", ".join(str(v) for v in point["size"].values())
+        ours = point["gatenets"]
+        row = [point["model"], point["mode"], point["variant"], size, f"{ours['ms']:.1f}"]
+        row.append(f"{100 * ours['peak_fraction']:.0f}")
+        row += [f"{point['speedup'][p]:.2f}" if p in point["speedup"] else "-" for p in peers]
+        flax = point["peers"].get("flax", {}).get("temp_bytes")
+        mine = ours["temp_bytes"]
+        row.append(
+            "-"
+            if mine is None
+            else f"{mine / 2**20:.0f}" + ("" if flax is None else f" ({flax / 2**20:.0f})")
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def parse_sizes(text: str) -> list[tuple[int, int, int, int]]:
     sizes = []
     for part in text.split(";"):
@@ -399,8 +422,15 @@ def main(argv=None) -> int:
         help="PyTorch thread counts to measure, e.g. '1,2' (each is a peer: torch1, torch2)",
     )
     parser.add_argument("--quick", action="store_true", help="one small point, 3 repeats")
+    parser.add_argument(
+        "--markdown", metavar="JSON", help="print the markdown table of an earlier run and exit"
+    )
     parser.add_argument("--json", default="benchmarks/results/recurrent.json")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown_table(json.load(f)["points"]))
+        return 0
     args.torch_threads = [int(t) for t in args.torch_threads.split(",")]
     if args.quick:
         args.sizes, args.repeats, args.warmup = QUICK_SIZES, 3, 1
