@@ -36,6 +36,8 @@ from gatenets.gates import GRUCarry as GRUCarry
 from gatenets.gates import GRUGates as GRUGates
 from gatenets.gates import LSTMCarry as LSTMCarry
 from gatenets.gates import LSTMGates as LSTMGates
+from gatenets.kernels.gru import gru_sequence as gru_sequence
+from gatenets.kernels.lstm import lstm_sequence as lstm_sequence
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
 from gatenets.recurrent import RNN as RNN
@@ -86,5 +88,7 @@ __all__ = [
     "SigmoidMoE",
     "SigmoidRouter",
     "__version__",
+    "gru_sequence",
     "linen",
+    "lstm_sequence",
 ]

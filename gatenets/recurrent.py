@@ -71,7 +71,10 @@ class RNN(nnx.Module):
     """Runs a gated cell over a sequence with ``jax.lax.scan``.
 
     The cell's time-parallel part (the input matmul) runs once for all steps before the scan
-    (``precompute_inputs=True``) or inside each step; the sequential part runs in the scan.
+    (``precompute_inputs=True``) or inside each step; the sequential part runs in the scan. By
+    default the choice is made per backend: inside each step on CPU, where measured train steps
+    were faster that way (``benchmarks/recurrent.py``, variants ``plain`` and ``inside``), and
+    before the scan elsewhere, where one large matmul is what accelerators do best.
 
     Padding: pass ``seq_lengths`` (right-padded sequences) or any boolean ``mask[batch, time]``.
     At a masked step the carry is held and the output is zero, so each sequence's valid steps
@@ -89,7 +92,8 @@ class RNN(nnx.Module):
       recurrent_dropout: rate of variational dropout on the recurrent input ``h_{t-1}``: one
         mask per sequence for all steps (Gal & Ghahramani 2016); active only in training mode
         (``model.train()``), off after ``model.eval()``.
-      precompute_inputs: run the input matmul for all steps before the scan.
+      precompute_inputs: run the input matmul for all steps before the scan (True) or inside
+        each step (False); None (default) picks per backend: False on CPU, True elsewhere.
       unroll: steps per scan iteration, as in ``jax.lax.scan``.
       rngs: random streams; needed for ``recurrent_dropout``.
 
@@ -112,7 +116,7 @@ class RNN(nnx.Module):
         return_carry: bool = False,
         learn_initial_carry: bool = False,
         recurrent_dropout: float = 0.0,
-        precompute_inputs: bool = True,
+        precompute_inputs: bool | None = None,
         unroll: int = 1,
         rngs: nnx.Rngs | None = None,
     ):
@@ -201,13 +205,16 @@ class RNN(nnx.Module):
         recurrent_mask = self._recurrent_mask(batch)
 
         xs = x if self.time_major else jnp.swapaxes(x, 0, 1)
-        if self.precompute_inputs:
+        precompute = self.precompute_inputs
+        if precompute is None:
+            precompute = jax.default_backend() != "cpu"
+        if precompute:
             xs = self.cell.project(xs)
         carry, outputs, gates = self.cell.scan(
             carry,
             xs,
             None if valid is None else valid.T,
-            projected=self.precompute_inputs,
+            projected=precompute,
             reverse=self.reverse,
             return_gates=return_gates,
             gate_overrides=gate_overrides,
@@ -356,7 +363,7 @@ class RecurrentStack(nnx.Module):
         recurrent_dropout: float = 0.0,
         time_major: bool = False,
         learn_initial_carry: bool = False,
-        precompute_inputs: bool = True,
+        precompute_inputs: bool | None = None,
         unroll: int = 1,
         rngs: nnx.Rngs,
         **cell_kwargs,

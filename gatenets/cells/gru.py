@@ -12,6 +12,8 @@ from flax.nnx.nn import initializers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal
 from gatenets.gates import GateOverride, GRUCarry, GRUGates, apply_override
+from gatenets.kernels._common import check_kernel, constant_overrides
+from gatenets.kernels.gru import gru_sequence
 
 
 class GRUCell(GatedCell):
@@ -44,6 +46,14 @@ class GRUCell(GatedCell):
       bias_init: initialiser of the biases.
       dtype: dtype of the computation.
       param_dtype: dtype of the parameters.
+      kernel: how :meth:`scan` runs a sequence: ``"fused"``, the custom-VJP kernel of
+        :func:`gatenets.kernels.gru_sequence` (hand-written backward pass, weight gradients as
+        one matmul after the loop); ``"scan"``, ``jax.lax.scan`` over :meth:`step` with
+        autodiff; ``"auto"`` (default), the fused kernel wherever it applies, which is every
+        case but ``reset_after=False`` and gate overrides that are functions or arrays (those
+        run the generic scan). ``"fused"`` raises where it does not apply.
+      remat: in the fused kernel, save only the hidden states for the backward pass and
+        recompute the gates there (one more matmul per step): for long sequences.
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -75,9 +85,18 @@ class GRUCell(GatedCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        kernel: str = "auto",
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        self.kernel_choice = check_kernel(kernel)
+        if kernel == "fused" and not reset_after:
+            raise ValueError(
+                "kernel='fused' needs reset_after=True; got reset_after=False. Use kernel='auto' "
+                "or 'scan'."
+            )
+        self.remat = bool(remat)
         self.reset_after = reset_after
         self.use_bias = use_bias
         hidden = hidden_features
@@ -98,20 +117,90 @@ class GRUCell(GatedCell):
         key = rngs() if rngs is not None else jax.random.key(0)
         return GRUCarry(h=carry_init(key, tuple(input_shape[:-1]) + (self.hidden_features,), dtype))
 
+    def _input_bias(self, dtype) -> Array | None:
+        if not self.use_bias:
+            return None
+        bias = self.bias[...]
+        if self.reset_after:
+            # b_hr and b_hz add like input biases; b_hn stays inside r * (...).
+            hidden = self.hidden_features
+            bias = jnp.concatenate(
+                [bias[: 2 * hidden] + self.recurrent_bias[: 2 * hidden], bias[2 * hidden :]]
+            )
+        return bias.astype(dtype)
+
     def project(self, x: Array) -> Array:
         """Time-parallel part: ``x @ kernel`` plus every bias outside the reset product."""
         dtype = compute_dtype(self.dtype, self.param_dtype)
         z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-        if self.use_bias:
-            bias = self.bias[...]
-            if self.reset_after:
-                # b_hr and b_hz add like input biases; b_hn stays inside r * (...).
-                hidden = self.hidden_features
-                bias = jnp.concatenate(
-                    [bias[: 2 * hidden] + self.recurrent_bias[: 2 * hidden], bias[2 * hidden :]]
-                )
-            z = z + jnp.broadcast_to(bias.astype(dtype), z.shape)
+        bias = self._input_bias(dtype)
+        if bias is not None:
+            z = z + jnp.broadcast_to(bias, z.shape)
         return z
+
+    def scan(
+        self,
+        carry: GRUCarry,
+        xs: Array,
+        valid: Array | None,
+        *,
+        projected: bool,
+        reverse: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+        unroll: int = 1,
+    ) -> tuple[GRUCarry, Array, GRUGates | None]:
+        """Runs the cell over a sequence: the fused kernel or the generic scan (see ``kernel``
+        in the class docstring); same contract as :meth:`GatedCell.scan`."""
+        constants = constant_overrides(gate_overrides, self.gate_names)
+        if self.kernel_choice == "fused" and constants is None:
+            raise ValueError(
+                "kernel='fused' takes gate_overrides only as scalar constants; got "
+                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
+            )
+        if self.kernel_choice == "scan" or not self.reset_after or constants is None:
+            return super().scan(
+                carry,
+                xs,
+                valid,
+                projected=projected,
+                reverse=reverse,
+                return_gates=return_gates,
+                gate_overrides=gate_overrides,
+                recurrent_mask=recurrent_mask,
+                unroll=unroll,
+            )
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        hidden = self.hidden_features
+        input_kernel = bias = None
+        if not projected:
+            input_kernel = self.kernel[...].astype(dtype)
+            bias = self._input_bias(dtype)
+            if bias is None:
+                bias = jnp.zeros((3 * hidden,), dtype)
+        h, hs, gates = gru_sequence(
+            xs,
+            self.recurrent_kernel[...].astype(dtype),
+            carry.h,
+            valid,
+            recurrent_bias=(
+                self.recurrent_bias[2 * hidden :].astype(dtype) if self.use_bias else None
+            ),
+            input_kernel=input_kernel,
+            bias=bias,
+            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
+            reverse=reverse,
+            return_gates=return_gates,
+            overrides=constants,
+            remat=self.remat,
+            unroll=unroll,
+        )
+        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
+        if return_gates:
+            reset, update = jnp.split(gates, 2, axis=-1)
+            gates = GRUGates(reset=reset, update=update)
+        return GRUCarry(h=h), outputs, gates
 
     def step(
         self,

@@ -12,6 +12,8 @@ from flax.nnx.nn import initializers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal, state_dtype
 from gatenets.gates import GateOverride, LSTMCarry, LSTMGates, apply_override
+from gatenets.kernels._common import check_kernel, constant_overrides
+from gatenets.kernels.lstm import lstm_sequence
 
 
 class LSTMCell(GatedCell):
@@ -49,6 +51,16 @@ class LSTMCell(GatedCell):
       bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
       dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
       param_dtype: dtype of the parameters.
+      kernel: how :meth:`scan` runs a sequence: ``"fused"``, the custom-VJP kernel of
+        :func:`gatenets.kernels.lstm_sequence` (hand-written backward pass, weight gradients as
+        one matmul after the loop); ``"scan"``, ``jax.lax.scan`` over :meth:`step` with
+        autodiff; ``"auto"`` (default), the fused kernel wherever it applies, which is every
+        case but ``peephole``, ``proj_size`` and gate overrides that are functions or arrays
+        (those run the generic scan). ``"fused"`` raises where it does not apply.
+      remat: in the fused kernel, save only the states for the backward pass and recompute the
+        gates there (two hidden-sized arrays saved per step instead of six, for one more matmul
+        per step): for long sequences. Pays fully with the input matmul inside the loop
+        (``RNN(precompute_inputs=False)``, the default on CPU).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -87,9 +99,18 @@ class LSTMCell(GatedCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        kernel: str = "auto",
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        self.kernel_choice = check_kernel(kernel)
+        if kernel == "fused" and (peephole or proj_size is not None):
+            raise ValueError(
+                "kernel='fused' supports neither peephole nor proj_size; got "
+                f"peephole={peephole!r}, proj_size={proj_size!r}. Use kernel='auto' or 'scan'."
+            )
+        self.remat = bool(remat)
         if proj_size is not None and (not isinstance(proj_size, int) or proj_size <= 0):
             raise ValueError(f"proj_size must be a positive int or None; got {proj_size!r}.")
         if chrono_init is not None and not chrono_init > 2:
@@ -140,16 +161,85 @@ class LSTMCell(GatedCell):
         h = carry_init(key, batch + (self.output_features,), dtype)
         return LSTMCarry(c=c, h=h)
 
+    def _input_bias(self, dtype) -> Array | None:
+        if not self.use_bias:
+            return None
+        bias = self.bias[...]
+        if self.use_recurrent_bias:
+            bias = bias + self.recurrent_bias[...]
+        return bias.astype(dtype)
+
     def project(self, x: Array) -> Array:
         """Time-parallel part: ``x @ kernel + biases``, ``[..., in] -> [..., 4 * hidden]``."""
         dtype = compute_dtype(self.dtype, self.param_dtype)
         z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-        if self.use_bias:
-            bias = self.bias[...]
-            if self.use_recurrent_bias:
-                bias = bias + self.recurrent_bias[...]
-            z = z + jnp.broadcast_to(bias.astype(dtype), z.shape)
+        bias = self._input_bias(dtype)
+        if bias is not None:
+            z = z + jnp.broadcast_to(bias, z.shape)
         return z
+
+    def scan(
+        self,
+        carry: LSTMCarry,
+        xs: Array,
+        valid: Array | None,
+        *,
+        projected: bool,
+        reverse: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+        unroll: int = 1,
+    ) -> tuple[LSTMCarry, Array, LSTMGates | None]:
+        """Runs the cell over a sequence: the fused kernel or the generic scan (see ``kernel``
+        in the class docstring); same contract as :meth:`GatedCell.scan`."""
+        constants = constant_overrides(gate_overrides, self.gate_names)
+        if self.kernel_choice == "fused" and constants is None:
+            raise ValueError(
+                "kernel='fused' takes gate_overrides only as scalar constants; got "
+                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
+            )
+        fused_applies = not self.peephole and self.proj_size is None and constants is not None
+        if self.kernel_choice == "scan" or not fused_applies:
+            return super().scan(
+                carry,
+                xs,
+                valid,
+                projected=projected,
+                reverse=reverse,
+                return_gates=return_gates,
+                gate_overrides=gate_overrides,
+                recurrent_mask=recurrent_mask,
+                unroll=unroll,
+            )
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        input_kernel = bias = None
+        if not projected:
+            input_kernel = self.kernel[...].astype(dtype)
+            bias = self._input_bias(dtype)
+            if bias is None:
+                bias = jnp.zeros((4 * self.hidden_features,), dtype)
+        c, h, hs, acts = lstm_sequence(
+            xs,
+            self.recurrent_kernel[...].astype(dtype),
+            carry.c,
+            carry.h,
+            valid,
+            input_kernel=input_kernel,
+            bias=bias,
+            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
+            reverse=reverse,
+            return_gates=return_gates,
+            overrides=constants,
+            remat=self.remat,
+            unroll=unroll,
+        )
+        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
+        gates = None
+        if return_gates:
+            i, f, _, o = jnp.split(acts, 4, axis=-1)
+            gates = LSTMGates(input=i, forget=f, output=o)
+        return LSTMCarry(c=c, h=h), outputs, gates
 
     def step(
         self,

@@ -1,0 +1,359 @@
+r"""A fused GRU sequence kernel (reset applied after the recurrent matmul) with a hand-written
+backward pass.
+
+As for :mod:`gatenets.kernels.lstm`, the backward loop computes only the sequential part: with
+:math:`a^r, a^z, a^n` the pre-activations and :math:`m_t = U_n h_{t-1} + b_{hn}`,
+
+.. math::
+    \delta a^n_t = \delta h_t (1 - z_t)(1 - n_t^2), \quad
+    \delta a^r_t = \delta a^n_t\, m_t\, r_t (1 - r_t), \quad
+    \delta a^z_t = \delta h_t (h_{t-1} - n_t)\, z_t (1 - z_t) \\
+    \delta h_{t-1} = \delta h_t z_t + [\delta a^r_t, \delta a^z_t, r_t \delta a^n_t]\, U^\top
+
+and the recurrent kernel's gradient is one matmul over all steps after the loop. Saved for the
+backward pass: ``r, z, n, m`` (``[time, batch, 4 hidden]``) and the hidden states; with
+``remat=True`` only the hidden states, the rest recomputed step by step and the weight
+gradients summed inside the backward loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatenets._typing import Array
+from gatenets.kernels._common import flat_matmul, previous
+
+
+class GRUKernelConfig(NamedTuple):
+    """Static settings of :func:`gru_sequence` (hashable: part of the compiled program)."""
+
+    reverse: bool
+    return_gates: bool
+    overrides: tuple[float | None, float | None]  # reset, update
+    remat: bool
+    unroll: int
+
+
+def _step_values(
+    x_t, input_kernel, bias, h, recurrent_kernel, recurrent_bias, recurrent_mask, overrides
+):
+    """``[r, z, n, m]`` (``[batch, 4 hidden]``) of one step from the carried ``h``."""
+    dtype = recurrent_kernel.dtype
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    if input_kernel is not None:
+        x_t = jnp.dot(x_t.astype(dtype), input_kernel)
+        x_t = x_t + jnp.broadcast_to(bias, x_t.shape)
+    hh = jnp.dot(h_in.astype(dtype), recurrent_kernel)
+    x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
+    hh_r, hh_z, m = jnp.split(hh, 3, axis=-1)
+    if recurrent_bias is not None:
+        m = m + jnp.broadcast_to(recurrent_bias, m.shape)
+    r = jax.nn.sigmoid(x_r + hh_r)
+    z = jax.nn.sigmoid(x_z + hh_z)
+    if overrides[0] is not None:
+        r = jnp.full_like(r, overrides[0])
+    if overrides[1] is not None:
+        z = jnp.full_like(z, overrides[1])
+    n = jnp.tanh(x_n + r * m)
+    return jnp.concatenate([r, z, n, m], axis=-1)
+
+
+def _forward(
+    config,
+    xs,
+    input_kernel,
+    bias,
+    recurrent_kernel,
+    recurrent_bias,
+    h0,
+    valid,
+    recurrent_mask,
+    for_backward,
+):
+    # Without a backward pass to feed, the loop stacks only what the caller gets.
+    keep_values = config.return_gates or (for_backward and not config.remat)
+
+    def body(h, step):
+        x_t, valid_t = step
+        values = _step_values(
+            x_t,
+            input_kernel,
+            bias,
+            h,
+            recurrent_kernel,
+            recurrent_bias,
+            recurrent_mask,
+            config.overrides,
+        )
+        _, z, n, _ = jnp.split(values, 4, axis=-1)
+        h_new = (1.0 - z) * n + z * h
+        if valid_t is not None:
+            h_new = jnp.where(valid_t[:, None], h_new, h)
+        return h_new, (h_new, values if keep_values else None)
+
+    h_last, (hs, values) = jax.lax.scan(
+        body, h0, (xs, valid), reverse=config.reverse, unroll=config.unroll
+    )
+    return h_last, hs, values
+
+
+def _gates(config, values):
+    return values[..., : 2 * values.shape[-1] // 4] if config.return_gates else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gru(
+    config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
+):
+    h_last, hs, values = _forward(
+        config,
+        xs,
+        input_kernel,
+        bias,
+        recurrent_kernel,
+        recurrent_bias,
+        h0,
+        valid,
+        recurrent_mask,
+        False,
+    )
+    return h_last, hs, _gates(config, values)
+
+
+def _gru_fwd(
+    config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
+):
+    h_last, hs, values = _forward(
+        config,
+        xs,
+        input_kernel,
+        bias,
+        recurrent_kernel,
+        recurrent_bias,
+        h0,
+        valid,
+        recurrent_mask,
+        True,
+    )
+    keep_xs = config.remat or input_kernel is not None
+    residuals = (
+        xs if keep_xs else None,
+        input_kernel,
+        bias,
+        recurrent_kernel,
+        recurrent_bias,
+        h0,
+        valid,
+        recurrent_mask,
+        hs,
+        None if config.remat else values,
+    )
+    return (h_last, hs, _gates(config, values)), residuals
+
+
+def _gru_bwd(config, residuals, cotangents):
+    (
+        xs,
+        input_kernel,
+        bias,
+        recurrent_kernel,
+        recurrent_bias,
+        h0,
+        valid,
+        recurrent_mask,
+        hs,
+        values,
+    ) = residuals
+    dh_last, dhs, dgates = cotangents
+    dtype = recurrent_kernel.dtype
+    h_prev = previous(hs, h0, config.reverse)
+    recompute = values is None
+    gate_cotangent = config.return_gates and dgates is not None
+    kernel_t = recurrent_kernel.T
+
+    # Backward arithmetic in at least float32: bf16 accumulations over time lose the gradient.
+    acc = jnp.promote_types(dtype, jnp.float32)
+
+    # With remat nothing [time, batch, 3 hidden] may exist, so the weight gradients are summed
+    # in the loop (one small matmul per step) instead of one large matmul after it.
+    accumulate = config.remat
+
+    def body(carry, step):
+        dh, sums = carry
+        h_prev_t, dh_out_t, valid_t, dgates_t, values_t, x_t = step
+        if recompute:
+            values_t = _step_values(
+                x_t,
+                input_kernel,
+                bias,
+                h_prev_t,
+                recurrent_kernel,
+                recurrent_bias,
+                recurrent_mask,
+                config.overrides,
+            )
+        r, z, n, m = jnp.split(values_t.astype(acc), 4, axis=-1)
+        dh = dh + dh_out_t.astype(acc)
+        zero = jnp.zeros((), acc)
+        dh_step = dh if valid_t is None else jnp.where(valid_t[:, None], dh, zero)
+        d_an = dh_step * (1.0 - z) * (1.0 - n * n)
+        d_r = d_an * m
+        d_z = dh_step * (h_prev_t.astype(acc) - n)
+        if gate_cotangent:
+            dg_r, dg_z = jnp.split(dgates_t.astype(acc), 2, axis=-1)
+            d_r, d_z = d_r + dg_r, d_z + dg_z
+        d_ar = jnp.zeros_like(d_r) if config.overrides[0] is not None else d_r * r * (1.0 - r)
+        d_az = jnp.zeros_like(d_z) if config.overrides[1] is not None else d_z * z * (1.0 - z)
+        d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
+        dh_rec = jnp.dot(d_hh.astype(dtype), kernel_t, preferred_element_type=acc)
+        if recurrent_mask is not None:
+            dh_rec = dh_rec * recurrent_mask.astype(acc)
+        dh_prev = dh_step * z + dh_rec
+        if valid_t is not None:
+            dh_prev = dh_prev + jnp.where(valid_t[:, None], zero, dh)
+        dx = jnp.concatenate([d_ar, d_az, d_an], axis=-1).astype(dtype)
+        d_hh = d_hh.astype(dtype)
+        if not accumulate:
+            # d_hh is dx with its last block times r: rebuilt after the loop, not stacked.
+            return (dh_prev, sums), dx
+        h_in_t = h_prev_t if recurrent_mask is None else h_prev_t * recurrent_mask
+        sums = dict(sums)
+        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
+        if recurrent_bias is not None:
+            sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(
+                jnp.float32
+            ).sum(axis=0)
+        if input_kernel is None:
+            return (dh_prev, sums), dx
+        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dx)
+        sums["bias"] = sums["bias"] + dx.astype(jnp.float32).sum(axis=0)
+        return (dh_prev, sums), jnp.dot(dx, input_kernel.T).astype(xs.dtype)
+
+    steps = (
+        h_prev,
+        dhs,
+        valid,
+        dgates if gate_cotangent else None,
+        None if recompute else values,
+        xs if recompute or accumulate else None,
+    )
+    hidden = h0.shape[-1]
+    sums = {}
+    if accumulate:
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        if recurrent_bias is not None:
+            sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, jnp.float32)
+        if input_kernel is not None:
+            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
+            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+    (dh0, sums), emitted = jax.lax.scan(
+        body,
+        (dh_last.astype(acc), sums),
+        steps,
+        reverse=not config.reverse,
+        unroll=config.unroll,
+    )
+    if accumulate:
+        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
+        d_recurrent_bias = (
+            None if recurrent_bias is None else sums["recurrent_bias"].astype(recurrent_bias.dtype)
+        )
+        if input_kernel is None:
+            dxs, d_input, d_bias = emitted, None, None
+        else:
+            dxs = emitted
+            d_input = sums["input"].astype(input_kernel.dtype)
+            d_bias = sums["bias"].astype(bias.dtype)
+    else:
+        dx = emitted
+        reset = values[..., :hidden]
+        d_hh = jnp.concatenate(
+            [dx[..., : 2 * hidden], (dx[..., 2 * hidden :] * reset).astype(dtype)], axis=-1
+        )
+        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
+        d_recurrent = flat_matmul(h_in.astype(dtype), d_hh).astype(recurrent_kernel.dtype)
+        d_recurrent_bias = (
+            None
+            if recurrent_bias is None
+            else d_hh[..., 2 * hidden :]
+            .astype(jnp.float32)
+            .sum(axis=(0, 1))
+            .astype(recurrent_bias.dtype)
+        )
+        if input_kernel is None:
+            dxs, d_input, d_bias = dx, None, None
+        else:
+            dxs = jnp.dot(dx, input_kernel.T).astype(xs.dtype)
+            d_input = flat_matmul(xs.astype(dtype), dx).astype(input_kernel.dtype)
+            d_bias = dx.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
+    d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
+    return dxs, d_input, d_bias, d_recurrent, d_recurrent_bias, dh0.astype(h0.dtype), None, d_mask
+
+
+_gru.defvjp(_gru_fwd, _gru_bwd)
+
+
+def gru_sequence(
+    xs: Array,
+    recurrent_kernel: Array,
+    h0: Array,
+    valid: Array | None = None,
+    *,
+    recurrent_bias: Array | None = None,
+    input_kernel: Array | None = None,
+    bias: Array | None = None,
+    recurrent_mask: Array | None = None,
+    reverse: bool = False,
+    return_gates: bool = False,
+    overrides: tuple[float | None, float | None] = (None, None),
+    remat: bool = False,
+    unroll: int = 1,
+) -> tuple[Array, Array, Array | None]:
+    r"""Runs a GRU (``reset_after=True``, gate order ``r, z, n``) over a time-major sequence.
+
+    .. math::
+        r_t = \sigma(a^r_t), \quad z_t = \sigma(a^z_t), \quad
+        n_t = \tanh(x^n_t + r_t \odot (U_n h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    with :math:`[a^r_t, a^z_t] = [x^r_t, x^z_t] + [U_r, U_z] h_{t-1}` and :math:`x_t` the
+    projected input (``xs[t] @ input_kernel + bias`` when ``input_kernel`` is given). At a step
+    where ``valid`` is False the carry is held.
+
+    Args:
+      xs: ``[time, batch, 3 hidden]`` projected inputs (every bias but :math:`b_{hn}` added), or
+        ``[time, batch, features]`` raw inputs with ``input_kernel``.
+      recurrent_kernel: ``[hidden, 3 hidden]`` in the compute dtype.
+      h0: ``[batch, hidden]`` initial hidden state.
+      valid: ``[time, batch]`` booleans, or None.
+      recurrent_bias: ``[hidden]``, the :math:`b_{hn}` inside the reset product, or None.
+      input_kernel: ``[features, 3 hidden]`` to project inside the loop, or None.
+      bias: ``[3 hidden]``, with ``input_kernel``.
+      recurrent_mask: ``[batch, hidden]`` multiplier of :math:`h_{t-1}` (recurrent dropout).
+      reverse: loop from the last step to the first.
+      return_gates: also return the gates.
+      overrides: constants replacing the reset and update gates, or None each.
+      remat: save only the hidden states and recompute the rest in the backward pass.
+      unroll: steps per loop iteration.
+
+    Returns:
+      ``(h_last, hs, gates)``: the final state, the carried state after every step
+      ``[time, batch, hidden]`` and, with ``return_gates``, ``[r, z]`` as
+      ``[time, batch, 2 hidden]`` (else None).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from gatenets.kernels import gru_sequence
+      >>> xs, u = jnp.ones((5, 2, 9)), jnp.zeros((3, 9))
+      >>> h, hs, _ = gru_sequence(xs, u, jnp.zeros((2, 3)))
+      >>> jax.grad(lambda u: gru_sequence(xs, u, h)[1].sum())(u).shape
+      (3, 9)
+    """
+    config = GRUKernelConfig(reverse, return_gates, tuple(overrides), remat, unroll)
+    return _gru(
+        config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
+    )

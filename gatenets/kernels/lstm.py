@@ -1,0 +1,315 @@
+r"""A fused LSTM sequence kernel with a hand-written backward pass.
+
+Autodiff through ``lax.scan`` stores every intermediate of every step and accumulates the weight
+gradient inside the loop, one small matmul per step. This kernel's backward loop computes only
+what is sequential: the gradient with respect to the pre-activations
+:math:`\delta z_t = [\delta i_t\, i_t(1-i_t),\ \delta f_t\, f_t(1-f_t),\
+\delta g_t (1-g_t^2),\ \delta o_t\, o_t(1-o_t)]`, and the recurrent gradient
+:math:`\delta h_{t-1} = \delta z_t U^\top`. The weight gradient is then one
+``[hidden, time * batch] @ [time * batch, 4 hidden]`` matmul after the loop, and the gradient
+with respect to the projected inputs is :math:`\delta z` itself, so the input kernel's gradient
+is also one large matmul, done by autodiff of :meth:`~gatenets.LSTMCell.project`.
+
+Saved for the backward pass: the post-activation gates ``[time, batch, 4 hidden]`` and the cell
+and hidden states (``[time, batch, hidden]`` each): six hidden-sized arrays per step. With
+``remat=True`` only the two states are kept; the gates are recomputed one step at a time in the
+backward loop and the weight gradients are summed inside it, so that nothing
+``[time, batch, 4 hidden]`` exists at all when the input projection runs inside the loop (one
+more matmul per step, and per-step weight-gradient matmuls, for about a third of the memory).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gatenets._typing import Array
+from gatenets.kernels._common import flat_matmul, previous
+
+
+class LSTMKernelConfig(NamedTuple):
+    """Static settings of :func:`lstm_sequence` (hashable: part of the compiled program)."""
+
+    reverse: bool
+    return_gates: bool
+    overrides: tuple[float | None, float | None, float | None]  # input, forget, output
+    remat: bool
+    unroll: int
+
+
+def _gate_list(z: Array, overrides: tuple) -> list[Array]:
+    """``[batch, 4 hidden]`` pre-activations to ``[i, f, g, o]``, constant gates in place."""
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    gates = [jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)]
+    for index, value in zip((0, 1, 3), overrides, strict=True):
+        if value is not None:
+            gates[index] = jnp.full_like(gates[index], value)
+    return gates
+
+
+def _activations(z: Array, overrides: tuple) -> Array:
+    return jnp.concatenate(_gate_list(z, overrides), axis=-1)
+
+
+def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype):
+    dtype = recurrent_kernel.dtype
+    z = jnp.dot(h_in.astype(dtype), recurrent_kernel)
+    if input_kernel is None:
+        z = x_t + z
+    else:
+        z = z + jnp.dot(x_t.astype(dtype), input_kernel)
+        z = z + jnp.broadcast_to(bias, z.shape)
+    return z.astype(state_dtype)
+
+
+def _forward(
+    config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask, for_backward
+):
+    dtype = recurrent_kernel.dtype
+    # Without a backward pass to feed, the loop stacks only what the caller gets.
+    keep_acts = config.return_gates or (for_backward and not config.remat)
+
+    def body(carry, step):
+        c, h = carry
+        x_t, valid_t = step
+        h_in = h if recurrent_mask is None else h * recurrent_mask
+        z = _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, c.dtype)
+        # Concatenated only when stacked: a loop that keeps nothing pays for no copy.
+        i, f, g, o = _gate_list(z, config.overrides)
+        acts = jnp.concatenate([i, f, g, o], axis=-1) if keep_acts else None
+        c_new = f * c + i * g
+        h_new = (o * jnp.tanh(c_new)).astype(dtype)
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            c_new = jnp.where(keep, c_new, c)
+            h_new = jnp.where(keep, h_new, h)
+        return (c_new, h_new), (c_new if for_backward else None, h_new, acts)
+
+    (c_last, h_last), (cs, hs, acts) = jax.lax.scan(
+        body, (c0, h0), (xs, valid), reverse=config.reverse, unroll=config.unroll
+    )
+    return c_last, h_last, cs, hs, acts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lstm(config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask):
+    c_last, h_last, _, hs, acts = _forward(
+        config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask, False
+    )
+    return c_last, h_last, hs, acts
+
+
+def _lstm_fwd(config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask):
+    c_last, h_last, cs, hs, acts = _forward(
+        config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask, True
+    )
+    # The projected inputs are needed again only to recompute gates (remat) or, for raw
+    # inputs, for the input kernel's gradient.
+    keep_xs = config.remat or input_kernel is not None
+    residuals = (
+        xs if keep_xs else None,
+        input_kernel,
+        bias,
+        recurrent_kernel,
+        c0,
+        h0,
+        valid,
+        recurrent_mask,
+        cs,
+        hs,
+        None if config.remat and not config.return_gates else acts,
+    )
+    return (c_last, h_last, hs, acts if config.return_gates else None), residuals
+
+
+def _lstm_bwd(config, residuals, cotangents):
+    xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask, cs, hs, acts = (
+        residuals
+    )
+    dc_last, dh_last, dhs, dacts = cotangents
+    dtype = recurrent_kernel.dtype
+    state = c0.dtype
+    h_prev = previous(hs, h0, config.reverse)
+    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
+    c_prev = previous(cs, c0, config.reverse)
+    gate_cotangent = dacts is not None and config.return_gates
+    recompute = acts is None
+    constant = [config.overrides[0] is not None, config.overrides[1] is not None, False]
+    constant.append(config.overrides[2] is not None)
+    kernel_t = recurrent_kernel.T
+
+    # With remat nothing [time, batch, 4 hidden] may exist, so the weight gradients are summed
+    # in the loop (one small matmul per step) instead of one large matmul after it.
+    accumulate = config.remat
+
+    def body(carry, step):
+        dh, dc, sums = carry
+        c_t, c_prev_t, dh_out_t, valid_t, dacts_t, acts_t, x_t, h_in_t = step
+        if recompute:
+            z = _preactivation(x_t, input_kernel, bias, h_in_t, recurrent_kernel, state)
+            acts_t = _activations(z, config.overrides)
+        dh = dh + dh_out_t.astype(state)
+        if valid_t is None:
+            dh_step, dc_step = dh, dc
+        else:
+            keep = valid_t[:, None]
+            dh_step = jnp.where(keep, dh, jnp.zeros((), state))
+            dc_step = jnp.where(keep, dc, jnp.zeros((), state))
+        i, f, g, o = jnp.split(acts_t.astype(state), 4, axis=-1)
+        tanh_c = jnp.tanh(c_t)
+        dc_t = dc_step + dh_step * o * (1.0 - tanh_c * tanh_c)
+        d_acts = [dc_t * g, dc_t * c_prev_t, dc_t * i, dh_step * tanh_c]
+        if gate_cotangent:
+            d_acts = [
+                d + extra
+                for d, extra in zip(
+                    d_acts, jnp.split(dacts_t.astype(state), 4, axis=-1), strict=True
+                )
+            ]
+        derivative = [i * (1.0 - i), f * (1.0 - f), 1.0 - g * g, o * (1.0 - o)]
+        dz = jnp.concatenate(
+            [
+                jnp.zeros_like(d) if const else d * slope
+                for d, slope, const in zip(d_acts, derivative, constant, strict=True)
+            ],
+            axis=-1,
+        )
+        dh_prev = jnp.dot(dz.astype(dtype), kernel_t, preferred_element_type=state)
+        if recurrent_mask is not None:
+            dh_prev = dh_prev * recurrent_mask.astype(state)
+        dc_prev = dc_t * f
+        if valid_t is not None:
+            dh_prev = dh_prev + jnp.where(keep, jnp.zeros((), state), dh)
+            dc_prev = jnp.where(keep, dc_prev, dc)
+        dz = dz.astype(dtype)
+        if not accumulate:
+            return (dh_prev, dc_prev, sums), dz
+        sums = dict(sums)
+        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), dz)
+        if input_kernel is None:
+            return (dh_prev, dc_prev, sums), dz
+        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dz)
+        sums["bias"] = sums["bias"] + dz.astype(jnp.float32).sum(axis=0)
+        return (dh_prev, dc_prev, sums), jnp.dot(dz, input_kernel.T).astype(xs.dtype)
+
+    steps = (
+        cs,
+        c_prev,
+        dhs,
+        valid,
+        dacts if gate_cotangent else None,
+        None if recompute else acts,
+        xs if recompute or accumulate else None,
+        h_in if recompute or accumulate else None,
+    )
+    sums = {}
+    if accumulate:
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        if input_kernel is not None:
+            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
+            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+    (dh0, dc0, sums), emitted = jax.lax.scan(
+        body,
+        (dh_last.astype(state), dc_last.astype(state), sums),
+        steps,
+        reverse=not config.reverse,
+        unroll=config.unroll,
+    )
+    if accumulate:
+        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
+        if input_kernel is None:
+            dxs, d_input, d_bias = emitted, None, None
+        else:
+            dxs = emitted
+            d_input = sums["input"].astype(input_kernel.dtype)
+            d_bias = sums["bias"].astype(bias.dtype)
+    elif input_kernel is None:
+        # The projected inputs were made in the compute dtype, which dz is in.
+        dz = emitted
+        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
+        dxs, d_input, d_bias = dz, None, None
+    else:
+        dz = emitted
+        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
+        dxs = jnp.dot(dz, input_kernel.T).astype(xs.dtype)
+        d_input = flat_matmul(xs.astype(dtype), dz).astype(input_kernel.dtype)
+        d_bias = dz.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
+    d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
+    return (
+        dxs,
+        d_input,
+        d_bias,
+        d_recurrent,
+        dc0.astype(c0.dtype),
+        dh0.astype(h0.dtype),
+        None,
+        d_mask,
+    )
+
+
+_lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def lstm_sequence(
+    xs: Array,
+    recurrent_kernel: Array,
+    c0: Array,
+    h0: Array,
+    valid: Array | None = None,
+    *,
+    input_kernel: Array | None = None,
+    bias: Array | None = None,
+    recurrent_mask: Array | None = None,
+    reverse: bool = False,
+    return_gates: bool = False,
+    overrides: tuple[float | None, float | None, float | None] = (None, None, None),
+    remat: bool = False,
+    unroll: int = 1,
+) -> tuple[Array, Array, Array, Array | None]:
+    r"""Runs an LSTM (no peepholes, no projection) over a time-major sequence.
+
+    .. math::
+        [i_t, f_t, g_t, o_t] = [\sigma, \sigma, \tanh, \sigma](x_t + h_{t-1} U) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t, \quad h_t = o_t \odot \tanh(c_t)
+
+    where :math:`x_t` is the projected input, or ``xs[t] @ input_kernel + bias`` when
+    ``input_kernel`` is given (the projection then runs inside the loop). At a step where
+    ``valid`` is False the carry is held.
+
+    Args:
+      xs: ``[time, batch, 4 hidden]`` projected inputs, or ``[time, batch, features]`` raw
+        inputs with ``input_kernel``.
+      recurrent_kernel: ``[hidden, 4 hidden]`` in the compute dtype (gate order ``i, f, g, o``).
+      c0: ``[batch, hidden]`` initial cell state (its dtype is the gate-math dtype).
+      h0: ``[batch, hidden]`` initial hidden state, compute dtype.
+      valid: ``[time, batch]`` booleans, or None.
+      input_kernel: ``[features, 4 hidden]`` to project inside the loop, or None.
+      bias: ``[4 hidden]``, with ``input_kernel``.
+      recurrent_mask: ``[batch, hidden]`` multiplier of :math:`h_{t-1}` (recurrent dropout).
+      reverse: loop from the last step to the first.
+      return_gates: also return the gates.
+      overrides: constants replacing the input, forget and output gates, or None each.
+      remat: save only the states and recompute the gates in the backward pass.
+      unroll: steps per loop iteration.
+
+    Returns:
+      ``(c_last, h_last, hs, acts)``: the final carry, the carried hidden state after every step
+      ``[time, batch, hidden]`` and, with ``return_gates``, the activations ``[i, f, g, o]``
+      ``[time, batch, 4 hidden]`` (else None).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from gatenets.kernels import lstm_sequence
+      >>> xs, u = jnp.ones((5, 2, 12)), jnp.zeros((3, 12))
+      >>> c, h, hs, _ = lstm_sequence(xs, u, jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+      >>> hs.shape
+      (5, 2, 3)
+      >>> grad = jax.grad(lambda xs: lstm_sequence(xs, u, c, h)[2].sum())(xs)
+      >>> grad.shape
+      (5, 2, 12)
+    """
+    config = LSTMKernelConfig(reverse, return_gates, tuple(overrides), remat, unroll)
+    return _lstm(config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask)
