@@ -1,5 +1,6 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets import inspect as inspect
 from gatenets.cells.base import GatedCell as GatedCell
 from gatenets.cells.gru import GRUCell as GRUCell
 from gatenets.cells.lstm import LSTMCell as LSTMCell
@@ -33,4 +34,5 @@ __all__ = [
     "LSTMGates",
     "RecurrentStack",
     "__version__",
+    "inspect",
 ]
