@@ -60,6 +60,7 @@ def __getattr__(name):
         return getattr(module, name)
     raise AttributeError(f"module 'gatenets.inspect' has no attribute {name!r}")
 
+
 __all__ = [
     "AblationResult",
     "FirstTokenShare",

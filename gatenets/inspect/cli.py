@@ -41,7 +41,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("batches", "batch_size", "steps", "hidden", "length"):
         value = getattr(args, name)
         if value < 1:
-            raise SystemExit(f"gatenets inspect: --{name.replace('_', '-')} must be >= 1; got {value}.")
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"gatenets inspect: {flag} must be >= 1; got {value}.")
     if args.run is not None and not os.path.isdir(args.run):
         raise SystemExit(f"gatenets inspect: --run {args.run!r} is not a directory.")
 
@@ -117,9 +118,7 @@ def _probe(gradient_through_time, model, batch, label):
         logits = head(outputs[:, -1])
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
-    return gradient_through_time(
-        model.cell, embedded, loss_fn=last_step_cross_entropy, label=label
-    )
+    return gradient_through_time(model.cell, embedded, loss_fn=last_step_cross_entropy, label=label)
 
 
 def _inspect_run(args: argparse.Namespace):

@@ -28,6 +28,13 @@ from gatenets.inspect.statistics import _check_trace
 _KNOWN_GATES: dict[str, type] = {"LSTMGates": LSTMGates, "GRUGates": GRUGates}
 
 
+def _make_readable(path: str) -> None:
+    # mkstemp creates files readable by their owner only; exports are meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _atomic_write(path: str, write: Callable[[str], None], suffix: str) -> None:
     """Runs ``write(tmp)`` on a temporary file beside ``path``, then renames it into place."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -36,6 +43,7 @@ def _atomic_write(path: str, write: Callable[[str], None], suffix: str) -> None:
     os.close(handle)
     try:
         write(tmp)
+        _make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from gatenets.gates import GateTrace
+from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.probe import GradientProfile
 from gatenets.inspect.statistics import GateStatistics, _check_trace, select_gates
 
@@ -240,14 +240,23 @@ def text_heatmap_html(text: str, values: Any) -> str:
 
 
 def gradient_plot(profiles: Sequence[GradientProfile], *, title: str = "") -> Figure:
-    """``‖∂L/∂h_t‖`` (relative to each model's largest) against ``t`` on a log scale."""
+    """``‖∂L/∂h_t‖`` (relative to each model's largest) against ``t`` on a log scale.
+
+    Steps where a gradient underflowed to exactly zero are left out (a gap in the line).
+    """
     if not profiles:
         raise ValueError("profiles is empty: give at least one GradientProfile.")
     fig = Figure(figsize=(6, 3.4), layout="constrained")
     ax = fig.subplots()
-    floor = np.finfo(np.float64).tiny
+    lowest = 1.0
     for profile in profiles:
-        ax.semilogy(np.maximum(profile.relative, floor), label=profile.label)
+        relative = profile.relative
+        # A gradient that underflowed to zero has no place on a log axis: leave a gap.
+        shown = np.where(relative > 0, relative, np.nan)
+        if np.any(relative > 0):
+            lowest = min(lowest, float(np.min(relative[relative > 0])))
+        ax.semilogy(shown, label=profile.label)
+    ax.set_ylim(lowest / 3, 3)
     ax.set_xlabel("step t", fontsize=9)
     ax.set_ylabel("‖∂L/∂h_t‖ / max", fontsize=9)
     ax.set_title(title or "gradient through time", fontsize=10)
@@ -259,15 +268,9 @@ def gradient_plot(profiles: Sequence[GradientProfile], *, title: str = "") -> Fi
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> str:
     """Writes ``fig`` as a PNG at ``path`` atomically (temporary file, then rename)."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, suffix=".png.tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+    _atomic_write(path, write, ".png.tmp")
     return path

@@ -82,9 +82,7 @@ class PlainRNNCell(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}."
-            )
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}.")
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.activation = activation

@@ -128,14 +128,14 @@ def write_report(
       :class:`ReportFiles`.
 
     Example:
-      >>> import os, tempfile
+      >>> import os, pathlib, tempfile
       >>> import numpy as np
       >>> from gatenets import GateTrace, GRUGates
       >>> from gatenets.inspect import gate_statistics, write_report
       >>> g = GRUGates(np.full((1, 4, 2), 0.05), np.full((1, 4, 2), 0.95))
       >>> stats = gate_statistics(GateTrace({"forward": g}, np.ones((1, 4), bool)))
       >>> files = write_report(tempfile.mkdtemp(), stats=stats)
-      >>> os.path.basename(files.html), 'forward/update' in open(files.html).read()
+      >>> os.path.basename(files.html), 'forward/update' in pathlib.Path(files.html).read_text()
       ('report.html', True)
     """
     if not stats:

@@ -327,7 +327,8 @@ def finalize(accumulators: Mapping[str, GateAccumulator]) -> dict[str, GateStati
         time_constant = None
         if name.rsplit("/", 1)[-1] in RETENTION_GATES:
             with np.errstate(divide="ignore"):
-                time_constant = -1.0 / np.log(acc.mean)
+                # An always-open gate never forgets: +inf, not the -inf of -1 / (+0.0).
+                time_constant = np.where(acc.mean >= 1.0, np.inf, -1.0 / np.log(acc.mean))
         stats[name] = GateStatistics(
             count=int(acc.count),
             mean=acc.mean,
@@ -585,7 +586,9 @@ def streaming_statistics(
     for batch in _progress(iterate_batches(data, max_batches), progress, max_batches, "gates"):
         inputs, mask = split_batch(batch)
         _, trace = run_with_gates(model, inputs, mask)
-        accumulators = accumulate(accumulators, trace, gates=gates, left=left, right=right, bins=bins)
+        accumulators = accumulate(
+            accumulators, trace, gates=gates, left=left, right=right, bins=bins
+        )
     if accumulators is None:
         raise ValueError("data is empty: no batch to compute gate statistics from.")
     return finalize(accumulators)
@@ -626,7 +629,10 @@ def summary_table(stats: Mapping[str, GateStatistics]) -> list[SummaryRow]:
 
 def format_table(stats: Mapping[str, GateStatistics]) -> str:
     """The statistics table as aligned text, for a terminal."""
-    header = f"{'gate':32s} {'units':>5s} {'mean':>6s} {'std':>6s} {'left':>6s} {'right':>6s} {'tau':>8s}"
+    header = (
+        f"{'gate':32s} {'units':>5s} {'mean':>6s} {'std':>6s} {'left':>6s} {'right':>6s} "
+        f"{'tau':>8s}"
+    )
     lines = [header]
     for r in summary_table(stats):
         tau = "" if r.median_time_constant is None else f"{r.median_time_constant:8.2f}"
