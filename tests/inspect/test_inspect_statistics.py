@@ -170,12 +170,16 @@ def test_collect_gathers_a_model_trace_by_name(bilstm):
 def test_streaming_statistics_of_a_model_equal_collected(bilstm):
     streamed = streaming_statistics(bilstm, iter(model_batches()), gates=["forget", "input"])
     whole = gate_statistics(collect(bilstm, model_batches()), gates=["forget", "input"])
-    assert sorted(streamed) == sorted(whole) == [
-        "layer0/backward/forget",
-        "layer0/backward/input",
-        "layer0/forward/forget",
-        "layer0/forward/input",
-    ]
+    assert (
+        sorted(streamed)
+        == sorted(whole)
+        == [
+            "layer0/backward/forget",
+            "layer0/backward/input",
+            "layer0/forward/forget",
+            "layer0/forward/input",
+        ]
+    )
     for name in whole:
         np.testing.assert_allclose(streamed[name].mean, whole[name].mean, rtol=1e-12)
         np.testing.assert_allclose(streamed[name].std, whole[name].std, rtol=1e-9)
