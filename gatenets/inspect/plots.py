@@ -96,8 +96,15 @@ def gate_histograms(
     for ax, (name, s) in zip(axes.flat, chosen.items(), strict=False):
         counts = s.histogram.sum(axis=0)
         edges = s.bin_edges
-        ax.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge",
-               color="tab:blue", edgecolor="white", linewidth=0.5)  # fmt: skip
+        ax.bar(
+            edges[:-1],
+            counts / counts.sum(),
+            width=np.diff(edges),
+            align="edge",
+            color="tab:blue",
+            edgecolor="white",
+            linewidth=0.5,
+        )
         ax.set_xlim(0, 1)
         ax.set_title(f"{name} (mean {s.sparsity:.2f})", fontsize=9)
         ax.set_xlabel("gate value", fontsize=8)
@@ -161,8 +168,9 @@ def gate_heatmap(
     rows = values.shape[1]
     fig = Figure(figsize=(min(14, 2 + 0.12 * len(steps)), 1.2 + 0.18 * rows), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(values.T, aspect="auto", vmin=0, vmax=1, cmap=GATE_CMAP,
-                      interpolation="nearest")  # fmt: skip
+    image = ax.imshow(
+        values.T, aspect="auto", vmin=0, vmax=1, cmap=GATE_CMAP, interpolation="nearest"
+    )
     fig.colorbar(image, ax=ax, fraction=0.03)
     ax.set_title(f"{name}, sequence {example}", fontsize=9)
     ax.set_xlabel("step", fontsize=8)
@@ -209,8 +217,15 @@ def text_heatmap(text: str, values: Any, *, title: str = "", line_width: int = 8
     for row, line in enumerate(lines):
         for column, (char, value) in enumerate(line):
             ax.add_patch(_cell(column, row, cmap(value)))
-            ax.text(column + 0.5, row + 0.5, char, ha="center", va="center",
-                    fontsize=7, family="monospace")  # fmt: skip
+            ax.text(
+                column + 0.5,
+                row + 0.5,
+                char,
+                ha="center",
+                va="center",
+                fontsize=7,
+                family="monospace",
+            )
     ax.set_xlim(0, width)
     ax.set_ylim(len(lines), 0)
     ax.set_axis_off()

@@ -20,6 +20,7 @@ from gatenets.inspect import (
     gate_histograms,
     gate_statistics,
     gradient_plot,
+    load_trace,
     saturation_scatter,
     save_figure,
     text_heatmap,
@@ -132,8 +133,13 @@ def test_write_report_is_self_contained_and_atomic(tmp_path):
     stats = gate_statistics(trace)
     figures = [ReportFigure("saturation", saturation_scatter(stats), "caption <1>")]
     (tmp_path / "report.html").write_text("old")
-    files = write_report(tmp_path, stats=stats, figures=figures, notes=["a & b"],
-                         fragments={"text": text_heatmap_html("ab", [0.1, 0.9])})  # fmt: skip
+    files = write_report(
+        tmp_path,
+        stats=stats,
+        figures=figures,
+        notes=["a & b"],
+        fragments={"text": text_heatmap_html("ab", [0.1, 0.9])},
+    )
     page = pathlib.Path(files.html).read_text(encoding="utf-8")
     links = check_self_contained(page)
     assert len(links) == 1
@@ -152,9 +158,8 @@ def test_plot_bad_input():
     with pytest.raises(ValueError, match="unknown gate 'forgot'"):
         saturation_scatter(stats, gates=["forgot"])
     with pytest.raises(ValueError, match="is ambiguous"):
-        gate_heatmap(small_trace()._replace(gates={
-            "a": GRUGates(*trace.gates["layer1/forward"]), "b": GRUGates(*trace.gates["layer1/forward"])
-        }), "reset")  # fmt: skip
+        gru = trace.gates["layer1/forward"]
+        gate_heatmap(trace._replace(gates={"a": gru, "b": gru}), "reset")
     with pytest.raises(ValueError, match=r"units \[9\] out of range"):
         gate_heatmap(trace, "layer0/forward/input", units=[9])
     with pytest.raises(ValueError, match=r"example must be an int in \[0, 2\)"):
@@ -167,8 +172,24 @@ def test_plot_bad_input():
 
 def test_inspect_command_writes_the_report(tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["inspect", "--out", str(out), "--steps", "2", "--hidden", "8", "--length", "12",
-                 "--batches", "2", "--batch-size", "4", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "inspect",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--length",
+            "12",
+            "--batches",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "bits/char" in printed and f"report: {out / 'report.html'}" in printed
@@ -192,3 +213,29 @@ def test_inspect_command_bad_arguments(tmp_path):
         main(["inspect", "--out", str(tmp_path), "--steps", "0"])
     with pytest.raises(SystemExit, match="is not a directory"):
         main(["inspect", "--run", str(tmp_path / "missing")])
+
+
+def test_example_writes_the_report(tmp_path, capsys):
+    import importlib.util
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "inspect_gates.py"
+    spec = importlib.util.spec_from_file_location("inspect_gates", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # The command test's sizes, so the compiled steps are shared.
+    files, stats, bits = example.main(
+        steps=2, hidden=8, length=12, batch=4, batches=2, out=str(tmp_path), progress=False
+    )
+    check_self_contained(pathlib.Path(files.html).read_text(encoding="utf-8"))
+    assert set(files.images) == {
+        "saturation",
+        "histograms",
+        "heatmap",
+        "text_heatmap",
+        "gradient_through_time",
+    }
+    assert stats["layer0/forward/forget"].count == 2 * 4 * 12
+    assert np.isfinite(bits["lstm"]) and np.isfinite(bits["plain"])
+    trace = load_trace(tmp_path / "trace.npz")
+    assert trace.gates["layer0/forward"].forget.shape == (4, 12, 8)
+    assert "‖∂L/∂h_0‖" in capsys.readouterr().out

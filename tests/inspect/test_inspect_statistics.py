@@ -249,8 +249,9 @@ def test_other_bad_input():
         gate_statistics(trace, left=0.8, right=0.2)
     with pytest.raises(ValueError, match="bins must be a positive int"):
         gate_statistics(trace, bins=0)
-    bad = GateTrace({"forward": GRUGates(np.full((1, 2, 1), 1.5), np.zeros((1, 2, 1)))},
-                    np.ones((1, 2), bool))  # fmt: skip
+    bad = GateTrace(
+        {"forward": GRUGates(np.full((1, 2, 1), 1.5), np.zeros((1, 2, 1)))}, np.ones((1, 2), bool)
+    )
     with pytest.raises(ValueError, match=r"'forward/reset' has values outside \[0, 1\]"):
         gate_statistics(bad)
     acc = accumulate(None, trace, gates=["forget"])
