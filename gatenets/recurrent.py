@@ -40,7 +40,10 @@ def _check_sequence(cell: GatedCell, inputs: Any, time_major: bool) -> tuple[Arr
 
 
 def _check_carry(carry: Any, expected: Any, name: str) -> Any:
-    """Raises unless ``carry`` has the structure, shapes and dtypes of ``expected``."""
+    """Raises unless ``carry`` has the structure and shapes of ``expected``.
+
+    Leaves are cast to the cell's state dtypes, so a float32 carry can start a bf16 layer.
+    """
     expected_def = jax.tree_util.tree_structure(expected)
     try:
         leaves = expected_def.flatten_up_to(carry)

@@ -348,3 +348,27 @@ def test_bad_layer_settings_raise():
         gatenets.GRU(I, H, num_layers=2, rngs=nnx.Rngs(0))(
             jnp.ones((B, T, I)), initial_carry=(None,)
         )
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 3),
+    time=st.integers(1, 4),
+    features=st.integers(1, 3),
+    hidden=st.integers(1, 3),
+    lstm=st.booleans(),
+    data=st.data(),
+)
+def test_any_shape_and_lengths_match_reference(batch, time, features, hidden, lstm, data):
+    cell_type = gatenets.LSTMCell if lstm else gatenets.GRUCell
+    cell = randomize(cell_type(features, hidden, rngs=nnx.Rngs(0)))
+    lengths = np.array(data.draw(st.lists(st.integers(0, time), min_size=batch, max_size=batch)))
+    x = inputs(shape=(batch, time, features))
+    y = gatenets.RNN(cell)(jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
+    assert y.shape == (batch, time, hidden)
+    ref_fn = reference.lstm if lstm else reference.gru
+    for b, length in enumerate(lengths):
+        if length:
+            ref = ref_fn(cell, x[b : b + 1, :length].astype(np.float64))[0]
+            np.testing.assert_allclose(y[b, :length], ref[0], atol=1e-5)
+        np.testing.assert_array_equal(y[b, length:], 0.0)
