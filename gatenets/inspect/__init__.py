@@ -54,8 +54,10 @@ def __getattr__(name):
         try:
             module = importlib.import_module(_LAZY[name])
         except ImportError as err:
+            if not (err.name or "").startswith(("matplotlib", "tqdm")):
+                raise
             raise ImportError(
-                f"gatenets.inspect.{name} needs matplotlib: pip install 'gatenets[inspect]'."
+                f"gatenets.inspect.{name} needs {err.name}: pip install 'gatenets[inspect]'."
             ) from err
         return getattr(module, name)
     raise AttributeError(f"module 'gatenets.inspect' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 from typing import Any
 
@@ -141,13 +142,16 @@ def _inspect_run(args: argparse.Namespace):
     def metric_fn(outputs, batch):
         return task.metrics(outputs, batch)[metric]
 
+    first = next(batches)
+    profiles = _run_profiles(loaded.model, first, args.seed)
     return inspect_model(
         loaded.model,
-        batches,
+        itertools.chain([first], batches),
         args.out,
         decode=decode,
         metric_fn=metric_fn,
         metric_name=metric,
+        profiles=profiles,
         max_batches=args.batches,
         progress=not args.no_progress,
         title=f"gatenets gate report: {task.name} ({args.run})",
@@ -155,3 +159,28 @@ def _inspect_run(args: argparse.Namespace):
         left=args.left,
         right=args.right,
     )
+
+
+def _run_profiles(model, batch, seed):
+    """Gradient profiles of a task model's one-layer recurrent part and of an untrained plain
+    sigmoid RNN of the same size on the same inputs (empty when the model has another shape)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gatenets.inspect.probe import PlainRNNCell, gradient_through_time
+    from gatenets.recurrent import RecurrentStack
+
+    rnn = getattr(model, "rnn", None)
+    if not isinstance(rnn, RecurrentStack) or rnn.num_layers != 1 or rnn.bidirectional:
+        print("gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn")
+        return []
+    inputs = jnp.asarray(batch.inputs)
+    embed = getattr(model, "embed", None)
+    if embed is not None:
+        inputs = embed(inputs)
+    cell = rnn.cell
+    plain = PlainRNNCell(cell.in_features, cell.output_features, rngs=nnx.Rngs(seed))
+    return [
+        gradient_through_time(rnn, inputs, label=f"trained {type(cell).__name__}"),
+        gradient_through_time(plain, inputs, label="plain sigmoid RNN (untrained)"),
+    ]

@@ -60,6 +60,16 @@ def saturation_scatter(
 
     Returns:
       A figure with one panel per gate.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics, saturation_scatter
+      >>> g = GRUGates(np.full((1, 4, 3), 0.05), np.full((1, 4, 3), 0.5))
+      >>> stats = gate_statistics(GateTrace({"forward": g}, np.ones((1, 4), bool)))
+      >>> fig = saturation_scatter(stats, gates=["reset"])
+      >>> fig.axes[0].collections[0].get_offsets().tolist()  # always below 0.1: left-saturated
+      [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
     """
     chosen = _chosen_stats(stats, gates)
     rows, columns = _grid(len(chosen))
@@ -88,6 +98,15 @@ def gate_histograms(
     Args:
       stats: ``{name: GateStatistics}`` from :func:`gate_statistics`.
       gates: names to draw; all when None.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_histograms, gate_statistics
+      >>> g = GRUGates(np.full((1, 4, 3), 0.05), np.full((1, 4, 3), 0.55))
+      >>> stats = gate_statistics(GateTrace({"forward": g}, np.ones((1, 4), bool)), bins=10)
+      >>> [float(b.get_height()) for b in gate_histograms(stats).axes[1].patches][4:7]
+      [0.0, 1.0, 0.0]
     """
     chosen = _chosen_stats(stats, gates)
     rows, columns = _grid(len(chosen))
@@ -153,6 +172,15 @@ def gate_heatmap(
       example: which sequence of the batch.
       units: which units to show (flattened unit indices); all when None.
       labels: one label per valid step for the time axis (e.g. the input characters).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> _, trace = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))(jnp.ones((1, 5, 2)), return_gates=True)
+      >>> fig = gatenets.inspect.gate_heatmap(trace, "update", units=[0, 2])
+      >>> fig.axes[0].images[0].get_array().shape  # [units, steps]
+      (2, 5)
     """
     values, steps = _gate_values(trace, name, example)
     if units is not None:
@@ -199,6 +227,12 @@ def text_heatmap(text: str, values: Any, *, title: str = "", line_width: int = 8
       values: ``[len(text)]`` gate values in ``[0, 1]`` (e.g. one unit's forget gate).
       title: figure title.
       line_width: characters per line (text also breaks at newlines).
+
+    Example:
+      >>> from gatenets.inspect import text_heatmap
+      >>> fig = text_heatmap("if x:\\n  y", [0.9, 0.9, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.8])
+      >>> "".join(t.get_text() for t in fig.axes[0].texts)
+      'if x:↵  y'
     """
     values = _check_text(text, values)
     lines: list[list[tuple[str, float]]] = [[]]
@@ -241,7 +275,13 @@ def _cell(column: int, row: int, color: Any) -> Any:
 
 
 def text_heatmap_html(text: str, values: Any) -> str:
-    """The same colouring as :func:`text_heatmap` as an HTML fragment (inline styles only)."""
+    """The same colouring as :func:`text_heatmap` as an HTML fragment (inline styles only).
+
+    Example:
+      >>> from gatenets.inspect import text_heatmap_html
+      >>> text_heatmap_html("a<", [0.0, 1.0]).count("<span")
+      2
+    """
     values = _check_text(text, values)
     cmap = colormaps["coolwarm"]
     spans = []
@@ -258,6 +298,13 @@ def gradient_plot(profiles: Sequence[GradientProfile], *, title: str = "") -> Fi
     """``‖∂L/∂h_t‖`` (relative to each model's largest) against ``t`` on a log scale.
 
     Steps where a gradient underflowed to exactly zero are left out (a gap in the line).
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets.inspect import GradientProfile, gradient_plot
+      >>> fig = gradient_plot([GradientProfile(np.array([1e-4, 1e-2, 1.0]), "lstm")])
+      >>> fig.axes[0].get_lines()[0].get_ydata().tolist()
+      [0.0001, 0.01, 1.0]
     """
     if not profiles:
         raise ValueError("profiles is empty: give at least one GradientProfile.")
@@ -281,7 +328,16 @@ def gradient_plot(profiles: Sequence[GradientProfile], *, title: str = "") -> Fi
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> str:
-    """Writes ``fig`` as a PNG at ``path`` atomically (temporary file, then rename)."""
+    """Writes ``fig`` as a PNG at ``path`` atomically (temporary file, then rename).
+
+    Example:
+      >>> import os, pathlib, tempfile
+      >>> from matplotlib.figure import Figure
+      >>> from gatenets.inspect import save_figure
+      >>> path = save_figure(Figure(), os.path.join(tempfile.mkdtemp(), "empty.png"))
+      >>> pathlib.Path(path).read_bytes()[1:4]
+      b'PNG'
+    """
     path = os.fspath(path)
 
     def write(tmp):
