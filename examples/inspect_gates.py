@@ -62,6 +62,13 @@ def main(
     forget = np.asarray(trace.gates["layer0/forward"].forget[0])  # [time, units]
     unit = int(np.argmax(forget.std(axis=0)))  # the forget unit that moves most in this text
     text = corpus.decode(sample.inputs[0])
+    # What does that unit respond to? Compare its gate on spaces with the rest, whole batch.
+    all_forget = np.asarray(trace.gates["layer0/forward"].forget[..., unit])
+    space = np.asarray(sample.inputs) == corpus.vocabulary.index(" ")
+    print(
+        f"forget unit {unit}: mean {all_forget[space].mean():.3f} on spaces, "
+        f"{all_forget[~space].mean():.3f} on other characters"
+    )
     gatenets.inspect.save_trace(trace, os.path.join(out, "trace.npz"))
 
     # 3. Gradient through time: how far back the loss at the last character reaches.

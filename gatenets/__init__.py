@@ -10,6 +10,11 @@ from gatenets.gates import GRUCarry as GRUCarry
 from gatenets.gates import GRUGates as GRUGates
 from gatenets.gates import LSTMCarry as LSTMCarry
 from gatenets.gates import LSTMGates as LSTMGates
+from gatenets.inspect.ablation import AblationResult as AblationResult
+from gatenets.inspect.probe import GradientProfile as GradientProfile
+from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
+from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
+from gatenets.inspect.statistics import GateStatistics as GateStatistics
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
 from gatenets.recurrent import RNN as RNN
@@ -22,13 +27,18 @@ __all__ = [
     "GRU",
     "LSTM",
     "RNN",
+    "AblationResult",
     "Bidirectional",
     "BidirectionalCarry",
+    "FirstTokenShare",
     "GRUCarry",
     "GRUCell",
     "GRUGates",
+    "GateAccumulator",
+    "GateStatistics",
     "GateTrace",
     "GatedCell",
+    "GradientProfile",
     "LSTMCarry",
     "LSTMCell",
     "LSTMGates",
