@@ -86,7 +86,11 @@ def main(
             model.cell, embedded, loss_fn=last_step_loss, label=label
         )
         profiles.append(profile)
-        print(f"{label}: ‖∂L/∂h_0‖ / max = {profile.relative[0]:.2e}")
+        back = min(32, length - 1)
+        print(
+            f"{label}: ‖∂L/∂h_t‖ / max = {profile.relative[-1 - back]:.2e} {back} steps before "
+            f"the loss, {profile.relative[0]:.2e} at t = 0"
+        )
 
     # 4. Ablation: close each gate in turn (override it with 0) and measure bits/char.
     ablation = gatenets.inspect.ablate(lstm, [sample], builtin.bits_per_char, value=0.0)

@@ -257,8 +257,10 @@ def inspect_model(
 
     names = list(stats)
     gate = _heatmap_gate(names)
-    values = np.asarray(first_trace.flat()[gate])[0]
-    valid = np.asarray(first_trace.mask)[0]
+    # The first sequence with a valid step (a leading empty sequence has nothing to show).
+    example = int(np.argmax(np.asarray(first_trace.mask).any(axis=1)))
+    values = np.asarray(first_trace.flat()[gate])[example]
+    valid = np.asarray(first_trace.mask)[example]
     values = values[valid].reshape(int(valid.sum()), -1)
     # The units that move most in this sequence show the most in a heatmap.
     units = sorted(np.argsort(-values.std(axis=0))[:16].tolist())
@@ -277,15 +279,15 @@ def inspect_model(
         ),
         ReportFigure(
             "heatmap",
-            plots.gate_heatmap(first_trace, gate, units=units),
-            f"{gate} over the first sequence, for the {len(units)} units whose gate varies "
-            "most in it (0 dark, 1 bright).",
+            plots.gate_heatmap(first_trace, gate, example=example, units=units),
+            f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
+            "whose gate varies most in it (0 dark, 1 bright).",
         ),
     ]
     fragments = {}
     first_inputs = np.asarray(split_batch(kept[0])[0])
     if decode is not None and np.issubdtype(first_inputs.dtype, np.integer):
-        text = decode(first_inputs[0][valid])
+        text = decode(first_inputs[example][valid])
         unit = units[int(np.argmax(values[:, units].std(axis=0)))]
         shown = slice(0, min(len(text), 480))
         caption = (

@@ -238,4 +238,29 @@ def test_example_writes_the_report(tmp_path, capsys):
     assert np.isfinite(bits["lstm"]) and np.isfinite(bits["plain"])
     trace = load_trace(tmp_path / "trace.npz")
     assert trace.gates["layer0/forward"].forget.shape == (4, 12, 8)
-    assert "‖∂L/∂h_0‖" in capsys.readouterr().out
+    assert "steps before the loss" in capsys.readouterr().out
+
+
+def test_inspect_model_skips_empty_sequences_and_reports_every_part(tmp_path):
+    import collections
+
+    from flax import nnx
+
+    import gatenets
+
+    gru = gatenets.GRU(2, 3, bidirectional=True, rngs=nnx.Rngs(0))
+    Batch = collections.namedtuple("Batch", ["inputs", "targets", "mask"])
+    x = np.random.default_rng(0).normal(size=(2, 5, 2)).astype(np.float32)
+    batch = Batch(x, None, np.array([[False] * 5, [True] * 4 + [False]]))
+    files = gatenets.inspect.inspect_model(
+        gru,
+        [batch, batch],
+        tmp_path,
+        progress=False,
+    )
+    page = pathlib.Path(files.html).read_text(encoding="utf-8")
+    check_self_contained(page)
+    assert "over sequence 1 of the first batch" in page
+    for name in ("layer0/forward/reset", "layer0/backward/update"):
+        assert f"<td>{name}</td>" in page
+    assert set(files.images) == {"saturation", "histograms", "heatmap"}
