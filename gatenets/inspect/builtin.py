@@ -54,7 +54,17 @@ class CharCorpus(NamedTuple):
 
 
 def builtin_corpus(max_chars: int | None = None) -> CharCorpus:
-    """The standard-library source text as a :class:`CharCorpus` (ASCII, tabs as spaces)."""
+    """The standard-library source text as a :class:`CharCorpus` (ASCII, tabs as spaces).
+
+    Example:
+      >>> from gatenets.inspect.builtin import builtin_corpus
+      >>> corpus = builtin_corpus(max_chars=200)
+      >>> corpus.decode(corpus.ids[:3]) == corpus.text[:3]
+      True
+      >>> batch = next(corpus.batches(2, 8, seed=0))
+      >>> batch.inputs.shape, bool((batch.inputs[:, 1:] == batch.targets[:, :-1]).all())
+      ((2, 8), True)
+    """
     import importlib
 
     parts = [_pyinspect.getsource(importlib.import_module(name)) for name in _SOURCES]

@@ -136,6 +136,20 @@ def export_lstmvis(
 
     Returns:
       ``{"states": path, "words": path, "dict": path, "config": path}``.
+
+    Example:
+      >>> import tempfile
+      >>> import h5py
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import export_lstmvis
+      >>> g = GRUGates(np.full((1, 3, 2), 0.5), np.full((1, 3, 2), 0.25))
+      >>> mask = np.array([[True, True, False]])
+      >>> paths = export_lstmvis(GateTrace({"forward": g}, mask), tempfile.mkdtemp(),
+      ...                        token_ids=np.array([[1, 0, 0]]), vocabulary=["a", "b"])
+      >>> with h5py.File(paths["states"]) as f:
+      ...     sorted(f), f["forward_update"].shape
+      (['forward_reset', 'forward_update'], (2, 2))
     """
     h5py = _require_h5py()
     mask, flat = _check_trace(trace)

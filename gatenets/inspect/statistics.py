@@ -608,7 +608,17 @@ class SummaryRow(NamedTuple):
 
 def summary_table(stats: Mapping[str, GateStatistics]) -> list[SummaryRow]:
     """One :class:`SummaryRow` per gate: unit averages of the statistics (``std`` is the mean
-    per-unit std; the time constant is the median over units, for retention gates)."""
+    per-unit std; the time constant is the median over units, for retention gates).
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics, summary_table
+      >>> g = GRUGates(np.full((1, 2, 3), 0.5), np.full((1, 2, 3), np.exp(-0.5)))
+      >>> row = summary_table(gate_statistics(GateTrace({"f": g}, np.ones((1, 2), bool))))[1]
+      >>> row.gate, round(row.median_time_constant, 6)  # update = e^{-1/2}: tau = 2 steps
+      ('f/update', 2.0)
+    """
     rows = []
     for name, s in stats.items():
         rows.append(
@@ -628,7 +638,18 @@ def summary_table(stats: Mapping[str, GateStatistics]) -> list[SummaryRow]:
 
 
 def format_table(stats: Mapping[str, GateStatistics]) -> str:
-    """The statistics table as aligned text, for a terminal."""
+    """The statistics table as aligned text, for a terminal.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import format_table, gate_statistics
+      >>> g = GRUGates(np.full((1, 2, 3), 0.05), np.full((1, 2, 3), 0.95))
+      >>> print(format_table(gate_statistics(GateTrace({"f": g}, np.ones((1, 2), bool)))))
+      gate                             units   mean    std   left  right      tau
+      f/reset                              3  0.050  0.000  1.000  0.000
+      f/update                             3  0.950  0.000  0.000  1.000    19.50
+    """
     header = (
         f"{'gate':32s} {'units':>5s} {'mean':>6s} {'std':>6s} {'left':>6s} {'right':>6s} "
         f"{'tau':>8s}"
@@ -638,6 +659,6 @@ def format_table(stats: Mapping[str, GateStatistics]) -> str:
         tau = "" if r.median_time_constant is None else f"{r.median_time_constant:8.2f}"
         lines.append(
             f"{r.gate:32s} {r.units:5d} {r.mean:6.3f} {r.std:6.3f} {r.left_saturated:6.3f} "
-            f"{r.right_saturated:6.3f} {tau:>8s}"
+            f"{r.right_saturated:6.3f} {tau:>8s}".rstrip()
         )
     return "\n".join(lines)
