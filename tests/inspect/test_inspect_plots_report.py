@@ -264,3 +264,52 @@ def test_inspect_model_skips_empty_sequences_and_reports_every_part(tmp_path):
     for name in ("layer0/forward/reset", "layer0/backward/update"):
         assert f"<td>{name}</td>" in page
     assert set(files.images) == {"saturation", "histograms", "heatmap"}
+
+
+def test_inspect_command_reads_a_run_of_gatenets_run(tmp_path, capsys):
+    # Needs the training feature (gatenets.train, gatenets.tasks) and its `run` command.
+    pytest.importorskip("gatenets.train")
+    run_dir, out = tmp_path / "run", tmp_path / "report"
+    assert (
+        main(
+            [
+                "run",
+                "charlm",
+                "--steps",
+                "2",
+                "--hidden",
+                "8",
+                "--batch-size",
+                "4",
+                "-o",
+                "seq_len=12",
+                "--out",
+                str(run_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "inspect",
+                "--run",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--batches",
+                "2",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert len(check_self_contained(page)) == 5
+    assert "charlm" in page and "bits_per_char" in page
+    assert (out / "gradient_through_time.png").exists()
