@@ -234,9 +234,10 @@ def _update(acc: GateAccumulator, name: str, values: np.ndarray) -> GateAccumula
     bins = acc.histogram.shape[1]
     # searchsorted against the edges bins exactly as np.histogram does (the last bin is closed).
     index = np.clip(np.searchsorted(acc.bin_edges, values, side="right") - 1, 0, bins - 1)
-    histogram = acc.histogram.copy()
     units = values.shape[1]
-    np.add.at(histogram, (np.broadcast_to(np.arange(units), values.shape), index), 1)
+    # One bincount over (unit, bin) pairs: far faster than np.add.at on large batches.
+    cells = (np.arange(units) * bins + index).ravel()
+    histogram = acc.histogram + np.bincount(cells, minlength=units * bins).reshape(units, bins)
     return acc._replace(
         count=total,
         mean=mean,
