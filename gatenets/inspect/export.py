@@ -125,6 +125,8 @@ def export_lstmvis(
     Only valid steps are written, sequence after sequence, so ``states.h5`` datasets and
     ``word_ids`` line up step for step. Dataset names are the gate names with ``/`` replaced
     by ``_`` (``layer0_forward_forget``); attention gates are flattened to ``[steps, units]``.
+    In ``lstm.yml`` every dataset is a ``types`` entry of its own (its own ``layer`` number);
+    gates are declared ``unsigned`` with ``transform: none``, extra states as ``output``.
 
     Args:
       trace: the gates, ``[batch, time, …]`` each, with their mask.
@@ -198,8 +200,14 @@ def export_lstmvis(
             for index, token in enumerate(vocabulary):
                 f.write(f"{_dict_token(token)} {index}\n")
 
+    # LSTMVis knows two kinds, "state" and "output", told apart by (type, layer): each dataset
+    # gets its own layer number. Gates lie in [0, 1], so they are shown as unsigned and without
+    # the tanh that LSTMVis applies to cell states by default.
+    gate_keys = {key.replace("/", "_") for key in flat}
     types = "\n".join(
-        f"    - {{type: {key.rsplit('_', 1)[-1]}, layer: {k + 1}, path: {key}}}"
+        f"    - {{type: state, layer: {k + 1}, path: {key}, unsigned: true, transform: none}}"
+        if key in gate_keys
+        else f"    - {{type: output, layer: {k + 1}, path: {key}}}"
         for k, key in enumerate(datasets)
     )
     config = (

@@ -82,7 +82,9 @@ def test_lstmvis_layout(tmp_path):
     lines = pathlib.Path(paths["dict"]).read_text(encoding="utf-8").splitlines()
     assert lines == ["a 0", "<space> 1", "<newline> 2", "b 3"]
     config = pathlib.Path(paths["config"]).read_text(encoding="utf-8")
-    assert "path: layer0_forward_forget" in config and "dict_file: words" in config
+    assert "dict_file: words" in config
+    assert "path: layer0_forward_forget, unsigned: true, transform: none}" in config
+    assert "{type: output, layer: 5, path: layer0_forward_h}" in config
 
 
 def test_lstmvis_bad_input_and_missing_h5py(tmp_path, monkeypatch):
