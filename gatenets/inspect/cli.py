@@ -22,7 +22,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="write an HTML report of a model's gates",
-        description=__doc__.splitlines()[0],
+        description=(
+            "Write a self-contained HTML report (and PNGs) of a model's gates: of a run written "
+            "by `gatenets run` (--run DIR), or, without --run, of a small character LSTM that "
+            "it trains first."
+        ),
     )
     parser.add_argument("--run", help="a run directory written by `gatenets run`")
     parser.add_argument("--out", default="report", help="output directory (default: report/)")
@@ -44,6 +48,11 @@ def _check_args(args: argparse.Namespace) -> None:
         if value < 1:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"gatenets inspect: {flag} must be >= 1; got {value}.")
+    if not 0.0 <= args.left <= args.right <= 1.0:
+        raise SystemExit(
+            f"gatenets inspect: need 0 <= --left <= --right <= 1; got --left {args.left} and "
+            f"--right {args.right}."
+        )
     if args.run is not None and not os.path.isdir(args.run):
         raise SystemExit(f"gatenets inspect: --run {args.run!r} is not a directory.")
 

@@ -478,7 +478,12 @@ def run_with_gates(model: Any, inputs: Any, mask: Any = None) -> tuple[Any, Gate
 def _progress(iterable: Iterable, progress: bool, total: int | None, desc: str) -> Iterable:
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:
+        raise ImportError(
+            "progress=True needs tqdm: pip install 'gatenets[inspect]' (or pass progress=False)."
+        ) from err
 
     return tqdm(iterable, total=total, desc=desc, unit="batch")
 

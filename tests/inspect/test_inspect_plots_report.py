@@ -211,6 +211,8 @@ def test_inspect_command_writes_the_report(tmp_path, capsys):
 def test_inspect_command_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="--steps must be >= 1; got 0"):
         main(["inspect", "--out", str(tmp_path), "--steps", "0"])
+    with pytest.raises(SystemExit, match="need 0 <= --left <= --right <= 1; got --left 0.5"):
+        main(["inspect", "--left", "0.5", "--right", "0.4"])
     with pytest.raises(SystemExit, match="is not a directory"):
         main(["inspect", "--run", str(tmp_path / "missing")])
 
