@@ -136,7 +136,14 @@ def ablate(
 
 
 def format_ablation(results: Sequence[AblationResult], metric: str = "metric") -> str:
-    """The ablation results as aligned text."""
+    """The ablation results as aligned text.
+
+    Example:
+      >>> from gatenets.inspect import AblationResult, format_ablation
+      >>> print(format_ablation([AblationResult("forward/forget", 1.5, 2.25)], "loss"))
+      gate                               baseline    ablated     change   (loss)
+      forward/forget                       1.5000     2.2500    +0.7500
+    """
     lines = [f"{'gate':32s} {'baseline':>10s} {'ablated':>10s} {'change':>10s}   ({metric})"]
     for r in results:
         lines.append(f"{r.gate:32s} {r.baseline:10.4f} {r.ablated:10.4f} {r.change:+10.4f}")

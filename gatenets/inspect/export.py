@@ -87,7 +87,11 @@ def save_trace(trace: GateTrace, path: str | os.PathLike) -> str:
 
 
 def load_trace(path: str | os.PathLike) -> GateTrace:
-    """Reads a trace written by :func:`save_trace` (gate NamedTuples rebuilt by name)."""
+    """Reads a trace written by :func:`save_trace` (gate NamedTuples rebuilt by name).
+
+    Gate types gatenets knows (``LSTMGates``, ``GRUGates``) come back as themselves; others as
+    a NamedTuple of the same name and fields. See :func:`save_trace` for an example.
+    """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         if "types" not in data or "mask" not in data:
             raise ValueError(f"{os.fspath(path)!r} is not a trace written by save_trace.")

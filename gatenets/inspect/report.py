@@ -239,6 +239,17 @@ def inspect_model(
 
     Returns:
       :class:`ReportFiles`.
+
+    Example:
+      >>> import tempfile
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> lstm = gatenets.LSTM(2, 4, rngs=nnx.Rngs(0))
+      >>> batches = [jnp.ones((2, 6, 2)), jnp.zeros((2, 6, 2))]
+      >>> files = gatenets.inspect.inspect_model(lstm, batches, tempfile.mkdtemp(), progress=False)
+      >>> sorted(files.images)
+      ['heatmap', 'histograms', 'saturation']
     """
     iterator = iterate_batches(data, max_batches)
     kept = list(itertools.islice(iterator, max(1, ablation_batches)))

@@ -311,7 +311,8 @@ def accumulate(
 
 
 def finalize(accumulators: Mapping[str, GateAccumulator]) -> dict[str, GateStatistics]:
-    """Turns running sums into :class:`GateStatistics`, one per gate (see :func:`accumulate`).
+    """Turns running sums into :class:`GateStatistics`, one per gate (see :func:`accumulate`
+    for an example).
 
     Raises:
       ValueError: when no valid step was seen (empty data or an all-False mask).
