@@ -1,5 +1,6 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
+from gatenets import inspect as inspect
 from gatenets import linen as linen
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
@@ -36,6 +37,11 @@ from gatenets.gates import GRUCarry as GRUCarry
 from gatenets.gates import GRUGates as GRUGates
 from gatenets.gates import LSTMCarry as LSTMCarry
 from gatenets.gates import LSTMGates as LSTMGates
+from gatenets.inspect.ablation import AblationResult as AblationResult
+from gatenets.inspect.probe import GradientProfile as GradientProfile
+from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
+from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
+from gatenets.inspect.statistics import GateStatistics as GateStatistics
 from gatenets.kernels.gru import gru_sequence as gru_sequence
 from gatenets.kernels.lstm import lstm_sequence as lstm_sequence
 from gatenets.recurrent import GRU as GRU
@@ -47,6 +53,7 @@ from gatenets.recurrent import RecurrentStack as RecurrentStack
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationResult",
     "Bidirectional",
     "BidirectionalCarry",
     "BinaryHead",
@@ -54,11 +61,14 @@ __all__ = [
     "DiagonalCarry",
     "DiagonalCell",
     "ExpertBias",
+    "FirstTokenShare",
     "GAUGates",
     "GRU",
     "GRUCarry",
     "GRUCell",
     "GRUGates",
+    "GateAccumulator",
+    "GateStatistics",
     "GateTrace",
     "GatedAttention",
     "GatedAttentionGates",
@@ -66,6 +76,7 @@ __all__ = [
     "GatedCell",
     "GatedFeedForward",
     "GatedFeedForwardGates",
+    "GradientProfile",
     "LSTM",
     "LSTMCarry",
     "LSTMCell",
@@ -89,6 +100,7 @@ __all__ = [
     "SigmoidRouter",
     "__version__",
     "gru_sequence",
+    "inspect",
     "linen",
     "lstm_sequence",
 ]

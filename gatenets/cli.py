@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import gatenets
 
 # Feature modules that add subcommands, in the order they appear in --help.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("gatenets.train.cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("gatenets.train.cli", "gatenets.inspect.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,235 @@
+r"""Gradient through time: how much the loss still hears of the hidden state ``t`` steps back.
+
+For a recurrent cell run over a sequence, the probe measures
+
+.. math::
+    n_t = \frac{1}{B}\sum_{b} \left\lVert \frac{\partial L}{\partial h_{b,t}} \right\rVert_2
+
+for every step :math:`t`: the total derivative of the loss through every later step. It adds a
+zero perturbation :math:`\epsilon_t` to the hidden state that each step hands on
+(:math:`h_t \leftarrow h_t + \epsilon_t`) and differentiates with respect to it, so the
+gradient includes every path from :math:`h_t` to the loss. In a plain sigmoid RNN each step
+back multiplies the gradient by :math:`W^\top \operatorname{diag}(\sigma')` with
+:math:`\sigma' \le 1/4`, so :math:`n_t` falls exponentially with the distance to the loss;
+an LSTM's cell state passes it on multiplied by the forget gate only, which a forget bias
+of 1 (or training) keeps near 1 (Hochreiter 1991; Bengio et al. 1994; Gers et al. 2000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn import initializers
+
+from gatenets._typing import Array, Initializer
+from gatenets.cells.base import GatedCell
+from gatenets.gates import GateOverride
+from gatenets.recurrent import RNN, RecurrentStack
+
+ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+
+
+class PlainRNNCarry(NamedTuple):
+    """State of a :class:`PlainRNNCell`: the hidden state ``h`` ``[batch, hidden]``."""
+
+    h: Array
+
+
+class PlainRNNCell(nnx.Module):
+    r"""A plain (Elman) recurrent cell without gates: the contrast for the probe.
+
+    .. math::
+        h_t = \phi(W x_t + U h_{t-1} + b), \qquad \phi \in \{\sigma, \tanh\}
+
+    It has the time-parallel / sequential split of gatenets cells (``project`` and ``step``),
+    so :func:`gradient_through_time` and the training helpers run it like an LSTM, but it has
+    no gates to trace (``step`` returns ``None`` for them).
+
+    Args:
+      in_features: size of each input step.
+      hidden_features: size of the hidden state.
+      activation: ``"sigmoid"`` (the textbook vanishing-gradient case) or ``"tanh"``.
+      kernel_init: initialiser of ``W`` ``[in_features, hidden]``.
+      recurrent_kernel_init: initialiser of ``U`` ``[hidden, hidden]``.
+      rngs: random streams for parameter initialisation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gatenets.inspect.probe import PlainRNNCell
+      >>> cell = PlainRNNCell(2, 3, rngs=nnx.Rngs(0))
+      >>> carry, h, gates = cell.step(cell.initialize_carry((4, 2)), cell.project(jnp.ones((4, 2))))
+      >>> h.shape, gates is None, bool(((h > 0) & (h < 1)).all())
+      ((4, 3), True, True)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        activation: str = "sigmoid",
+        kernel_init: Initializer = initializers.lecun_normal(),
+        recurrent_kernel_init: Initializer = initializers.orthogonal(),
+        rngs: nnx.Rngs,
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}.")
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.activation = activation
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, hidden_features)))
+        self.recurrent_kernel = nnx.Param(
+            recurrent_kernel_init(rngs.params(), (hidden_features, hidden_features))
+        )
+        self.bias = nnx.Param(jnp.zeros((hidden_features,)))
+
+    @property
+    def output_features(self) -> int:
+        return self.hidden_features
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None) -> PlainRNNCarry:
+        return PlainRNNCarry(jnp.zeros((*input_shape[:-1], self.hidden_features)))
+
+    def project(self, x: Array) -> Array:
+        """``W x + b`` for any leading axes."""
+        z = x @ self.kernel[...]
+        return z + jnp.broadcast_to(self.bias[...], z.shape)
+
+    def step(
+        self,
+        carry: PlainRNNCarry,
+        projected: Array,
+        *,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+    ) -> tuple[PlainRNNCarry, Array, None]:
+        if gate_overrides:
+            raise ValueError("PlainRNNCell has no gates to override.")
+        h_in = carry.h if recurrent_mask is None else carry.h * recurrent_mask
+        h = ACTIVATIONS[self.activation](projected + h_in @ self.recurrent_kernel[...])
+        return PlainRNNCarry(h), h, None
+
+    def __call__(self, carry: PlainRNNCarry, inputs: Array) -> tuple[PlainRNNCarry, Array]:
+        carry, h, _ = self.step(carry, self.project(inputs))
+        return carry, h
+
+
+class GradientProfile(NamedTuple):
+    """Result of :func:`gradient_through_time`.
+
+    Attributes:
+      norms: ``[time]`` mean over the batch of :math:`\\lVert \\partial L/\\partial h_t \\rVert_2`.
+      label: a name for plots (the cell's class unless given).
+    """
+
+    norms: np.ndarray
+    label: str
+
+    @property
+    def relative(self) -> np.ndarray:
+        """``norms`` divided by the largest norm (1 where the loss hears most)."""
+        return self.norms / np.max(self.norms)
+
+
+def _cell_of(layer: Any) -> Any:
+    if isinstance(layer, GatedCell | PlainRNNCell):
+        return layer
+    if isinstance(layer, RNN):
+        if layer.reverse:
+            raise ValueError("layer must run forward in time (reverse=False) for the probe.")
+        return layer.cell
+    if isinstance(layer, RecurrentStack):
+        if layer.num_layers != 1 or layer.bidirectional:
+            raise ValueError(
+                "the probe follows the hidden state of one cell; give it a one-layer "
+                f"unidirectional stack or its cell (got num_layers={layer.num_layers}, "
+                f"bidirectional={layer.bidirectional}). For a deeper model pass "
+                "model.layers[k].cell and a loss_fn that applies the layers above."
+            )
+        return layer.layers[0].cell
+    raise TypeError(
+        "layer must be a gatenets cell, RNN, one-layer LSTM/GRU, or PlainRNNCell; got "
+        f"{type(layer).__name__}."
+    )
+
+
+def last_step_loss(outputs: Array) -> Array:
+    """Default probe loss: the sum of the last step's outputs, averaged over the batch."""
+    return jnp.mean(jnp.sum(outputs[:, -1], axis=-1))
+
+
+@nnx.jit(static_argnames="loss_fn")
+def _gradient_norms(cell, inputs, loss_fn):
+    batch = inputs.shape[0]
+    xs = cell.project(jnp.swapaxes(inputs, 0, 1))
+    carry0 = cell.initialize_carry((batch, cell.in_features))
+    eps0 = jnp.zeros((inputs.shape[1], batch, cell.output_features), xs.dtype)
+
+    def loss_of(eps):
+        def body(carry, step_inputs):
+            x_t, eps_t = step_inputs
+            carry, h, _ = cell.step(carry, x_t)
+            h = h + eps_t
+            return carry._replace(h=h), h
+
+        _, hs = jax.lax.scan(body, carry0, (xs, eps0 + eps))
+        return loss_fn(jnp.swapaxes(hs, 0, 1))
+
+    grads = jax.grad(loss_of)(eps0)
+    return jnp.mean(jnp.sqrt(jnp.sum(grads.astype(jnp.float32) ** 2, axis=-1)), axis=1)
+
+
+def gradient_through_time(
+    layer: Any,
+    inputs: Any,
+    *,
+    loss_fn: Callable[[Array], Array] | None = None,
+    label: str | None = None,
+) -> GradientProfile:
+    r"""Measures :math:`\lVert \partial L / \partial h_t \rVert` for every step ``t``.
+
+    Args:
+      layer: a gatenets cell, an ``RNN``, a one-layer unidirectional ``LSTM``/``GRU``, or a
+        :class:`PlainRNNCell`.
+      inputs: ``[batch, time, features]`` floats fed to the cell.
+      loss_fn: maps the outputs ``[batch, time, hidden]`` to a scalar loss (for a model,
+        apply its head and loss here). By default the sum of the last step's outputs, so the
+        profile shows how a signal at the end reaches back. Must be hashable (a function).
+      label: name for plots; the cell's class name by default.
+
+    Returns:
+      :class:`GradientProfile` with ``norms[time]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.inspect.probe import PlainRNNCell
+      >>> x = jnp.ones((2, 20, 3))
+      >>> lstm = gatenets.inspect.gradient_through_time(gatenets.LSTM(3, 8, rngs=nnx.Rngs(0)), x)
+      >>> rnn = gatenets.inspect.gradient_through_time(PlainRNNCell(3, 8, rngs=nnx.Rngs(0)), x)
+      >>> bool(lstm.relative[0] > 100 * rnn.relative[0])
+      True
+    """
+    cell = _cell_of(layer)
+    x = jnp.asarray(inputs)
+    if x.ndim != 3 or x.shape[-1] != cell.in_features:
+        raise ValueError(
+            f"inputs must be [batch, time, features] with features = {cell.in_features}; got "
+            f"shape {x.shape}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"inputs must be floating point; got dtype {x.dtype}.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"inputs must have at least one sequence and one step; got {x.shape}.")
+    norms = np.asarray(_gradient_norms(cell, x, loss_fn or last_step_loss), np.float64)
+    return GradientProfile(norms=norms, label=label or type(cell).__name__)

@@ -1,0 +1,343 @@
+"""A self-contained HTML report of a model's gates.
+
+The report is one HTML file with every picture inlined as a ``data:image/png;base64`` URI and
+inline styles only: it opens offline in any browser and fetches nothing. The PNGs are also
+written beside it. Files are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gatenets.inspect import plots
+from gatenets.inspect.ablation import AblationResult, ablate
+from gatenets.inspect.export import _atomic_write
+from gatenets.inspect.probe import GradientProfile
+from gatenets.inspect.statistics import (
+    GateStatistics,
+    _progress,
+    accumulate,
+    finalize,
+    iterate_batches,
+    run_with_gates,
+    split_batch,
+    summary_table,
+)
+
+_STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em;
+       max-width: 70em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+td:first-child, th:first-child { text-align: left; font-family: monospace; }
+img { max-width: 100%; }
+.caption { color: #555; font-size: 0.9em; max-width: 60em; }
+.text-heatmap { font-family: monospace; font-size: 0.85em; line-height: 1.5; }
+"""
+
+
+class ReportFiles(NamedTuple):
+    """Paths written by :func:`write_report`: the HTML file and each PNG by figure name."""
+
+    html: str
+    images: dict[str, str]
+
+
+class ReportFigure(NamedTuple):
+    """A picture for the report: its name (the PNG's file name), figure and caption."""
+
+    name: str
+    figure: Figure
+    caption: str
+
+
+def _png_bytes(fig: Figure, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _stats_table(stats: Mapping[str, GateStatistics]) -> str:
+    first = next(iter(stats.values()))
+    head = (
+        "<tr><th>gate</th><th>units</th><th>mean</th><th>std</th>"
+        f"<th>left-sat. (&lt;{first.left:g})</th><th>right-sat. (&gt;{first.right:g})</th>"
+        "<th>median &tau; (steps)</th></tr>"
+    )
+    rows = []
+    for r in summary_table(stats):
+        tau = "" if r.median_time_constant is None else f"{r.median_time_constant:.2f}"
+        rows.append(
+            f"<tr><td>{html.escape(r.gate)}</td><td>{r.units}</td><td>{r.mean:.3f}</td>"
+            f"<td>{r.std:.3f}</td><td>{r.left_saturated:.3f}</td>"
+            f"<td>{r.right_saturated:.3f}</td><td>{tau}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _ablation_table(results: Sequence[AblationResult], metric: str, value: Any) -> str:
+    head = (
+        f"<tr><th>gate set to {html.escape(str(value))}</th><th>{html.escape(metric)}</th>"
+        "<th>ablated</th><th>change</th></tr>"
+    )
+    rows = [
+        f"<tr><td>{html.escape(r.gate)}</td><td>{r.baseline:.4f}</td><td>{r.ablated:.4f}</td>"
+        f"<td>{r.change:+.4f}</td></tr>"
+        for r in results
+    ]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_report(
+    directory: str | os.PathLike,
+    *,
+    stats: Mapping[str, GateStatistics],
+    figures: Sequence[ReportFigure] = (),
+    title: str = "gatenets gate report",
+    notes: Sequence[str] = (),
+    fragments: Mapping[str, str] | None = None,
+    ablation: tuple[Sequence[AblationResult], str, Any] | None = None,
+    filename: str = "report.html",
+    dpi: int = 110,
+) -> ReportFiles:
+    """Writes ``report.html`` (self-contained) and one PNG per figure into ``directory``.
+
+    Args:
+      directory: output directory (created if needed).
+      stats: gate statistics for the table.
+      figures: pictures with names and captions, in order.
+      title: page title.
+      notes: paragraphs of plain text shown under the title (escaped).
+      fragments: ``{heading: trusted HTML}`` sections such as
+        :func:`~gatenets.inspect.plots.text_heatmap_html` output.
+      ablation: ``(results, metric name, override value)`` for an ablation table.
+      filename: name of the HTML file.
+      dpi: resolution of the PNGs.
+
+    Returns:
+      :class:`ReportFiles`.
+
+    Example:
+      >>> import os, pathlib, tempfile
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics, write_report
+      >>> g = GRUGates(np.full((1, 4, 2), 0.05), np.full((1, 4, 2), 0.95))
+      >>> stats = gate_statistics(GateTrace({"forward": g}, np.ones((1, 4), bool)))
+      >>> files = write_report(tempfile.mkdtemp(), stats=stats)
+      >>> os.path.basename(files.html), 'forward/update' in pathlib.Path(files.html).read_text()
+      ('report.html', True)
+    """
+    if not stats:
+        raise ValueError("stats is empty: nothing to report.")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    images: dict[str, str] = {}
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    body += [f"<p>{html.escape(n)}</p>" for n in notes]
+    body += ["<h2>Gate statistics</h2>", _stats_table(stats)]
+    body.append(
+        '<p class="caption">Per gate, averaged over units: mean value (gate sparsity), '
+        "standard deviation over valid steps, fraction of steps saturated on each side, and "
+        "for retention gates (LSTM forget, GRU update) the median time constant "
+        "&tau; = &minus;1 / ln(mean gate).</p>"
+    )
+    if ablation is not None:
+        results, metric, value = ablation
+        body += ["<h2>Gate ablation</h2>", _ablation_table(results, metric, value)]
+    for item in figures:
+        data = _png_bytes(item.figure, dpi)
+        path = os.path.join(directory, f"{item.name}.png")
+
+        def write_png(tmp, data=data):
+            with open(tmp, "wb") as f:
+                f.write(data)
+
+        _atomic_write(path, write_png, ".png.tmp")
+        images[item.name] = path
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        body.append(f"<h2>{html.escape(item.name.replace('_', ' '))}</h2>")
+        body.append(f'<img alt="{html.escape(item.name)}" src="{uri}">')
+        body.append(f'<p class="caption">{html.escape(item.caption)}</p>')
+    for heading, fragment in (fragments or {}).items():
+        body += [f"<h2>{html.escape(heading)}</h2>", fragment]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+    html_path = os.path.join(directory, filename)
+
+    def write_html(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+
+    _atomic_write(html_path, write_html, ".html.tmp")
+    return ReportFiles(html_path, images)
+
+
+def _heatmap_gate(names: Sequence[str]) -> str:
+    for wanted in ("forget", "update", "output"):
+        for name in names:
+            if name.rsplit("/", 1)[-1] == wanted:
+                return name
+    return names[0]
+
+
+def inspect_model(
+    model: Any,
+    data: Any,
+    directory: str | os.PathLike,
+    *,
+    decode: Callable[[Any], str] | None = None,
+    metric_fn: Callable[[Any, Any], Any] | None = None,
+    metric_name: str = "metric",
+    ablation_value: Any = 0.0,
+    ablation_batches: int = 2,
+    profiles: Sequence[GradientProfile] = (),
+    max_batches: int | None = None,
+    progress: bool = True,
+    title: str = "gatenets gate report",
+    notes: Sequence[str] = (),
+    left: float = 0.1,
+    right: float = 0.9,
+    bins: int = 20,
+) -> ReportFiles:
+    """Runs a model over data and writes the full gate report.
+
+    Statistics stream over every batch (running sums; a progress bar shows the collection);
+    the first batch also gives the per-step pictures (heatmap, text heatmap) and, with
+    ``metric_fn``, the first ``ablation_batches`` batches measure the ablation of each gate.
+
+    Args:
+      model: called as ``model(inputs, mask=…, return_gates=True, gate_overrides=…)``.
+      data: a batch or an iterable of batches (arrays or ``Batch(inputs, targets, mask)``).
+      directory: output directory.
+      decode: maps a sequence of input ids to text; adds the character heatmap.
+      metric_fn: ``metric_fn(outputs, batch) -> scalar``; adds the ablation table.
+      metric_name: name of the metric in the table.
+      ablation_value: the override for the ablation (0 closes a gate, 1 opens it).
+      ablation_batches: batches used for the ablation.
+      profiles: gradient-through-time profiles for the gradient picture.
+      max_batches: stop after this many batches (for endless iterators).
+      progress: show a progress bar while collecting.
+      title: report title.
+      notes: paragraphs under the title.
+      left: left-saturation threshold.
+      right: right-saturation threshold.
+      bins: histogram bins.
+
+    Returns:
+      :class:`ReportFiles`.
+
+    Example:
+      >>> import tempfile
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> lstm = gatenets.LSTM(2, 4, rngs=nnx.Rngs(0))
+      >>> batches = [jnp.ones((2, 6, 2)), jnp.zeros((2, 6, 2))]
+      >>> files = gatenets.inspect.inspect_model(lstm, batches, tempfile.mkdtemp(), progress=False)
+      >>> sorted(files.images)
+      ['heatmap', 'histograms', 'saturation']
+    """
+    iterator = iterate_batches(data, max_batches)
+    kept = list(itertools.islice(iterator, max(1, ablation_batches)))
+    if not kept:
+        raise ValueError("data is empty: no batch to inspect.")
+    accumulators = None
+    first_trace = None
+    total = None if max_batches is None else max_batches
+    for batch in _progress(itertools.chain(kept, iterator), progress, total, "collecting gates"):
+        inputs, mask = split_batch(batch)
+        _, trace = run_with_gates(model, inputs, mask)
+        if first_trace is None:
+            first_trace = trace
+        accumulators = accumulate(accumulators, trace, left=left, right=right, bins=bins)
+    stats = finalize(accumulators)
+
+    names = list(stats)
+    gate = _heatmap_gate(names)
+    # The first sequence with a valid step (a leading empty sequence has nothing to show).
+    example = int(np.argmax(np.asarray(first_trace.mask).any(axis=1)))
+    values = np.asarray(first_trace.flat()[gate])[example]
+    valid = np.asarray(first_trace.mask)[example]
+    values = values[valid].reshape(int(valid.sum()), -1)
+    # The units that move most in this sequence show the most in a heatmap.
+    units = sorted(np.argsort(-values.std(axis=0))[:16].tolist())
+    figures = [
+        ReportFigure(
+            "saturation",
+            plots.saturation_scatter(stats),
+            "One point per unit: the fraction of steps its gate is below the left threshold "
+            "(x) against above the right threshold (y). Points on the diagonal act as "
+            "switches; points near the origin are used in their graded range.",
+        ),
+        ReportFigure(
+            "histograms",
+            plots.gate_histograms(stats),
+            "Distribution of each gate's values over all units and valid steps.",
+        ),
+        ReportFigure(
+            "heatmap",
+            plots.gate_heatmap(first_trace, gate, example=example, units=units),
+            f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
+            "whose gate varies most in it (0 dark, 1 bright).",
+        ),
+    ]
+    fragments = {}
+    first_inputs = np.asarray(split_batch(kept[0])[0])
+    if decode is not None and np.issubdtype(first_inputs.dtype, np.integer):
+        text = decode(first_inputs[example][valid])
+        unit = units[int(np.argmax(values[:, units].std(axis=0)))]
+        shown = slice(0, min(len(text), 480))
+        caption = (
+            f"Input characters coloured by unit {unit} of {gate} (blue 0, red 1): the unit "
+            "whose gate varies most over this text."
+        )
+        figures.append(
+            ReportFigure(
+                "text_heatmap",
+                plots.text_heatmap(text[shown], values[shown, unit], title=f"{gate}, unit {unit}"),
+                caption,
+            )
+        )
+        fragments[f"Text coloured by {gate}, unit {unit}"] = (
+            plots.text_heatmap_html(text[shown], values[shown, unit])
+            + f'<p class="caption">{html.escape(caption)}</p>'
+        )
+    if profiles:
+        figures.append(
+            ReportFigure(
+                "gradient_through_time",
+                plots.gradient_plot(profiles),
+                "Norm of the gradient of the loss with respect to the hidden state at step t, "
+                "relative to its largest value. A plain sigmoid RNN's gradient vanishes "
+                "exponentially with distance from the loss; the LSTM's cell state carries it "
+                "back through its forget gates.",
+            )
+        )
+    ablation = None
+    if metric_fn is not None:
+        results = ablate(model, kept, metric_fn, value=ablation_value)
+        ablation = (results, metric_name, ablation_value)
+    files = write_report(
+        directory,
+        stats=stats,
+        figures=figures,
+        title=title,
+        notes=notes,
+        fragments=fragments,
+        ablation=ablation,
+    )
+    return files
