@@ -10,7 +10,6 @@ so ``gatenets inspect --out report/`` works on a fresh install.
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import os
 from typing import Any
@@ -132,15 +131,8 @@ def _probe(gradient_through_time, model, batch, label):
 
 
 def _inspect_run(args: argparse.Namespace):
-    try:
-        train = importlib.import_module("gatenets.train")
-        load_run = train.load_run
-    except (ImportError, AttributeError) as err:
-        raise SystemExit(
-            "gatenets inspect --run needs gatenets.train.load_run, which this installation "
-            "lacks; run `gatenets inspect` without --run to inspect a built-in model."
-        ) from err
     from gatenets.inspect.report import inspect_model
+    from gatenets.train import load_run
 
     loaded = load_run(args.run)
     task = loaded.task

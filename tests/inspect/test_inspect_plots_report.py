@@ -269,8 +269,6 @@ def test_inspect_model_skips_empty_sequences_and_reports_every_part(tmp_path):
 
 
 def test_inspect_command_reads_a_run_of_gatenets_run(tmp_path, capsys):
-    # Needs the training feature (gatenets.train, gatenets.tasks) and its `run` command.
-    pytest.importorskip("gatenets.train")
     run_dir, out = tmp_path / "run", tmp_path / "report"
     assert (
         main(
