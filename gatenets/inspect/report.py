@@ -149,8 +149,9 @@ def write_report(
     body.append(
         '<p class="caption">Per gate, averaged over units: mean value (gate sparsity), '
         "standard deviation over valid steps, fraction of steps saturated on each side, and "
-        "for retention gates (LSTM forget, GRU update) the median time constant "
-        "&tau; = &minus;1 / ln(mean gate).</p>"
+        "for gates that set how much of its past a unit keeps (LSTM and minLSTM forget, GRU "
+        "and minGRU update) the median time constant &tau; = &minus;1 / ln(mean share kept "
+        "per step), in steps.</p>"
     )
     if ablation is not None:
         results, metric, value = ablation

@@ -30,9 +30,18 @@ from flax import nnx
 
 from gatenets.gates import GateTrace
 
-# Gates through which a unit keeps its own past: c_t = f ⊙ c_{t-1} + … (LSTM forget) and
-# h_t = z ⊙ h_{t-1} + (1 - z) ⊙ n_t (GRU update). Their time constant is -1 / ln(gate).
-RETENTION_GATES: tuple[str, ...] = ("forget", "update")
+# Gates that set how much of its own past a unit keeps, by gate type and field: "keep" when
+# the state is multiplied by the gate (LSTM c_t = f ⊙ c_{t-1} + …, GRU h_t = z ⊙ h_{t-1} + …,
+# minLSTM h_t = f' ⊙ h_{t-1} + …), "write" when by one minus it (minGRU
+# h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h̃_t). Names, not classes, so that traces read back from
+# files (rebuilt NamedTuples of the same name) are recognised too. RG-LRU's decay depends on
+# a parameter as well as its gate, so it has no time constant from the gate alone.
+RETENTION_GATES: dict[tuple[str, str], str] = {
+    ("LSTMGates", "forget"): "keep",
+    ("GRUGates", "update"): "keep",
+    ("MinLSTMGates", "forget"): "keep",
+    ("MinGRUGates", "update"): "write",
+}
 
 
 class GateStatistics(NamedTuple):
@@ -57,10 +66,11 @@ class GateStatistics(NamedTuple):
       right_saturated: ``[units]`` fraction of steps with the gate above ``right`` (0.9).
       histogram: ``[units, bins]`` counts of the gate values in ``bin_edges``.
       bin_edges: ``[bins + 1]`` equal-width edges over ``[0, 1]``; the last bin includes 1.
-      time_constant: ``[units]`` :math:`\tau_u = -1/\ln \mu_u` in steps for a retention gate
-        (LSTM ``forget``, GRU ``update``): the number of steps over which a unit whose gate
-        sits at its mean keeps :math:`1/e` of its state; ``inf`` when :math:`\mu_u = 1`. None
-        for other gates.
+      time_constant: ``[units]`` :math:`\tau_u = -1/\ln \mu_u` in steps for a gate that keeps
+        the past (LSTM and minLSTM ``forget``, GRU ``update``), :math:`-1/\ln(1 - \mu_u)` for
+        one that writes over it (minGRU ``update``): the number of steps over which a unit
+        whose gate sits at its mean keeps :math:`1/e` of its state; ``inf`` when nothing is
+        ever forgotten. None for other gates.
       unit_shape: the gate's shape after ``[batch, time]`` (``(hidden,)``, ``(heads,)``,
         ``(heads, head_dim)``, or ``()``); ``units`` is its product.
       left: the left-saturation threshold used.
@@ -104,6 +114,8 @@ class GateAccumulator(NamedTuple):
       unit_shape: shape of the gate after ``[batch, time]``.
       left: left-saturation threshold.
       right: right-saturation threshold.
+      retention: ``"keep"`` or ``"write"`` for a gate that sets how much of the past a unit
+        keeps (see :attr:`GateStatistics.time_constant`), else None.
     """
 
     count: int
@@ -116,6 +128,7 @@ class GateAccumulator(NamedTuple):
     unit_shape: tuple[int, ...]
     left: float
     right: float
+    retention: str | None = None
 
 
 class FirstTokenShare(NamedTuple):
@@ -197,7 +210,9 @@ def select_gates(names: Iterable[str], gates: Sequence[str] | None) -> list[str]
 # Streaming accumulation.
 
 
-def _empty(unit_shape: tuple[int, ...], left: float, right: float, bins: int) -> GateAccumulator:
+def _empty(
+    unit_shape: tuple[int, ...], left: float, right: float, bins: int, retention: str | None
+) -> GateAccumulator:
     units = math.prod(unit_shape)
     return GateAccumulator(
         count=0,
@@ -210,6 +225,7 @@ def _empty(unit_shape: tuple[int, ...], left: float, right: float, bins: int) ->
         unit_shape=unit_shape,
         left=left,
         right=right,
+        retention=retention,
     )
 
 
@@ -284,6 +300,11 @@ def accumulate(
     """
     mask, flat = _check_trace(trace)
     names = select_gates(flat, gates)
+    retention = {
+        f"{path}/{field}": RETENTION_GATES.get((type(group).__name__, field))
+        for path, group in trace.gates.items()
+        for field in group._fields
+    }
     if accumulators is None:
         _check_thresholds(left, right, bins)
         accumulators = {}
@@ -300,7 +321,7 @@ def accumulate(
         unit_shape = tuple(value.shape[2:])
         acc = accumulators.get(name)
         if acc is None:
-            acc = _empty(unit_shape, left, right, bins)
+            acc = _empty(unit_shape, left, right, bins, retention.get(name))
         elif acc.unit_shape != unit_shape:
             raise ValueError(
                 f"gate {name!r} has unit shape {unit_shape} in this batch but {acc.unit_shape} "
@@ -327,10 +348,11 @@ def finalize(accumulators: Mapping[str, GateAccumulator]) -> dict[str, GateStati
                 "everywhere)."
             )
         time_constant = None
-        if name.rsplit("/", 1)[-1] in RETENTION_GATES:
+        if acc.retention is not None:
+            kept = acc.mean if acc.retention == "keep" else 1.0 - acc.mean
             with np.errstate(divide="ignore"):
-                # An always-open gate never forgets: +inf, not the -inf of -1 / (+0.0).
-                time_constant = np.where(acc.mean >= 1.0, np.inf, -1.0 / np.log(acc.mean))
+                # A unit that keeps everything never forgets: +inf, not -1 / (+0.0) = -inf.
+                time_constant = np.where(kept >= 1.0, np.inf, -1.0 / np.log(kept))
         stats[name] = GateStatistics(
             count=int(acc.count),
             mean=acc.mean,

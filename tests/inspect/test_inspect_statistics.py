@@ -263,3 +263,40 @@ def test_other_bad_input():
         first_token_share(np.ones((1, 2, 3, 3)), np.ones((1, 2), bool))
     with pytest.raises(TypeError, match="have an `inputs` attribute"):
         collect(gatenets.GRU(3, 2, rngs=nnx.Rngs(0)), [[1.0, 2.0]])
+
+
+def test_time_constant_follows_each_gate_type_convention(tmp_path):
+    from gatenets import MinGRUGates, RGLRUGates
+    from gatenets.inspect import load_trace, save_trace
+
+    z = np.full((1, 4, 2), 0.25)
+    mask = np.ones((1, 4), bool)
+    trace = GateTrace(
+        {"min": MinGRUGates(z), "rglru": RGLRUGates(z, z), "gru": GRUGates(z, z)}, mask
+    )
+    for t in (trace, load_trace(save_trace(trace, tmp_path / "trace.npz"))):
+        stats = gate_statistics(t)
+        # minGRU: h_t = (1 - z) h_{t-1} + z h̃_t keeps 1 - z per step; GRU keeps z.
+        np.testing.assert_allclose(stats["min/update"].time_constant, -1 / np.log(0.75))
+        np.testing.assert_allclose(stats["gru/update"].time_constant, -1 / np.log(0.25))
+        # RG-LRU's decay a^{c r} also depends on a parameter: no time constant from r alone.
+        assert stats["rglru/recurrence"].time_constant is None
+
+
+def test_real_attention_layer_statistics_and_first_token_share():
+    from gatenets import GatedAttention
+
+    attention = GatedAttention(8, 2, gate="elementwise", rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+    mask = np.array([[True] * 5, [True, True, True, False, False]])
+    Batch = collections.namedtuple("Batch", ["inputs", "targets", "mask"])
+    trace = collect(attention, Batch(x, None, mask))
+    s = gate_statistics(trace)["attention/output"]
+    assert s.unit_shape == (2, 4) and s.count == 8
+    gate = np.asarray(trace.gates["attention"].output, np.float64)[mask]  # [8, heads, head_dim]
+    np.testing.assert_allclose(s.mean.reshape(2, 4), gate.mean(axis=0), rtol=1e-12)
+    _, weights = attention(jnp.asarray(x), mask=jnp.asarray(mask), return_attention_weights=True)
+    share = first_token_share(weights, mask)
+    w = np.asarray(weights)
+    expected = [np.mean(np.concatenate([w[0, h, :, 0], w[1, h, :3, 0]])) for h in range(2)]
+    np.testing.assert_allclose(share.per_head, expected, rtol=1e-6)
