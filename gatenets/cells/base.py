@@ -75,8 +75,19 @@ class GatedCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return 1
 
+    def _input_bias(self, dtype: Any) -> Array | None:
+        """Every bias that adds to the input matmul (None without biases)."""
+        return self.bias[...].astype(dtype) if getattr(self, "use_bias", False) else None
+
     def project(self, x: Array) -> Array:
-        raise NotImplementedError
+        """Time-parallel part: ``x @ kernel`` plus the input biases, in the compute dtype:
+        ``[..., in_features] -> [..., blocks * hidden]``."""
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        bias = self._input_bias(dtype)
+        if bias is not None:
+            z = z + jnp.broadcast_to(bias, z.shape)
+        return z
 
     def step(
         self,

@@ -64,14 +64,6 @@ class DiagonalCell(GatedCell):
         shape = tuple(input_shape[:-1]) + (self.hidden_features,)
         return DiagonalCarry(h=carry_init(key, shape, dtype))
 
-    def project(self, x: Array) -> Array:
-        """Time-parallel part: ``x @ kernel + bias`` (every gate and the candidate at once)."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-        if self.use_bias:
-            z = z + jnp.broadcast_to(self.bias[...].astype(dtype), z.shape)
-        return z
-
     def _held_input(self, h: Array, recurrent_mask: Array | None) -> Array:
         return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)
 

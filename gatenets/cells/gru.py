@@ -129,15 +129,6 @@ class GRUCell(GatedCell):
             )
         return bias.astype(dtype)
 
-    def project(self, x: Array) -> Array:
-        """Time-parallel part: ``x @ kernel`` plus every bias outside the reset product."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-        bias = self._input_bias(dtype)
-        if bias is not None:
-            z = z + jnp.broadcast_to(bias, z.shape)
-        return z
-
     def scan(
         self,
         carry: GRUCarry,

@@ -169,15 +169,6 @@ class LSTMCell(GatedCell):
             bias = bias + self.recurrent_bias[...]
         return bias.astype(dtype)
 
-    def project(self, x: Array) -> Array:
-        """Time-parallel part: ``x @ kernel + biases``, ``[..., in] -> [..., 4 * hidden]``."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-        bias = self._input_bias(dtype)
-        if bias is not None:
-            z = z + jnp.broadcast_to(bias, z.shape)
-        return z
-
     def scan(
         self,
         carry: LSTMCarry,
