@@ -17,6 +17,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.gates import GateOverride
+from gatenets.kernels._common import constant_overrides
 
 
 def compute_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
@@ -177,3 +178,91 @@ class GatedCell(nnx.RNNCellBase):
         inputs = self.check_input(inputs, "inputs")
         carry, h, _ = self.step(carry, self.project(inputs))
         return carry, h
+
+
+class FusedKernelCell(GatedCell):
+    """A cell with a fused sequence kernel (custom VJP) beside the generic scan.
+
+    Subclasses set ``kernel_choice`` (``"auto"``, ``"scan"`` or ``"fused"``) and ``remat``, and
+    implement ``_fused_applies`` (whether the kernel covers this configuration) and
+    ``_fused_scan`` (the kernel call). :meth:`scan` picks between the two paths.
+    """
+
+    kernel_choice: str
+    remat: bool
+
+    def _fused_applies(self) -> bool:
+        return True
+
+    def _fused_scan(
+        self,
+        carry: Any,
+        xs: Array,
+        valid: Array | None,
+        *,
+        dtype: Any,
+        input_kernel: Array | None,
+        bias: Array | None,
+        recurrent_mask: Array | None,
+        reverse: bool,
+        return_gates: bool,
+        overrides: tuple,
+        unroll: int,
+    ) -> tuple[Any, Array, Any]:
+        raise NotImplementedError
+
+    def scan(
+        self,
+        carry: Any,
+        xs: Array,
+        valid: Array | None,
+        *,
+        projected: bool,
+        reverse: bool = False,
+        return_gates: bool = False,
+        gate_overrides: Mapping[str, GateOverride] | None = None,
+        recurrent_mask: Array | None = None,
+        unroll: int = 1,
+    ) -> tuple[Any, Array, Any]:
+        """Runs the cell over a sequence: the fused kernel where it applies (``kernel="auto"``
+        or ``"fused"``), the generic scan otherwise; same contract as :meth:`GatedCell.scan`."""
+        constants = constant_overrides(gate_overrides, self.gate_names)
+        if self.kernel_choice == "fused" and constants is None:
+            raise ValueError(
+                "kernel='fused' takes gate_overrides only as scalar constants; got "
+                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
+            )
+        if self.kernel_choice == "scan" or constants is None or not self._fused_applies():
+            return super().scan(
+                carry,
+                xs,
+                valid,
+                projected=projected,
+                reverse=reverse,
+                return_gates=return_gates,
+                gate_overrides=gate_overrides,
+                recurrent_mask=recurrent_mask,
+                unroll=unroll,
+            )
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        input_kernel = bias = None
+        if not projected:
+            input_kernel = self.kernel[...].astype(dtype)
+            bias = self._input_bias(dtype)
+            if bias is None:
+                bias = jnp.zeros((input_kernel.shape[-1],), dtype)
+        carry, hs, gates = self._fused_scan(
+            carry,
+            xs,
+            valid,
+            dtype=dtype,
+            input_kernel=input_kernel,
+            bias=bias,
+            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
+            reverse=reverse,
+            return_gates=return_gates,
+            overrides=constants,
+            unroll=unroll,
+        )
+        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
+        return carry, outputs, gates

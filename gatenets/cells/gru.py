@@ -10,13 +10,13 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal
+from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal
 from gatenets.gates import GateOverride, GRUCarry, GRUGates, apply_override
-from gatenets.kernels._common import check_kernel, constant_overrides
+from gatenets.kernels._common import check_kernel
 from gatenets.kernels.gru import gru_sequence
 
 
-class GRUCell(GatedCell):
+class GRUCell(FusedKernelCell):
     r"""Gated recurrent unit (Cho et al., 2014).
 
     With ``reset_after=True`` (PyTorch / cuDNN / Keras default), the reset gate multiplies the
@@ -129,47 +129,25 @@ class GRUCell(GatedCell):
             )
         return bias.astype(dtype)
 
-    def scan(
+    def _fused_applies(self) -> bool:
+        return self.reset_after
+
+    def _fused_scan(
         self,
-        carry: GRUCarry,
-        xs: Array,
-        valid: Array | None,
+        carry,
+        xs,
+        valid,
         *,
-        projected: bool,
-        reverse: bool = False,
-        return_gates: bool = False,
-        gate_overrides: Mapping[str, GateOverride] | None = None,
-        recurrent_mask: Array | None = None,
-        unroll: int = 1,
-    ) -> tuple[GRUCarry, Array, GRUGates | None]:
-        """Runs the cell over a sequence: the fused kernel or the generic scan (see ``kernel``
-        in the class docstring); same contract as :meth:`GatedCell.scan`."""
-        constants = constant_overrides(gate_overrides, self.gate_names)
-        if self.kernel_choice == "fused" and constants is None:
-            raise ValueError(
-                "kernel='fused' takes gate_overrides only as scalar constants; got "
-                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
-            )
-        if self.kernel_choice == "scan" or not self.reset_after or constants is None:
-            return super().scan(
-                carry,
-                xs,
-                valid,
-                projected=projected,
-                reverse=reverse,
-                return_gates=return_gates,
-                gate_overrides=gate_overrides,
-                recurrent_mask=recurrent_mask,
-                unroll=unroll,
-            )
-        dtype = compute_dtype(self.dtype, self.param_dtype)
+        dtype,
+        input_kernel,
+        bias,
+        recurrent_mask,
+        reverse,
+        return_gates,
+        overrides,
+        unroll,
+    ):
         hidden = self.hidden_features
-        input_kernel = bias = None
-        if not projected:
-            input_kernel = self.kernel[...].astype(dtype)
-            bias = self._input_bias(dtype)
-            if bias is None:
-                bias = jnp.zeros((3 * hidden,), dtype)
         h, hs, gates = gru_sequence(
             xs,
             self.recurrent_kernel[...].astype(dtype),
@@ -180,18 +158,17 @@ class GRUCell(GatedCell):
             ),
             input_kernel=input_kernel,
             bias=bias,
-            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
+            recurrent_mask=recurrent_mask,
             reverse=reverse,
             return_gates=return_gates,
-            overrides=constants,
+            overrides=overrides,
             remat=self.remat,
             unroll=unroll,
         )
-        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
         if return_gates:
             reset, update = jnp.split(gates, 2, axis=-1)
             gates = GRUGates(reset=reset, update=update)
-        return GRUCarry(h=h), outputs, gates
+        return GRUCarry(h=h), hs, gates
 
     def step(
         self,

@@ -10,13 +10,13 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal, state_dtype
+from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal, state_dtype
 from gatenets.gates import GateOverride, LSTMCarry, LSTMGates, apply_override
-from gatenets.kernels._common import check_kernel, constant_overrides
+from gatenets.kernels._common import check_kernel
 from gatenets.kernels.lstm import lstm_sequence
 
 
-class LSTMCell(GatedCell):
+class LSTMCell(FusedKernelCell):
     r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997; forget gate, Gers et al. 2000).
 
     .. math::
@@ -169,47 +169,24 @@ class LSTMCell(GatedCell):
             bias = bias + self.recurrent_bias[...]
         return bias.astype(dtype)
 
-    def scan(
+    def _fused_applies(self) -> bool:
+        return not self.peephole and self.proj_size is None
+
+    def _fused_scan(
         self,
-        carry: LSTMCarry,
-        xs: Array,
-        valid: Array | None,
+        carry,
+        xs,
+        valid,
         *,
-        projected: bool,
-        reverse: bool = False,
-        return_gates: bool = False,
-        gate_overrides: Mapping[str, GateOverride] | None = None,
-        recurrent_mask: Array | None = None,
-        unroll: int = 1,
-    ) -> tuple[LSTMCarry, Array, LSTMGates | None]:
-        """Runs the cell over a sequence: the fused kernel or the generic scan (see ``kernel``
-        in the class docstring); same contract as :meth:`GatedCell.scan`."""
-        constants = constant_overrides(gate_overrides, self.gate_names)
-        if self.kernel_choice == "fused" and constants is None:
-            raise ValueError(
-                "kernel='fused' takes gate_overrides only as scalar constants; got "
-                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
-            )
-        fused_applies = not self.peephole and self.proj_size is None and constants is not None
-        if self.kernel_choice == "scan" or not fused_applies:
-            return super().scan(
-                carry,
-                xs,
-                valid,
-                projected=projected,
-                reverse=reverse,
-                return_gates=return_gates,
-                gate_overrides=gate_overrides,
-                recurrent_mask=recurrent_mask,
-                unroll=unroll,
-            )
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        input_kernel = bias = None
-        if not projected:
-            input_kernel = self.kernel[...].astype(dtype)
-            bias = self._input_bias(dtype)
-            if bias is None:
-                bias = jnp.zeros((4 * self.hidden_features,), dtype)
+        dtype,
+        input_kernel,
+        bias,
+        recurrent_mask,
+        reverse,
+        return_gates,
+        overrides,
+        unroll,
+    ):
         c, h, hs, acts = lstm_sequence(
             xs,
             self.recurrent_kernel[...].astype(dtype),
@@ -218,19 +195,18 @@ class LSTMCell(GatedCell):
             valid,
             input_kernel=input_kernel,
             bias=bias,
-            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
+            recurrent_mask=recurrent_mask,
             reverse=reverse,
             return_gates=return_gates,
-            overrides=constants,
+            overrides=overrides,
             remat=self.remat,
             unroll=unroll,
         )
-        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
         gates = None
         if return_gates:
             i, f, _, o = jnp.split(acts, 4, axis=-1)
             gates = LSTMGates(input=i, forget=f, output=o)
-        return LSTMCarry(c=c, h=h), outputs, gates
+        return LSTMCarry(c=c, h=h), hs, gates
 
     def step(
         self,
