@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,35 @@ class MinLSTMGates(NamedTuple):
     input: Array
 
 
-class MinGRUCell(DiagonalCell):
+class _MinimalCell(DiagonalCell):
+    """What minGRU and minLSTM share: one input kernel of ``num_blocks`` gate/candidate blocks."""
+
+    num_blocks: ClassVar[int]
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        mode: str = "parallel",
+        use_bias: bool = True,
+        kernel_init: Initializer = initializers.lecun_normal(),
+        bias_init: Initializer = initializers.zeros_init(),
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            in_features, hidden_features, mode=mode, dtype=dtype, param_dtype=param_dtype
+        )
+        self.use_bias = use_bias
+        shape = (in_features, self.num_blocks * hidden_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), shape[1:], param_dtype))
+
+
+class MinGRUCell(_MinimalCell):
     r"""minGRU (Feng et al., 2024): a GRU whose update gate and candidate read only the input.
 
     .. math::
@@ -75,27 +103,7 @@ class MinGRUCell(DiagonalCell):
 
     gates_type = MinGRUGates
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        mode: str = "parallel",
-        use_bias: bool = True,
-        kernel_init: Initializer = initializers.lecun_normal(),
-        bias_init: Initializer = initializers.zeros_init(),
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        super().__init__(
-            in_features, hidden_features, mode=mode, dtype=dtype, param_dtype=param_dtype
-        )
-        self.use_bias = use_bias
-        shape = (in_features, 2 * hidden_features)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
-        if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), shape[1:], param_dtype))
+    num_blocks = 2
 
     def coefficients(
         self, projected: Array, gate_overrides: Mapping[str, GateOverride] | None
@@ -113,7 +121,7 @@ class MinGRUCell(DiagonalCell):
         return log_keep, update * candidate, gates
 
 
-class MinLSTMCell(DiagonalCell):
+class MinLSTMCell(_MinimalCell):
     r"""minLSTM (Feng et al., 2024): an LSTM whose gates read only the input, normalised to sum
     to one so the state stays on the scale of its inputs at any sequence length.
 
@@ -155,27 +163,7 @@ class MinLSTMCell(DiagonalCell):
 
     gates_type = MinLSTMGates
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        mode: str = "parallel",
-        use_bias: bool = True,
-        kernel_init: Initializer = initializers.lecun_normal(),
-        bias_init: Initializer = initializers.zeros_init(),
-        dtype: Dtype | None = None,
-        param_dtype: Dtype = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        super().__init__(
-            in_features, hidden_features, mode=mode, dtype=dtype, param_dtype=param_dtype
-        )
-        self.use_bias = use_bias
-        shape = (in_features, 3 * hidden_features)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
-        if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), shape[1:], param_dtype))
+    num_blocks = 3
 
     def coefficients(
         self, projected: Array, gate_overrides: Mapping[str, GateOverride] | None
