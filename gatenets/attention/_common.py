@@ -6,13 +6,14 @@ anything is compiled, with a message naming the argument, what arrived and what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.gates import sequence_mask
+from gatenets.gates import check_gate_names, sequence_mask
 
 # Module-level initialisers, shared as argument defaults (Flax's own defaults).
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -169,3 +170,88 @@ def compute_dtype(dtype: Any, *arrays: Any) -> Any:
 def masked_fill_value(dtype: Any) -> float:
     """A large negative logit for masked keys: finite, so a fully masked row gives no NaN."""
     return float(jnp.finfo(dtype).min)
+
+
+class MultiHeadSelfAttention(nnx.Module):
+    """The query, key, value and output projections of multi-head self-attention, and the
+    checks and masking every such layer starts its call with (base of ``GatedAttention`` and
+    ``SigmoidAttention``)."""
+
+    def _build_heads(
+        self,
+        in_features: int,
+        num_heads: int,
+        head_dim: int | None,
+        num_kv_heads: int | None,
+        out_features: int | None,
+        *,
+        use_bias: bool,
+        kernel_init: Any,
+        bias_init: Any,
+        dtype: Any,
+        param_dtype: Any,
+        precision: Any,
+        rngs: nnx.Rngs,
+    ) -> Callable[[tuple[int, ...]], nnx.LinearGeneral]:
+        """Checks the sizes, makes ``query``, ``key``, ``value`` and ``out``, and returns the
+        factory of further ``in_features -> features`` projections (a gate, say)."""
+        where = type(self).__name__
+        layout = resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
+        if out_features is None:
+            out_features = in_features
+        check_positive_int(out_features, "out_features", where)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_heads = layout.num_heads
+        self.num_kv_heads = layout.num_kv_heads
+        self.head_dim = layout.head_dim
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        settings = dict(
+            use_bias=use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+            rngs=rngs,
+        )
+
+        def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
+            return nnx.LinearGeneral(in_features, features, **settings)
+
+        self.query = project((self.num_heads, self.head_dim))
+        self.key = project((self.num_kv_heads, self.head_dim))
+        self.value = project((self.num_kv_heads, self.head_dim))
+        self.out = nnx.LinearGeneral(
+            (self.num_heads, self.head_dim), out_features, axis=(-2, -1), **settings
+        )
+        return project
+
+    def _prepare(
+        self,
+        inputs: Any,
+        *,
+        mask: Any,
+        seq_lengths: Any,
+        causal: Any,
+        return_gates: Any,
+        return_attention_weights: Any,
+        gate_overrides: Any,
+        gate_names: tuple[str, ...],
+    ) -> tuple[int, int, Masks, Array, Array, Array, Array]:
+        """Validates a call and returns ``(batch, time, masks, inputs with padding zeroed,
+        query, key, value)``, keys and values repeated to every query head."""
+        where = type(self).__name__
+        check_static_flag(causal, "causal", where)
+        check_static_flag(return_gates, "return_gates", where)
+        check_static_flag(return_attention_weights, "return_attention_weights", where)
+        batch, time = check_sequence_inputs(inputs, self.in_features, where)
+        check_gate_names(gate_overrides, gate_names, where)
+        masks = attention_masks(batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal)
+        inputs = zero_padding(inputs, masks.valid)
+        query = self.query(inputs)
+        key = repeat_kv(self.key(inputs), self.num_heads)
+        value = repeat_kv(self.value(inputs), self.num_heads)
+        return batch, time, masks, inputs, query, key, value

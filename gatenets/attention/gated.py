@@ -12,7 +12,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names
+from gatenets.gates import GateOverride, GateTrace, apply_overrides
 
 GATE_KINDS = ("elementwise", "headwise")
 
@@ -57,7 +57,7 @@ def softmax_attention(
     return output, weights
 
 
-class GatedAttention(nnx.Module):
+class GatedAttention(_common.MultiHeadSelfAttention):
     r"""Multi-head self-attention with a query-dependent sigmoid gate after SDPA.
 
     The gate of Qiu et al. (2025) multiplies each head's attention output, before the output
@@ -140,53 +140,27 @@ class GatedAttention(nnx.Module):
         precision: Any = None,
         rngs: nnx.Rngs,
     ):
-        where = type(self).__name__
-        layout = _common.resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
         if gate is not None and gate not in GATE_KINDS:
-            raise ValueError(f"{where}: gate must be one of {GATE_KINDS} or None; got {gate!r}.")
-        if out_features is None:
-            out_features = in_features
-        _common.check_positive_int(out_features, "out_features", where)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_heads = layout.num_heads
-        self.num_kv_heads = layout.num_kv_heads
-        self.head_dim = layout.head_dim
-        self.gate_kind = gate
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
-
-        def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
-            return nnx.LinearGeneral(
-                in_features,
-                features,
-                use_bias=use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                precision=precision,
-                rngs=rngs,
+            raise ValueError(
+                f"{type(self).__name__}: gate must be one of {GATE_KINDS} or None; got {gate!r}."
             )
-
-        self.query = project((self.num_heads, self.head_dim))
-        self.key = project((self.num_kv_heads, self.head_dim))
-        self.value = project((self.num_kv_heads, self.head_dim))
-        gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
-        self.gate = nnx.data(project(gate_shape[gate]) if gate is not None else None)
-        self.out = nnx.LinearGeneral(
-            (self.num_heads, self.head_dim),
+        project = self._build_heads(
+            in_features,
+            num_heads,
+            head_dim,
+            num_kv_heads,
             out_features,
-            axis=(-2, -1),
             use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
             kernel_init=kernel_init,
             bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
             precision=precision,
             rngs=rngs,
         )
+        self.gate_kind = gate
+        gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
+        self.gate = nnx.data(project(gate_shape[gate]) if gate is not None else None)
 
     def __call__(
         self,
@@ -217,20 +191,16 @@ class GatedAttention(nnx.Module):
           ``return_attention_weights``, the ``[batch, heads, query, key]`` float32 weights
           are appended: ``(output, weights)`` or ``(output, trace, weights)``.
         """
-        where = type(self).__name__
-        _common.check_static_flag(causal, "causal", where)
-        _common.check_static_flag(return_gates, "return_gates", where)
-        _common.check_static_flag(return_attention_weights, "return_attention_weights", where)
-        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names if self.gate else (), where)
-        masks = _common.attention_masks(
-            batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
+        batch, time, masks, inputs, query, key, value = self._prepare(
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            causal=causal,
+            return_gates=return_gates,
+            return_attention_weights=return_attention_weights,
+            gate_overrides=gate_overrides,
+            gate_names=self.gate_names if self.gate else (),
         )
-        inputs = _common.zero_padding(inputs, masks.valid)
-
-        query = self.query(inputs)
-        key = _common.repeat_kv(self.key(inputs), self.num_heads)
-        value = _common.repeat_kv(self.value(inputs), self.num_heads)
         heads, weights = softmax_attention(query, key, value, masks.allowed, self.precision)
 
         gates = None

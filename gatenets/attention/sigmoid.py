@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names
+from gatenets.gates import GateOverride, GateTrace, apply_overrides
 
 
 class SigmoidAttentionGates(NamedTuple):
@@ -28,7 +28,7 @@ class SigmoidAttentionGates(NamedTuple):
     weights: Array
 
 
-class SigmoidAttention(nnx.Module):
+class SigmoidAttention(_common.MultiHeadSelfAttention):
     r"""Multi-head self-attention whose weights are elementwise sigmoids, not a softmax.
 
     .. math::
@@ -98,57 +98,30 @@ class SigmoidAttention(nnx.Module):
         precision: Any = None,
         rngs: nnx.Rngs,
     ):
-        where = type(self).__name__
-        layout = _common.resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
         if attention_bias is not None and not (
             isinstance(attention_bias, int | float)
             and not isinstance(attention_bias, bool)
             and math.isfinite(attention_bias)
         ):
             raise ValueError(
-                f"{where}: attention_bias must be None (for -log of the number of attended keys) "
-                f"or a finite float; got {attention_bias!r}."
+                f"{type(self).__name__}: attention_bias must be None (for -log of the number "
+                f"of attended keys) or a finite float; got {attention_bias!r}."
             )
-        if out_features is None:
-            out_features = in_features
-        _common.check_positive_int(out_features, "out_features", where)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_heads = layout.num_heads
-        self.num_kv_heads = layout.num_kv_heads
-        self.head_dim = layout.head_dim
-        self.attention_bias = None if attention_bias is None else float(attention_bias)
-        self.dtype = dtype
-        self.precision = precision
-
-        def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
-            return nnx.LinearGeneral(
-                in_features,
-                features,
-                use_bias=use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                precision=precision,
-                rngs=rngs,
-            )
-
-        self.query = project((self.num_heads, self.head_dim))
-        self.key = project((self.num_kv_heads, self.head_dim))
-        self.value = project((self.num_kv_heads, self.head_dim))
-        self.out = nnx.LinearGeneral(
-            (self.num_heads, self.head_dim),
+        self._build_heads(
+            in_features,
+            num_heads,
+            head_dim,
+            num_kv_heads,
             out_features,
-            axis=(-2, -1),
             use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
             kernel_init=kernel_init,
             bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
             precision=precision,
             rngs=rngs,
         )
+        self.attention_bias = None if attention_bias is None else float(attention_bias)
 
     def __call__(
         self,
@@ -179,20 +152,16 @@ class SigmoidAttention(nnx.Module):
           ``[batch, time, out_features]`` (zero at padded steps); with ``return_gates``,
           ``(output, trace)``; with ``return_attention_weights`` the weights are appended.
         """
-        where = type(self).__name__
-        _common.check_static_flag(causal, "causal", where)
-        _common.check_static_flag(return_gates, "return_gates", where)
-        _common.check_static_flag(return_attention_weights, "return_attention_weights", where)
-        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names, where)
-        masks = _common.attention_masks(
-            batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
+        batch, time, masks, inputs, query, key, value = self._prepare(
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            causal=causal,
+            return_gates=return_gates,
+            return_attention_weights=return_attention_weights,
+            gate_overrides=gate_overrides,
+            gate_names=self.gate_names,
         )
-        inputs = _common.zero_padding(inputs, masks.valid)
-
-        query = self.query(inputs)
-        key = _common.repeat_kv(self.key(inputs), self.num_heads)
-        value = _common.repeat_kv(self.value(inputs), self.num_heads)
         # Gate layout [batch, query, heads, key]: batch and time first, as every gate trace.
         logits = jnp.einsum(
             "bqhd,bkhd->bqhk",
