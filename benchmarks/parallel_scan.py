@@ -2,9 +2,9 @@
 
 For each sequence length T, every model takes the same optax Adam train step (forward,
 backward, update) on the same ``[batch, T, features]`` batch: ``gatenets.GRU`` (the peer), and
-``MinGRU``, ``MinLSTM`` and ``RGLRUStack`` each in ``mode="parallel"`` (log-space associative
-scan) and ``mode="sequential"`` (``lax.scan``). The models are timed in interleaved rounds
-after warm-up and the median is reported, with the ratio ``GRU_ms / model_ms`` (above 1:
+``MinGRU``, ``MinLSTM`` and ``RGLRU`` each with ``loop="associative"`` ("parallel": log-space
+associative scan) and ``loop="scan"`` ("sequential": ``lax.scan``). The models are timed in
+interleaved rounds after warm-up and the median is reported, with the ratio ``GRU_ms / model_ms`` (above 1:
 faster than the GRU) and ``sequential_ms / parallel_ms`` for each cell (above 1: the
 parallel scan wins).
 
@@ -45,18 +45,18 @@ JSON_PATH = "parallel_scan.json"
 
 MODELS = {
     "GRU": (gatenets.GRU, None),
-    "MinGRU/parallel": (gatenets.MinGRU, "parallel"),
-    "MinGRU/sequential": (gatenets.MinGRU, "sequential"),
-    "MinLSTM/parallel": (gatenets.MinLSTM, "parallel"),
-    "MinLSTM/sequential": (gatenets.MinLSTM, "sequential"),
-    "RGLRU/parallel": (gatenets.RGLRUStack, "parallel"),
-    "RGLRU/sequential": (gatenets.RGLRUStack, "sequential"),
+    "MinGRU/parallel": (gatenets.MinGRU, "associative"),
+    "MinGRU/sequential": (gatenets.MinGRU, "scan"),
+    "MinLSTM/parallel": (gatenets.MinLSTM, "associative"),
+    "MinLSTM/sequential": (gatenets.MinLSTM, "scan"),
+    "RGLRU/parallel": (gatenets.RGLRU, "associative"),
+    "RGLRU/sequential": (gatenets.RGLRU, "scan"),
 }
 
 
 def build(name: str, features: int, hidden: int):
-    layer_type, mode = MODELS[name]
-    kwargs = {} if mode is None else {"mode": mode}
+    layer_type, loop = MODELS[name]
+    kwargs = {} if loop is None else {"loop": loop}
     return layer_type(features, hidden, rngs=nnx.Rngs(0), **kwargs)
 
 

@@ -11,7 +11,7 @@ Variants of the gatenets layer (``--variants``): ``plain``; ``gates`` (gate trac
 training a small penalty on the forget/update gates is added so that the gates are
 differentiated, which the peers cannot do); ``mask`` (random right-padding, ``seq_lengths``;
 the peers get it too: Flax ``seq_lengths``, PyTorch packed sequences); ``scan`` (the generic
-``lax.scan`` path, ``kernel="scan"``); ``before`` (input matmul for all steps before the
+``lax.scan`` path, ``loop="scan"``); ``before`` (input matmul for all steps before the
 loop, ``precompute_inputs=True``; the default on CPU runs it inside each step); ``remat``;
 ``bf16`` (bfloat16 compute, float32 cell state).
 
@@ -138,7 +138,7 @@ def gatenets_module(model, features, hidden, variant):
     cls = gatenets.LSTM if model == "lstm" else gatenets.GRU
     kwargs = {}
     if variant == "scan":
-        kwargs["kernel"] = "scan"
+        kwargs["loop"] = "scan"
     if variant == "remat":
         kwargs["remat"] = True
     if variant == "before":

@@ -2,7 +2,7 @@
 
 Each sequence holds random values in [0, 1] and two markers; the target is the sum of the two
 marked values. Predicting the mean (1.0) gives MSE 1/6 ≈ 0.167. Every model is a two-layer
-stack of one cell kind (``mode="parallel"``) with a linear head on the last step, trained with
+stack of one cell kind (``loop="auto"``) with a linear head on the last step, trained with
 Adam; the script prints the test MSE of each against that baseline.
 
     python examples/min_rnn_adding.py --steps 600 --length 100
@@ -26,7 +26,7 @@ HIDDEN = 32
 LAYERS = 2
 LEARNING_RATE = 3e-3
 SEED = 0
-MODELS = "MinGRU,MinLSTM,RGLRUStack"
+MODELS = "MinGRU,MinLSTM,RGLRU"
 BASELINE = 1.0 / 6.0
 
 

@@ -20,23 +20,19 @@ from gatenets.attention.sigmoid import SigmoidAttentionGates as SigmoidAttention
 from gatenets.cells.base import GatedCell as GatedCell
 from gatenets.cells.diagonal import DiagonalCarry as DiagonalCarry
 from gatenets.cells.diagonal import DiagonalCell as DiagonalCell
+from gatenets.cells.gru import GRUCarry as GRUCarry
 from gatenets.cells.gru import GRUCell as GRUCell
+from gatenets.cells.gru import GRUGates as GRUGates
+from gatenets.cells.lstm import LSTMCarry as LSTMCarry
 from gatenets.cells.lstm import LSTMCell as LSTMCell
-from gatenets.cells.minimal import MinGRU as MinGRU
+from gatenets.cells.lstm import LSTMGates as LSTMGates
 from gatenets.cells.minimal import MinGRUCell as MinGRUCell
 from gatenets.cells.minimal import MinGRUGates as MinGRUGates
-from gatenets.cells.minimal import MinLSTM as MinLSTM
 from gatenets.cells.minimal import MinLSTMCell as MinLSTMCell
 from gatenets.cells.minimal import MinLSTMGates as MinLSTMGates
-from gatenets.cells.rglru import RGLRU as RGLRU
+from gatenets.cells.rglru import RGLRUCell as RGLRUCell
 from gatenets.cells.rglru import RGLRUGates as RGLRUGates
-from gatenets.cells.rglru import RGLRUStack as RGLRUStack
-from gatenets.gates import BidirectionalCarry as BidirectionalCarry
 from gatenets.gates import GateTrace as GateTrace
-from gatenets.gates import GRUCarry as GRUCarry
-from gatenets.gates import GRUGates as GRUGates
-from gatenets.gates import LSTMCarry as LSTMCarry
-from gatenets.gates import LSTMGates as LSTMGates
 from gatenets.inspect.ablation import AblationResult as AblationResult
 from gatenets.inspect.probe import GradientProfile as GradientProfile
 from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
@@ -44,10 +40,15 @@ from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
 from gatenets.inspect.statistics import GateStatistics as GateStatistics
 from gatenets.kernels.gru import gru_sequence as gru_sequence
 from gatenets.kernels.lstm import lstm_sequence as lstm_sequence
+from gatenets.loop import Loop as Loop
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
+from gatenets.recurrent import RGLRU as RGLRU
 from gatenets.recurrent import RNN as RNN
 from gatenets.recurrent import Bidirectional as Bidirectional
+from gatenets.recurrent import BidirectionalCarry as BidirectionalCarry
+from gatenets.recurrent import MinGRU as MinGRU
+from gatenets.recurrent import MinLSTM as MinLSTM
 from gatenets.recurrent import RecurrentStack as RecurrentStack
 
 __version__ = "0.1.0"
@@ -81,6 +82,7 @@ __all__ = [
     "LSTMCarry",
     "LSTMCell",
     "LSTMGates",
+    "Loop",
     "MinGRU",
     "MinGRUCell",
     "MinGRUGates",
@@ -88,8 +90,8 @@ __all__ = [
     "MinLSTMCell",
     "MinLSTMGates",
     "RGLRU",
+    "RGLRUCell",
     "RGLRUGates",
-    "RGLRUStack",
     "RNN",
     "RecurrentStack",
     "RouterGates",

@@ -1,8 +1,9 @@
-"""Gate and carry structures, gate traces, gate overrides and sequence masks.
+"""Gate traces, gate overrides and sequence masks: what every layer shares about its gates.
 
 Every gatenets layer speaks the same language about its sigmoid gates:
 
-* a cell's gates are a NamedTuple of post-sigmoid values (``LSTMGates``, ``GRUGates``, …);
+* a cell's gates are a NamedTuple of post-sigmoid values, defined beside the cell
+  (``LSTMGates`` in ``cells/lstm.py``, ``GRUGates`` in ``cells/gru.py``, …);
 * a layer asked for its gates (``return_gates=True``) returns a :class:`GateTrace`: the gates of
   every layer and direction by name, each field shaped ``[batch, time, units]``, plus the
   ``[batch, time]`` mask of valid steps so that statistics never count padding;
@@ -19,54 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatenets._typing import Array
-
-# --------------------------------------------------------------------------------------------
-# Carries and gates of the recurrent cells.
-
-
-class LSTMCarry(NamedTuple):
-    """State of an LSTM between steps.
-
-    Attributes:
-      c: cell state, ``[batch, hidden]`` (kept in float32 when the cell computes in bf16/f16).
-      h: hidden state, ``[batch, hidden]`` or ``[batch, proj]`` with a projection.
-    """
-
-    c: Array
-    h: Array
-
-
-class GRUCarry(NamedTuple):
-    """State of a GRU between steps.
-
-    Attributes:
-      h: hidden state, ``[batch, hidden]``.
-    """
-
-    h: Array
-
-
-class LSTMGates(NamedTuple):
-    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
-
-    input: Array
-    forget: Array
-    output: Array
-
-
-class GRUGates(NamedTuple):
-    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
-
-    reset: Array
-    update: Array
-
-
-class BidirectionalCarry(NamedTuple):
-    """Final carries of the two directions of a bidirectional layer."""
-
-    forward: Any
-    backward: Any
-
 
 # --------------------------------------------------------------------------------------------
 # Traces.
@@ -269,3 +222,38 @@ def sequence_mask(
             )
         return mask
     return None
+
+
+def hold_invalid(valid: Array | None, new: Any, old: Any) -> Any:
+    """The masking rule of every recurrent loop: ``new`` where the step is valid, else ``old``.
+
+    Args:
+      valid: ``[batch]`` booleans for one step (or ``[time, batch]`` for a whole sequence), or
+        None when every step is valid.
+      new: the value after the step (an array or a tree of arrays, batch on the first axis of
+        ``valid``'s rank).
+      old: the value before it, same structure.
+
+    Returns:
+      ``new`` at valid steps and ``old`` at invalid ones: a carry is held through padding.
+    """
+    if valid is None:
+        return new
+
+    def where(n, o):
+        keep = valid.reshape(valid.shape + (1,) * (jnp.ndim(n) - valid.ndim))
+        return jnp.where(keep, n, o)
+
+    return jax.tree_util.tree_map(where, new, old)
+
+
+def zero_invalid(valid: Array | None, outputs: Array) -> Array:
+    """``outputs`` with every invalid step set to zero (the output side of the masking rule).
+
+    Args:
+      valid: ``[time, batch]`` (or ``[batch]``) booleans, or None.
+      outputs: ``[time, batch, features]`` (or ``[batch, features]``).
+    """
+    if valid is None:
+        return outputs
+    return hold_invalid(valid, outputs, jnp.zeros((), outputs.dtype))

@@ -41,7 +41,6 @@ from flax.nnx import bridge
 from gatenets import recurrent
 from gatenets._typing import Array
 from gatenets.attention import gated as attention_gated
-from gatenets.cells import minimal, rglru
 
 __all__ = [
     "GRU",
@@ -49,7 +48,7 @@ __all__ = [
     "LSTM",
     "MinGRU",
     "MinLSTM",
-    "RGLRUStack",
+    "RGLRU",
     "params_from_nnx",
     "params_to_nnx",
 ]
@@ -196,22 +195,22 @@ class GRU(_Bridged):
 
 class MinGRU(_Bridged):
     """:class:`gatenets.MinGRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
-    ``options`` such as ``{"mode": "sequential"}``."""
+    ``options`` such as ``{"loop": "associative"}``."""
 
-    layer_type = minimal.MinGRU
+    layer_type = recurrent.MinGRU
 
 
 class MinLSTM(_Bridged):
     """:class:`gatenets.MinLSTM` as a ``flax.linen`` module; attributes as :class:`LSTM`."""
 
-    layer_type = minimal.MinLSTM
+    layer_type = recurrent.MinLSTM
 
 
-class RGLRUStack(_Bridged):
-    """:class:`gatenets.RGLRUStack` as a ``flax.linen`` module; attributes as :class:`LSTM`,
+class RGLRU(_Bridged):
+    """:class:`gatenets.RGLRU` as a ``flax.linen`` module; attributes as :class:`LSTM`,
     with ``options`` such as ``{"c": 8.0, "min_decay": 0.9}``."""
 
-    layer_type = rglru.RGLRUStack
+    layer_type = recurrent.RGLRU
 
 
 def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:

@@ -1,5 +1,9 @@
-"""Sequence layers: the scan driver (:class:`RNN`), :class:`Bidirectional`, and the one-line
-stacked layers :class:`LSTM` and :class:`GRU`.
+"""Sequence layers: the scan driver (:class:`RNN`), :class:`Bidirectional`,
+:class:`RecurrentStack` and every stacked layer, each one line over its cell (:class:`LSTM`,
+:class:`GRU`, :class:`MinGRU`, :class:`MinLSTM`, :class:`RGLRU`).
+
+Dependencies point one way: cells know nothing of this module; this module knows cells only
+through the contract of :class:`~gatenets.GatedCell` and names each stack's cell.
 
 Every layer here returns its outputs and, when asked (``return_gates=True``), a
 :class:`~gatenets.GateTrace` of every gate of every layer and direction, ``[batch, time, units]``
@@ -10,7 +14,7 @@ leaves the scan.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +24,23 @@ from gatenets._typing import Array
 from gatenets.cells.base import GatedCell
 from gatenets.cells.gru import GRUCell
 from gatenets.cells.lstm import LSTMCell
+from gatenets.cells.minimal import MinGRUCell, MinLSTMCell
+from gatenets.cells.rglru import RGLRUCell
 from gatenets.gates import (
-    BidirectionalCarry,
     GateTrace,
     check_gate_names,
     merge_traces,
     resolve_overrides,
     sequence_mask,
 )
+from gatenets.loop import Loop, as_loop
+
+
+class BidirectionalCarry(NamedTuple):
+    """Final carries of the two directions of a bidirectional layer."""
+
+    forward: Any
+    backward: Any
 
 
 def _check_sequence(cell: GatedCell, inputs: Any, time_major: bool) -> tuple[Array, int, int]:
@@ -68,7 +81,7 @@ def _check_carry(carry: Any, expected: Any, name: str) -> Any:
 
 
 class RNN(nnx.Module):
-    """Runs a gated cell over a sequence with ``jax.lax.scan``.
+    """Runs a gated cell over a sequence, with the loop ``loop`` names.
 
     The cell's time-parallel part (the input matmul) runs once for all steps before the scan
     (``precompute_inputs=True``) or inside each step; the sequential part runs in the scan. By
@@ -83,6 +96,9 @@ class RNN(nnx.Module):
 
     Args:
       cell: a gatenets cell (``LSTMCell``, ``GRUCell``, …).
+      loop: how the sequence is run (:class:`~gatenets.Loop` or its name): ``"auto"`` (the
+        fastest loop that computes the request exactly), ``"scan"``, ``"fused"`` or
+        ``"associative"``; a named loop that cannot compute a request raises, saying why.
       time_major: inputs and outputs are ``[time, batch, …]`` instead of ``[batch, time, …]``.
         Gate traces are batch-major either way.
       reverse: run from the last step to the first.
@@ -111,6 +127,7 @@ class RNN(nnx.Module):
         self,
         cell: GatedCell,
         *,
+        loop: Loop | str = Loop.AUTO,
         time_major: bool = False,
         reverse: bool = False,
         return_carry: bool = False,
@@ -132,6 +149,8 @@ class RNN(nnx.Module):
                 "recurrent_dropout > 0 needs rngs (an nnx.Rngs with a dropout stream)."
             )
         self.cell = cell
+        # A named loop that this cell can never run fails here, before any input is seen.
+        self.loop = cell.resolve_loop(loop) if as_loop(loop) is not Loop.AUTO else Loop.AUTO
         self.time_major = time_major
         self.reverse = reverse
         self.return_carry = return_carry
@@ -215,6 +234,7 @@ class RNN(nnx.Module):
             xs,
             None if valid is None else valid.T,
             projected=precompute,
+            loop=self.loop,
             reverse=self.reverse,
             return_gates=return_gates,
             gate_overrides=gate_overrides,
@@ -339,6 +359,7 @@ class RecurrentStack(nnx.Module):
       in_features: size of each input step.
       hidden_features: size of each cell's state.
       num_layers: number of stacked layers.
+      loop: how each layer runs its sequence; see :class:`RNN`.
       bidirectional: run each layer in both directions and concatenate.
       dropout: dropout rate on the outputs of every layer but the last (training mode only).
       recurrent_dropout: variational dropout rate on the recurrent input of every layer.
@@ -358,6 +379,7 @@ class RecurrentStack(nnx.Module):
         hidden_features: int,
         *,
         num_layers: int = 1,
+        loop: Loop | str = Loop.AUTO,
         bidirectional: bool = False,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
@@ -383,6 +405,7 @@ class RecurrentStack(nnx.Module):
             def make_rnn(reverse, features=features):
                 return RNN(
                     self.cell_type(features, hidden_features, rngs=rngs, **cell_kwargs),
+                    loop=loop,
                     time_major=time_major,
                     reverse=reverse,
                     learn_initial_carry=learn_initial_carry,
@@ -528,3 +551,65 @@ class GRU(RecurrentStack):
     """
 
     cell_type = GRUCell
+
+
+class MinGRU(RecurrentStack):
+    """A (stacked, optionally bidirectional) minGRU layer.
+
+    Each layer is a :class:`~gatenets.MinGRUCell` run by :class:`~gatenets.RNN`; arguments are
+    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
+    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.MinGRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MinGRU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = model(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0]),
+      ...                  return_gates=True)
+      >>> y.shape, sorted(trace.flat())[0]
+      ((4, 6, 16), 'layer0/backward/update')
+    """
+
+    cell_type = MinGRUCell
+
+
+class MinLSTM(RecurrentStack):
+    """A (stacked, optionally bidirectional) minLSTM layer.
+
+    Each layer is a :class:`~gatenets.MinLSTMCell` run by :class:`~gatenets.RNN`; arguments are
+    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
+    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.MinLSTMGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MinLSTM(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"layer1": {"forget": 1.0}}).shape
+      (4, 6, 8)
+    """
+
+    cell_type = MinLSTMCell
+
+
+class RGLRU(RecurrentStack):
+    """A (stacked, optionally bidirectional) layer of :class:`~gatenets.RGLRUCell` cells.
+
+    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``c``,
+    ``min_decay``, ``max_decay``, ``max_sqrt_gradient``, initialisers, ``dtype``,
+    ``param_dtype``) go to every layer's cell. Gate traces hold :class:`~gatenets.RGLRUGates`
+    under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.RGLRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"recurrence": 0.0}).shape
+      (4, 6, 8)
+    """
+
+    cell_type = RGLRUCell

@@ -51,9 +51,10 @@ def make_rnn(kind, kernel, config, dtype=None):
     cell_kwargs = dict(config.get("cell", {}).get(kind, {}), **config.get("cell_all", {}))
     if kernel == "scan":
         cell_kwargs.pop("remat", None)
-    cell = CELLS[kind](I, H, kernel=kernel, dtype=dtype, rngs=nnx.Rngs(0), **cell_kwargs)
+    cell = CELLS[kind](I, H, dtype=dtype, rngs=nnx.Rngs(0), **cell_kwargs)
     rnn = gatenets.RNN(
         randomize(cell),
+        loop=kernel,
         reverse=config.get("reverse", False),
         rngs=nnx.Rngs(dropout=3),
         **config.get("rnn", {}),
@@ -242,8 +243,8 @@ def test_remat_saves_less_for_the_backward_pass(kind):
     x = jnp.asarray(inputs(shape=(B, 64, I)))
     temp = {}
     for remat in (False, True):
-        cell = CELLS[kind](I, 32, kernel="fused", remat=remat, rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(gatenets.RNN(cell, precompute_inputs=False))
+        cell = CELLS[kind](I, 32, remat=remat, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(gatenets.RNN(cell, loop="fused", precompute_inputs=False))
 
         def loss(params, x, graphdef=graphdef):
             return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
@@ -263,18 +264,20 @@ def test_auto_falls_back_to_the_scan_for_function_overrides():
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
 
 
-def test_bad_kernel_choices_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"kernel must be one of .*'fast'"):
-        gatenets.LSTMCell(I, H, kernel="fast", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"kernel='fused' supports neither peephole"):
-        gatenets.LSTMCell(I, H, kernel="fused", peephole=True, rngs=nnx.Rngs(0))
+def test_bad_loop_choices_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"loop must be one of .*'fast'"):
+        gatenets.RNN(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)), loop="fast")
+    with pytest.raises(ValueError, match=r"loop='fused' does not apply: .*neither peephole"):
+        gatenets.RNN(gatenets.LSTMCell(I, H, peephole=True, rngs=nnx.Rngs(0)), loop="fused")
     with pytest.raises(ValueError, match=r"proj_size=2"):
-        gatenets.LSTMCell(I, H, kernel="fused", proj_size=2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"kernel='fused' needs reset_after=True"):
-        gatenets.GRUCell(I, H, kernel="fused", reset_after=False, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"kernel must be one of"):
-        gatenets.GRU(I, H, kernel=None, rngs=nnx.Rngs(0))
+        gatenets.RNN(gatenets.LSTMCell(I, H, proj_size=2, rngs=nnx.Rngs(0)), loop="fused")
+    with pytest.raises(ValueError, match=r"loop='fused' does not apply: .*reset_after=True"):
+        gatenets.RNN(gatenets.GRUCell(I, H, reset_after=False, rngs=nnx.Rngs(0)), loop="fused")
+    with pytest.raises(ValueError, match=r"loop must be one of"):
+        gatenets.GRU(I, H, loop=None, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"LSTMCell runs only the loops 'fused', 'scan'"):
+        gatenets.LSTM(I, H, loop="associative", rngs=nnx.Rngs(0))
     for kind in CELLS:
-        rnn = gatenets.RNN(CELLS[kind](I, H, kernel="fused", rngs=nnx.Rngs(0)))
-        with pytest.raises(ValueError, match=r"kernel='fused' takes gate_overrides only as scalar"):
+        rnn = gatenets.RNN(CELLS[kind](I, H, rngs=nnx.Rngs(0)), loop="fused")
+        with pytest.raises(ValueError, match=r"fused kernel takes gate_overrides only as scalar"):
             rnn(jnp.asarray(inputs()), gate_overrides={GATE[kind]: jnp.ones((B, H))})

@@ -18,7 +18,7 @@ PAIRS = {
     "GRU": (gatenets.GRU, gl.GRU),
     "MinGRU": (gatenets.MinGRU, gl.MinGRU),
     "MinLSTM": (gatenets.MinLSTM, gl.MinLSTM),
-    "RGLRUStack": (gatenets.RGLRUStack, gl.RGLRUStack),
+    "RGLRU": (gatenets.RGLRU, gl.RGLRU),
 }
 
 

@@ -19,9 +19,10 @@ from gatenets.kernels.parallel_scan import linear_recurrence
 CELLS = {
     "mingru": gatenets.MinGRUCell,
     "minlstm": gatenets.MinLSTMCell,
-    "rglru": gatenets.RGLRU,
+    "rglru": gatenets.RGLRUCell,
 }
-STACKS = {"mingru": gatenets.MinGRU, "minlstm": gatenets.MinLSTM, "rglru": gatenets.RGLRUStack}
+STACKS = {"mingru": gatenets.MinGRU, "minlstm": gatenets.MinLSTM, "rglru": gatenets.RGLRU}
+LOOPS = ["associative", "scan"]
 # Constant overrides that make each cell hold its state exactly: a_t = 1, b_t = 0.
 HOLD = {
     "mingru": {"update": 0.0},
@@ -34,20 +35,13 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def make(name, mode="parallel", seed=0, scale=0.5, **kwargs):
-    cell = CELLS[name](I, H, mode=mode, rngs=nnx.Rngs(0), **kwargs)
+def make(name, seed=0, scale=0.5, **kwargs):
+    cell = CELLS[name](I, H, rngs=nnx.Rngs(0), **kwargs)
     randomize(cell, seed=seed, scale=scale)
     if name == "rglru":
         # Back to Griffin's decays: random Λ would put a far from 1 and hide the slow regime.
         cell.decay[...] = CELLS[name](I, H, rngs=nnx.Rngs(seed)).decay[...]
     return cell
-
-
-def twin(cell, mode):
-    """The same cell, same weights, in the other mode."""
-    other = type(cell)(I, H, mode=mode, rngs=nnx.Rngs(0))
-    nnx.update(other, nnx.state(cell))
-    return other
 
 
 def reference(name, cell, x, h0, valid=None, reverse=False, overrides=None):
@@ -94,13 +88,13 @@ MASK = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]], bool)
 H0 = np.random.default_rng(7).standard_normal((B, H)).astype(np.float32)
 
 
-@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("name", CELLS)
-def test_matches_numpy_reference_with_mask_reverse_and_initial_carry(name, mode):
-    cell = make(name, mode)
+def test_matches_numpy_reference_with_mask_reverse_and_initial_carry(name, loop):
+    cell = make(name)
     x = inputs()
     for valid, reverse in ((None, False), (MASK, True)):
-        carry, y, trace = gatenets.RNN(cell, reverse=reverse)(
+        carry, y, trace = gatenets.RNN(cell, loop=loop, reverse=reverse)(
             jnp.asarray(x),
             initial_carry=gatenets.DiagonalCarry(jnp.asarray(H0)),
             mask=None if valid is None else jnp.asarray(valid),
@@ -126,14 +120,13 @@ def test_without_bias_matches_numpy_reference(name):
 
 @pytest.mark.parametrize("name", CELLS)
 def test_parallel_equals_sequential_values_and_gradients(name):
-    parallel = make(name, "parallel")
-    sequential = twin(parallel, "sequential")
+    cell = make(name)
     x = jnp.asarray(inputs())
     weights = jnp.asarray(np.random.default_rng(3).standard_normal((B, T, H)), jnp.float32)
     overrides = {gatenets_gate(name): lambda g: 0.5 * g + 0.25}
 
-    def loss(cell, x, h0):
-        carry, y = gatenets.RNN(cell, reverse=True)(
+    def loss(cell, x, h0, loop):
+        carry, y = gatenets.RNN(cell, loop=loop, reverse=True)(
             x,
             initial_carry=gatenets.DiagonalCarry(h0),
             mask=jnp.asarray(MASK),
@@ -144,10 +137,12 @@ def test_parallel_equals_sequential_values_and_gradients(name):
 
     grad = nnx.grad(loss, argnums=(0, 1, 2))
     (gp, gxp, ghp), (gs, gxs, ghs) = (
-        grad(parallel, x, jnp.asarray(H0)),
-        grad(sequential, x, jnp.asarray(H0)),
+        grad(cell, x, jnp.asarray(H0), "associative"),
+        grad(cell, x, jnp.asarray(H0), "scan"),
     )
-    np.testing.assert_allclose(loss(parallel, x, H0), loss(sequential, x, H0), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss(cell, x, H0, "associative"), loss(cell, x, H0, "scan"), rtol=1e-5
+    )
     np.testing.assert_allclose(gxp, gxs, atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(ghp, ghs, atol=1e-5, rtol=1e-4)
     for a, b in zip(jax.tree.leaves(nnx.state(gp)), jax.tree.leaves(nnx.state(gs)), strict=True):
@@ -161,7 +156,7 @@ def gatenets_gate(name):
 
 def test_gradients_match_finite_differences():
     # RG-LRU: its square root has a hand-written derivative; the other cells' gradients are
-    # checked against the sequential mode's above.
+    # checked against the scan loop's above.
     graphdef, params = nnx.split(gatenets.RNN(make("rglru")))
 
     def loss(params, x):
@@ -184,26 +179,26 @@ def test_padding_never_leaks_and_padded_batch_equals_each_sequence_alone(name):
         np.testing.assert_allclose(carry.h[b], alone_carry.h[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("name", CELLS)
-def test_gates_in_unit_interval_and_hold_overrides_keep_the_state(name, mode):
-    cell = make(name, mode, scale=3.0)
+def test_gates_in_unit_interval_and_hold_overrides_keep_the_state(name, loop):
+    cell = make(name, scale=3.0)
     x = jnp.asarray(10 * inputs())
-    _, trace = gatenets.RNN(cell)(x, return_gates=True)
+    _, trace = gatenets.RNN(cell, loop=loop)(x, return_gates=True)
     for gate_name, gate in trace.items():
         assert gate.shape == (B, T, H), gate_name
         assert float(gate.min()) >= 0.0 and float(gate.max()) <= 1.0, gate_name
     if name == "minlstm":
         gates = trace.gates["forward"]
         np.testing.assert_allclose(gates.forget + gates.input, 1.0, atol=1e-6)
-    y = gatenets.RNN(cell)(
+    y = gatenets.RNN(cell, loop=loop)(
         x, initial_carry=gatenets.DiagonalCarry(jnp.asarray(H0)), gate_overrides=HOLD[name]
     )
     np.testing.assert_allclose(y, np.broadcast_to(H0[:, None], (B, T, H)), atol=1e-6)
     ref_y, _, _ = reference(
         name, cell, 10 * inputs(), np.zeros((B, H)), overrides={gatenets_gate(name): 0.3}
     )
-    y = gatenets.RNN(cell)(x, gate_overrides={gatenets_gate(name): 0.3})
+    y = gatenets.RNN(cell, loop=loop)(x, gate_overrides={gatenets_gate(name): 0.3})
     np.testing.assert_allclose(y, ref_y, atol=1e-4, rtol=1e-5)
 
 
@@ -274,11 +269,11 @@ def test_long_sequence_bf16_is_finite_and_matches_the_float64_reference(name):
     np.testing.assert_allclose(carry.h, ref_h, atol=3e-2, rtol=3e-2)
 
 
-def test_recurrent_dropout_same_in_both_modes():
+def test_recurrent_dropout_same_in_both_loops():
     parallel = make("minlstm")
     runs = []
-    for cell in (parallel, twin(parallel, "sequential")):
-        rnn = gatenets.RNN(cell, recurrent_dropout=0.5, rngs=nnx.Rngs(dropout=3))
+    for loop in LOOPS:
+        rnn = gatenets.RNN(parallel, loop=loop, recurrent_dropout=0.5, rngs=nnx.Rngs(dropout=3))
         runs.append(rnn(jnp.asarray(inputs()), mask=jnp.asarray(MASK)))
     np.testing.assert_allclose(runs[0], runs[1], atol=1e-6)
     rnn = gatenets.RNN(parallel, recurrent_dropout=0.5, rngs=nnx.Rngs(dropout=3))
@@ -299,15 +294,15 @@ def test_step_by_step_equals_the_sequence_kernels_and_flax_nnx_rnn(name):
     for t in range(T):
         carry, h, _ = cell.step(carry, cell.project(x[:, t]), gate_overrides=overrides)
         outputs.append(h)
-    for mode in ("parallel", "sequential"):
-        y = gatenets.RNN(twin(cell, mode))(
+    for loop in LOOPS:
+        y = gatenets.RNN(cell, loop=loop)(
             x, initial_carry=gatenets.DiagonalCarry(jnp.asarray(H0)), gate_overrides=overrides
         )
         np.testing.assert_allclose(y, np.stack(outputs, axis=1), atol=1e-5)
 
 
 def test_rglru_decay_init_and_bounded_square_root_gradient():
-    cell = gatenets.RGLRU(I, 512, rngs=nnx.Rngs(0))
+    cell = gatenets.RGLRUCell(I, 512, rngs=nnx.Rngs(0))
     a = np.exp(-np.asarray(jax.nn.softplus(cell.decay[...])))
     assert a.min() >= 0.9 and a.max() <= 0.999
     a_c = a**8
@@ -327,17 +322,26 @@ def test_rglru_decay_init_and_bounded_square_root_gradient():
 @pytest.mark.parametrize(
     "make_bad, error, message",
     [
-        (lambda: gatenets.MinGRUCell(I, H, mode="fast", rngs=nnx.Rngs(0)), ValueError, "mode"),
-        (lambda: gatenets.MinLSTMCell(I, 0, rngs=nnx.Rngs(0)), ValueError, "hidden_features"),
-        (lambda: gatenets.RGLRU(I, H, c=0.0, rngs=nnx.Rngs(0)), ValueError, "c must"),
         (
-            lambda: gatenets.RGLRU(I, H, min_decay=0.99, max_decay=0.9, rngs=nnx.Rngs(0)),
+            lambda: gatenets.RNN(gatenets.MinGRUCell(I, H, rngs=nnx.Rngs(0)), loop="fast"),
+            ValueError,
+            "loop must be one of",
+        ),
+        (
+            lambda: gatenets.RNN(gatenets.MinGRUCell(I, H, rngs=nnx.Rngs(0)), loop="fused"),
+            ValueError,
+            "MinGRUCell runs only the loops",
+        ),
+        (lambda: gatenets.MinLSTMCell(I, 0, rngs=nnx.Rngs(0)), ValueError, "hidden_features"),
+        (lambda: gatenets.RGLRUCell(I, H, c=0.0, rngs=nnx.Rngs(0)), ValueError, "c must"),
+        (
+            lambda: gatenets.RGLRUCell(I, H, min_decay=0.99, max_decay=0.9, rngs=nnx.Rngs(0)),
             ValueError,
             "min_decay",
         ),
-        (lambda: gatenets.RGLRU(I, H, max_decay=1.0, rngs=nnx.Rngs(0)), ValueError, "max_decay"),
+        (lambda: gatenets.RGLRUCell(I, H, max_decay=1.0, rngs=nnx.Rngs(0)), ValueError, "max_decay"),
         (
-            lambda: gatenets.RGLRU(I, H, max_sqrt_gradient=0.0, rngs=nnx.Rngs(0)),
+            lambda: gatenets.RGLRUCell(I, H, max_sqrt_gradient=0.0, rngs=nnx.Rngs(0)),
             ValueError,
             "max_sqrt_gradient",
         ),
@@ -359,7 +363,7 @@ def test_rglru_decay_init_and_bounded_square_root_gradient():
             "unknown key 'forget'",
         ),
         (
-            lambda: gatenets.RNN(gatenets.RGLRU(I, H, rngs=nnx.Rngs(0)))(
+            lambda: gatenets.RNN(gatenets.RGLRUCell(I, H, rngs=nnx.Rngs(0)))(
                 jnp.ones((B, T, I)), gate_overrides={"update": 1.0}
             ),
             ValueError,
@@ -395,8 +399,8 @@ def test_adding_example_trains(capsys):
     assert "MinLSTM: test MSE" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["associative", "sequential"])
-def test_linear_recurrence_kernel_matches_a_loop(method):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_linear_recurrence_kernel_matches_a_loop(loop):
     rng = np.random.default_rng(0)
     time, batch, hidden = 9, 2, 3
     log_a = -rng.uniform(0.0, 2.0, (time, batch, hidden))
@@ -408,7 +412,7 @@ def test_linear_recurrence_kernel_matches_a_loop(method):
             *(jnp.asarray(v, jnp.float32) for v in (log_a, b, h0)),
             valid=jnp.asarray(valid),
             reverse=reverse,
-            method=method,
+            loop=loop,
         )
         expected, state = np.zeros_like(b), h0.copy()
         for t in range(time - 1, -1, -1) if reverse else range(time):
@@ -419,8 +423,10 @@ def test_linear_recurrence_kernel_matches_a_loop(method):
 
 def test_linear_recurrence_bad_input():
     ones = jnp.ones((3, 2, 4))
-    with pytest.raises(ValueError, match="method"):
-        linear_recurrence(ones, ones, jnp.ones((2, 4)), method="cumsum")
+    with pytest.raises(ValueError, match="loop must be"):
+        linear_recurrence(ones, ones, jnp.ones((2, 4)), loop="cumsum")
+    with pytest.raises(ValueError, match="loop must be 'associative' or 'scan'"):
+        linear_recurrence(ones, ones, jnp.ones((2, 4)), loop="fused")
     with pytest.raises(ValueError, match="h0 must be"):
         linear_recurrence(ones, ones, jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="log_a and b"):

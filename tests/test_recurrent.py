@@ -211,7 +211,7 @@ def _scan_eqn(jaxpr):
 
 def test_return_gates_is_a_static_switch_with_no_cost_when_off():
     # The generic scan path; tests/test_kernels.py checks the same of the fused kernels.
-    rnn = gatenets.RNN(randomize(gatenets.LSTMCell(I, H, kernel="scan", rngs=nnx.Rngs(0))))
+    rnn = gatenets.RNN(randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0))), loop="scan")
     graphdef, state = nnx.split(rnn)
     x = jnp.asarray(inputs())
 

@@ -1,9 +1,10 @@
-"""What every gatenets recurrent cell shares.
+"""The cell contract: what every gatenets recurrent cell provides, written once.
 
 A cell splits its work into a time-parallel part, :meth:`GatedCell.project` (the input matmul,
 done once for all steps when that pays), and a sequential part, :meth:`GatedCell.step`, which
-returns the new carry, the output and the post-sigmoid gates. ``__call__`` chains the two, so a
-cell also works step by step and inside ``flax.nnx.RNN``.
+returns the new carry, the output and the post-sigmoid gates. :meth:`GatedCell.scan` runs the
+step over a sequence with the loop :meth:`GatedCell.resolve_loop` chose; ``__call__`` chains
+project and step, so a cell also works step by step and inside ``flax.nnx.RNN``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.gates import GateOverride
+from gatenets.gates import GateOverride, hold_invalid, zero_invalid
 from gatenets.kernels._common import constant_overrides
+from gatenets.loop import Loop, as_loop
 
 
 def compute_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
@@ -45,14 +47,50 @@ def fused_orthogonal(
 
 
 class GatedCell(nnx.RNNCellBase):
-    """Base of gatenets' recurrent cells (``nnx.RNNCellBase`` compatible).
+    """Base of gatenets' recurrent cells: the contract a new cell implements.
 
-    Subclasses set ``gates_type`` and ``carry_type`` (NamedTuples) and implement
-    ``initialize_carry``, ``project`` and ``step``.
+    A cell family is one subclass that sets the class attributes and implements
+    :meth:`initialize_carry` and :meth:`step`; :meth:`project` and :meth:`scan` are inherited
+    and overridden only for speed. The sequence layer (:class:`~gatenets.RNN`) relies on
+    nothing else.
+
+    Class attributes:
+      gates_type: NamedTuple of the cell's post-sigmoid gates. Its field names are the names
+        ``gate_overrides`` takes and a trace shows.
+      carry_type: NamedTuple of the state between steps. It must have a field ``h``: the
+        output of the step and the recurrent input of the next one (checked when the class is
+        made).
+      loops: the :class:`~gatenets.Loop` values the cell can run, in the order ``"auto"``
+        tries them; ``Loop.SCAN`` (the generic loop over :meth:`step`) is always among them.
+
+    Rules a :meth:`step` follows, so that every loop computes the same thing:
+
+    * each gate is ``apply_override(sigmoid(z), gate_overrides.get(name))`` — the override
+      replaces the gate where it is made, so the replaced value is what the recurrence uses;
+    * ``recurrent_mask`` (variational dropout) multiplies :math:`h_{t-1}` where it enters the
+      recurrent matmul, and nowhere else;
+    * masks are not the step's business: :meth:`scan` holds the carry and zeroes the output at
+      invalid steps (:func:`gatenets.gates.hold_invalid`), for every loop alike.
+
+    The default :meth:`project` reads the parameters ``kernel`` (``[in_features, blocks *
+    hidden]``) and the biases :meth:`_input_bias` returns (``bias`` when ``use_bias``); a cell
+    whose input weights look different overrides :meth:`project`.
     """
 
     gates_type: ClassVar[type]
     carry_type: ClassVar[type]
+    loops: ClassVar[tuple[Loop, ...]] = (Loop.SCAN,)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        carry_type = cls.__dict__.get("carry_type")
+        if carry_type is not None and "h" not in getattr(carry_type, "_fields", ()):
+            raise TypeError(
+                f"{cls.__name__}.carry_type must be a NamedTuple with a field 'h' (the output "
+                f"and recurrent input); got {carry_type!r}."
+            )
+        if Loop.SCAN not in cls.loops:
+            raise TypeError(f"{cls.__name__}.loops must include Loop.SCAN; got {cls.loops}.")
 
     def __init__(self, in_features: int, hidden_features: int, *, dtype, param_dtype):
         for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
@@ -65,6 +103,7 @@ class GatedCell(nnx.RNNCellBase):
 
     @property
     def gate_names(self) -> tuple[str, ...]:
+        """Names of the gates (the fields of ``gates_type``)."""
         return self.gates_type._fields
 
     @property
@@ -76,13 +115,33 @@ class GatedCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return 1
 
+    def initialize_carry(self, input_shape, rngs=None, carry_init=None) -> Any:
+        """The carry before the first step.
+
+        Args:
+          input_shape: shape of one input step, ``[*batch, in_features]``.
+          rngs: random streams for a random ``carry_init``; unused by zeros.
+          carry_init: initialiser of every carry field (zeros when None).
+
+        Returns:
+          a ``carry_type`` with ``[*batch, …]`` leaves in the cell's state dtypes.
+        """
+        raise NotImplementedError
+
     def _input_bias(self, dtype: Any) -> Array | None:
         """Every bias that adds to the input matmul (None without biases)."""
         return self.bias[...].astype(dtype) if getattr(self, "use_bias", False) else None
 
     def project(self, x: Array) -> Array:
-        """Time-parallel part: ``x @ kernel`` plus the input biases, in the compute dtype:
-        ``[..., in_features] -> [..., blocks * hidden]``."""
+        """The time-parallel part of the cell, in the compute dtype.
+
+        Args:
+          x: ``[..., in_features]`` raw inputs (one step or a whole sequence).
+
+        Returns:
+          ``[..., blocks * hidden]``: ``x @ kernel`` plus the input biases, what :meth:`step`
+          takes as ``projected``.
+        """
         dtype = compute_dtype(self.dtype, self.param_dtype)
         z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
         bias = self._input_bias(dtype)
@@ -98,7 +157,58 @@ class GatedCell(nnx.RNNCellBase):
         gate_overrides: Mapping[str, GateOverride] | None = None,
         recurrent_mask: Array | None = None,
     ) -> tuple[Any, Array, Any]:
+        """The sequential part of the cell: one step (see the rules in the class docstring).
+
+        Args:
+          carry: the ``carry_type`` before the step, ``[batch, …]`` leaves.
+          projected: ``[batch, blocks * hidden]``, the step's input through :meth:`project`.
+          gate_overrides: validated ``{gate name: constant, array or function}``.
+          recurrent_mask: ``[batch, output_features]`` multiplier of :math:`h_{t-1}`, or None.
+
+        Returns:
+          ``(new_carry, h, gates)``: the ``carry_type`` after the step, the output
+          ``[batch, output_features]`` and a ``gates_type`` of ``[batch, units]`` arrays.
+        """
         raise NotImplementedError
+
+    def _loop_unsupported(
+        self, loop: Loop, gate_overrides: Mapping[str, GateOverride] | None
+    ) -> str | None:
+        """Why this cell cannot run ``loop`` for this request, or None if it can."""
+        if loop not in self.loops:
+            names = ", ".join(repr(str(m)) for m in self.loops)
+            return f"{type(self).__name__} runs only the loops {names}"
+        return None
+
+    def _auto_order(self) -> tuple[Loop, ...]:
+        """The loops ``"auto"`` tries, fastest first (``loops`` unless a backend differs)."""
+        return self.loops
+
+    def resolve_loop(
+        self, loop: Loop | str = Loop.AUTO, gate_overrides: Mapping[str, GateOverride] | None = None
+    ) -> Loop:
+        """The one place a loop choice is made.
+
+        Args:
+          loop: a :class:`~gatenets.Loop` or its name; ``"auto"`` takes the first of
+            ``self.loops`` that computes the request exactly.
+          gate_overrides: the validated overrides of this call.
+
+        Returns:
+          the loop :meth:`scan` runs.
+
+        Raises:
+          ValueError: if a named loop cannot compute the request, saying why.
+        """
+        loop = as_loop(loop)
+        if loop is Loop.AUTO:
+            return next(
+                m for m in self._auto_order() if self._loop_unsupported(m, gate_overrides) is None
+            )
+        reason = self._loop_unsupported(loop, gate_overrides)
+        if reason is not None:
+            raise ValueError(f"loop={str(loop)!r} does not apply: {reason}. Use loop='auto'.")
+        return loop
 
     def scan(
         self,
@@ -107,24 +217,23 @@ class GatedCell(nnx.RNNCellBase):
         valid: Array | None,
         *,
         projected: bool,
+        loop: Loop | str = Loop.AUTO,
         reverse: bool = False,
         return_gates: bool = False,
         gate_overrides: Mapping[str, GateOverride] | None = None,
         recurrent_mask: Array | None = None,
         unroll: int = 1,
     ) -> tuple[Any, Array, Any]:
-        """Runs the cell over a time-major sequence: the one place a time loop lives.
-
-        The sequence layer calls this; a cell family overrides it to run a faster kernel (a
-        custom-VJP loop, a parallel scan) with the same contract.
+        """Runs the cell over a time-major sequence with the loop :meth:`resolve_loop` picks.
 
         Args:
           carry: initial carry, ``[batch, …]`` leaves.
-          xs: ``[time, batch, 4 * hidden]`` projected inputs if ``projected``, else raw
-            ``[time, batch, features]``.
+          xs: ``[time, batch, blocks * hidden]`` projected inputs if ``projected``, else raw
+            ``[time, batch, in_features]``.
           valid: ``[time, batch]`` booleans, or None when every step is valid. At an invalid
             step the carry is held and the output is zero.
           projected: whether ``xs`` already went through :meth:`project`.
+          loop: which loop runs the sequence (:class:`~gatenets.Loop`).
           reverse: run from the last step to the first (outputs stay in place).
           return_gates: also return the gates, stacked ``[time, batch, units]``.
           gate_overrides: validated ``{gate: constant or function}``.
@@ -134,24 +243,49 @@ class GatedCell(nnx.RNNCellBase):
         Returns:
           ``(final_carry, outputs [time, batch, output_features], gates or None)``.
         """
+        loop = self.resolve_loop(loop, gate_overrides)
+        options = dict(
+            reverse=reverse,
+            return_gates=return_gates,
+            gate_overrides=gate_overrides,
+            recurrent_mask=recurrent_mask,
+            unroll=unroll,
+        )
+        if loop is Loop.SCAN:
+            return self._scan_steps(carry, xs, valid, projected=projected, **options)
+        return self._run_loop(loop, carry, xs, valid, projected=projected, **options)
+
+    def _run_loop(self, loop: Loop, carry, xs, valid, *, projected, **options):
+        """Runs a loop other than ``Loop.SCAN`` (the cell's faster kernels); same contract."""
+        raise NotImplementedError(f"{type(self).__name__} has no {loop} loop.")
+
+    def _scan_steps(
+        self,
+        carry: Any,
+        xs: Array,
+        valid: Array | None,
+        *,
+        projected: bool,
+        reverse: bool,
+        return_gates: bool,
+        gate_overrides: Mapping[str, GateOverride] | None,
+        recurrent_mask: Array | None,
+        unroll: int,
+    ) -> tuple[Any, Array, Any]:
+        """``Loop.SCAN``: ``jax.lax.scan`` over :meth:`step`, differentiated by autodiff."""
 
         def body(carry, step_inputs):
-            x_t, valid_t = step_inputs if valid is not None else (step_inputs, None)
+            x_t, valid_t = step_inputs
             if not projected:
                 x_t = self.project(x_t)
             new_carry, h, gates = self.step(
                 carry, x_t, gate_overrides=gate_overrides, recurrent_mask=recurrent_mask
             )
-            if valid_t is not None:
-                keep = valid_t[:, None]
-                new_carry = jax.tree_util.tree_map(
-                    lambda new, old: jnp.where(keep, new, old), new_carry, carry
-                )
-                h = jnp.where(keep, h, jnp.zeros((), h.dtype))
+            new_carry = hold_invalid(valid_t, new_carry, carry)
+            h = zero_invalid(valid_t, h)
             return new_carry, ((h, gates) if return_gates else h)
 
-        step_inputs = xs if valid is None else (xs, valid)
-        carry, ys = jax.lax.scan(body, carry, step_inputs, reverse=reverse, unroll=unroll)
+        carry, ys = jax.lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)
         outputs, gates = ys if return_gates else (ys, None)
         return carry, outputs, gates
 
@@ -181,18 +315,17 @@ class GatedCell(nnx.RNNCellBase):
 
 
 class FusedKernelCell(GatedCell):
-    """A cell with a fused sequence kernel (custom VJP) beside the generic scan.
+    """A cell with a fused sequence kernel (``Loop.FUSED``, custom VJP) beside the generic scan.
 
-    Subclasses set ``kernel_choice`` (``"auto"``, ``"scan"`` or ``"fused"``) and ``remat``, and
-    implement ``_fused_applies`` (whether the kernel covers this configuration) and
-    ``_fused_scan`` (the kernel call). :meth:`scan` picks between the two paths.
+    Subclasses implement ``_fused_unsupported`` (why the kernel does not cover this cell's
+    configuration, or None) and ``_fused_scan`` (the kernel call), and set ``remat``.
     """
 
-    kernel_choice: str
+    loops = (Loop.FUSED, Loop.SCAN)
     remat: bool
 
-    def _fused_applies(self) -> bool:
-        return True
+    def _fused_unsupported(self) -> str | None:
+        return None
 
     def _fused_scan(
         self,
@@ -211,39 +344,31 @@ class FusedKernelCell(GatedCell):
     ) -> tuple[Any, Array, Any]:
         raise NotImplementedError
 
-    def scan(
+    def _loop_unsupported(self, loop, gate_overrides):
+        reason = super()._loop_unsupported(loop, gate_overrides)
+        if reason is None and loop is Loop.FUSED:
+            reason = self._fused_unsupported()
+            if reason is None and constant_overrides(gate_overrides, self.gate_names) is None:
+                reason = (
+                    "the fused kernel takes gate_overrides only as scalar constants; got "
+                    f"{dict(gate_overrides)!r} (functions and arrays run on loop='scan')"
+                )
+        return reason
+
+    def _run_loop(
         self,
-        carry: Any,
-        xs: Array,
-        valid: Array | None,
+        loop,
+        carry,
+        xs,
+        valid,
         *,
-        projected: bool,
-        reverse: bool = False,
-        return_gates: bool = False,
-        gate_overrides: Mapping[str, GateOverride] | None = None,
-        recurrent_mask: Array | None = None,
-        unroll: int = 1,
-    ) -> tuple[Any, Array, Any]:
-        """Runs the cell over a sequence: the fused kernel where it applies (``kernel="auto"``
-        or ``"fused"``), the generic scan otherwise; same contract as :meth:`GatedCell.scan`."""
-        constants = constant_overrides(gate_overrides, self.gate_names)
-        if self.kernel_choice == "fused" and constants is None:
-            raise ValueError(
-                "kernel='fused' takes gate_overrides only as scalar constants; got "
-                f"{dict(gate_overrides)!r}. Use kernel='auto' or 'scan' for functions or arrays."
-            )
-        if self.kernel_choice == "scan" or constants is None or not self._fused_applies():
-            return super().scan(
-                carry,
-                xs,
-                valid,
-                projected=projected,
-                reverse=reverse,
-                return_gates=return_gates,
-                gate_overrides=gate_overrides,
-                recurrent_mask=recurrent_mask,
-                unroll=unroll,
-            )
+        projected,
+        reverse,
+        return_gates,
+        gate_overrides,
+        recurrent_mask,
+        unroll,
+    ):
         dtype = compute_dtype(self.dtype, self.param_dtype)
         input_kernel = bias = None
         if not projected:
@@ -261,8 +386,7 @@ class FusedKernelCell(GatedCell):
             recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
             reverse=reverse,
             return_gates=return_gates,
-            overrides=constants,
+            overrides=constant_overrides(gate_overrides, self.gate_names),
             unroll=unroll,
         )
-        outputs = hs if valid is None else jnp.where(valid[..., None], hs, jnp.zeros((), dtype))
-        return carry, outputs, gates
+        return carry, zero_invalid(valid, hs), gates

@@ -1,8 +1,8 @@
-"""What the parallel-scan cells share: a diagonal linear recurrence run in two modes.
+"""What the parallel-scan cells share: a diagonal linear recurrence run by two loops.
 
 A cell here only says how its projected input becomes the decay logs :math:`\\ell_t`, the
 recurrence inputs :math:`b_t` and its gates (:meth:`DiagonalCell.coefficients`); stepping, the
-parallel scan, masks, reverse and overrides are common, so the two modes cannot drift apart.
+parallel scan, masks, reverse and overrides are common, so the two loops cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from flax.nnx.nn import initializers
 
 from gatenets._typing import Array
 from gatenets.cells.base import GatedCell, compute_dtype, state_dtype
-from gatenets.gates import GateOverride
+from gatenets.gates import GateOverride, zero_invalid
 from gatenets.kernels.parallel_scan import linear_recurrence
-
-MODES = ("parallel", "sequential")
+from gatenets.loop import Loop
 
 
 class DiagonalCarry(NamedTuple):
@@ -37,19 +36,20 @@ class DiagonalCell(GatedCell):
     that depend on the input only.
 
     Over a sequence, :meth:`coefficients` runs once for all steps (in float32) and
-    ``mode="parallel"`` solves the recurrence with a log-space associative scan, depth
-    :math:`O(\\log T)`; ``mode="sequential"`` with ``jax.lax.scan``, one multiply-add per step
+    ``loop="associative"`` solves the recurrence with a log-space associative scan, depth
+    :math:`O(\\log T)`; ``loop="scan"`` with ``jax.lax.scan``, one multiply-add per step, which
+    ``"auto"`` picks on CPU, where it is the faster
     (:func:`gatenets.kernels.parallel_scan.linear_recurrence`). :meth:`step` runs one step, as
     ``__call__`` and ``flax.nnx.RNN`` use it.
     """
 
     carry_type = DiagonalCarry
+    loops = (Loop.ASSOCIATIVE, Loop.SCAN)
 
-    def __init__(self, in_features: int, hidden_features: int, *, mode: str, dtype, param_dtype):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
-        self.mode = mode
+    def _auto_order(self) -> tuple[Loop, ...]:
+        # The associative scan does more work for less depth, which pays only with many cores
+        # at once; on a CPU one multiply-add per step is faster (benchmarks/parallel_scan.py).
+        return (Loop.SCAN, Loop.ASSOCIATIVE) if jax.default_backend() == "cpu" else self.loops
 
     def coefficients(
         self, projected: Array, gate_overrides: Mapping[str, GateOverride] | None
@@ -88,6 +88,7 @@ class DiagonalCell(GatedCell):
         valid: Array | None,
         *,
         projected: bool,
+        loop: Loop | str = Loop.AUTO,
         reverse: bool = False,
         return_gates: bool = False,
         gate_overrides: Mapping[str, GateOverride] | None = None,
@@ -97,9 +98,10 @@ class DiagonalCell(GatedCell):
         """The :meth:`GatedCell.scan` contract.
 
         The gates read only the input, so the coefficients of every step are computed at once,
-        outside the time loop, in both modes; only the recurrence itself runs as an associative
-        scan (``"parallel"``) or one multiply-add per step (``"sequential"``).
+        outside the time loop, for both loops; only the recurrence itself runs as an associative
+        scan (``"associative"``) or one multiply-add per step (``"scan"``).
         """
+        loop = self.resolve_loop(loop, gate_overrides)
         if not projected:
             xs = self.project(xs)
         if xs.shape[0] == 0:
@@ -117,13 +119,11 @@ class DiagonalCell(GatedCell):
             carry.h.astype(jnp.float32),
             valid=valid,
             reverse=reverse,
-            method="associative" if self.mode == "parallel" else "sequential",
+            loop=loop,
             unroll=unroll,
         )
         final = h[0] if reverse else h[-1]
-        outputs = h.astype(xs.dtype)
-        if valid is not None:
-            outputs = jnp.where(valid[:, :, None], outputs, jnp.zeros((), outputs.dtype))
+        outputs = zero_invalid(valid, h.astype(xs.dtype))
         return (
             DiagonalCarry(h=final.astype(carry.h.dtype)),
             outputs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,25 @@ from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal
-from gatenets.gates import GateOverride, GRUCarry, GRUGates, apply_override
-from gatenets.kernels._common import check_kernel
+from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.gru import gru_sequence
+
+
+class GRUCarry(NamedTuple):
+    """State of a GRU between steps.
+
+    Attributes:
+      h: hidden state, ``[batch, hidden]``.
+    """
+
+    h: Array
+
+
+class GRUGates(NamedTuple):
+    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+
+    reset: Array
+    update: Array
 
 
 class GRUCell(FusedKernelCell):
@@ -31,6 +48,11 @@ class GRUCell(FusedKernelCell):
     With ``reset_after=False`` (Cho et al.'s original), it multiplies the state before the matmul:
     :math:`n_t = \tanh(W_{n} x_t + U_{n} (r_t \odot h_{t-1}) + b_n)`.
 
+    Loops (:class:`~gatenets.Loop`): ``"fused"``, the custom-VJP kernel of
+    :func:`gatenets.kernels.gru_sequence` (hand-written backward pass, weight gradients as one
+    matmul after the loop), wherever it applies: every case but ``reset_after=False`` and gate
+    overrides that are functions or arrays, which run ``"scan"``.
+
     Gate blocks are fused in PyTorch's order ``r, z, n``: ``kernel`` is
     ``[in_features, 3 * hidden]`` and ``recurrent_kernel`` ``[hidden, 3 * hidden]``. With
     ``reset_after=True`` the cell has PyTorch's two biases, ``bias`` (``b_i*``) and
@@ -46,12 +68,6 @@ class GRUCell(FusedKernelCell):
       bias_init: initialiser of the biases.
       dtype: dtype of the computation.
       param_dtype: dtype of the parameters.
-      kernel: how :meth:`scan` runs a sequence: ``"fused"``, the custom-VJP kernel of
-        :func:`gatenets.kernels.gru_sequence` (hand-written backward pass, weight gradients as
-        one matmul after the loop); ``"scan"``, ``jax.lax.scan`` over :meth:`step` with
-        autodiff; ``"auto"`` (default), the fused kernel wherever it applies, which is every
-        case but ``reset_after=False`` and gate overrides that are functions or arrays (those
-        run the generic scan). ``"fused"`` raises where it does not apply.
       remat: in the fused kernel, save only the hidden states for the backward pass and
         recompute the gates there (one more matmul per step): for long sequences.
       rngs: random streams for parameter initialisation.
@@ -85,17 +101,10 @@ class GRUCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
-        kernel: str = "auto",
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
-        self.kernel_choice = check_kernel(kernel)
-        if kernel == "fused" and not reset_after:
-            raise ValueError(
-                "kernel='fused' needs reset_after=True; got reset_after=False. Use kernel='auto' "
-                "or 'scan'."
-            )
         self.remat = bool(remat)
         self.reset_after = reset_after
         self.use_bias = use_bias
@@ -129,8 +138,10 @@ class GRUCell(FusedKernelCell):
             )
         return bias.astype(dtype)
 
-    def _fused_applies(self) -> bool:
-        return self.reset_after
+    def _fused_unsupported(self) -> str | None:
+        if not self.reset_after:
+            return "the fused GRU kernel needs reset_after=True; got reset_after=False"
+        return None
 
     def _fused_scan(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,28 @@ from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal, state_dtype
-from gatenets.gates import GateOverride, LSTMCarry, LSTMGates, apply_override
-from gatenets.kernels._common import check_kernel
+from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.lstm import lstm_sequence
+
+
+class LSTMCarry(NamedTuple):
+    """State of an LSTM between steps.
+
+    Attributes:
+      c: cell state, ``[batch, hidden]`` (kept in float32 when the cell computes in bf16/f16).
+      h: hidden state, ``[batch, hidden]`` or ``[batch, proj]`` with a projection.
+    """
+
+    c: Array
+    h: Array
+
+
+class LSTMGates(NamedTuple):
+    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+
+    input: Array
+    forget: Array
+    output: Array
 
 
 class LSTMCell(FusedKernelCell):
@@ -29,6 +49,11 @@ class LSTMCell(FusedKernelCell):
 
     The peephole terms :math:`p \odot c` exist only with ``peephole=True``; the projection
     :math:`W_{hr}` only with ``proj_size`` (PyTorch's LSTMP, Sak et al. 2014).
+
+    Loops (:class:`~gatenets.Loop`): ``"fused"``, the custom-VJP kernel of
+    :func:`gatenets.kernels.lstm_sequence` (hand-written backward pass, weight gradients as one
+    matmul after the loop), wherever it applies: every case but ``peephole``, ``proj_size`` and
+    gate overrides that are functions or arrays, which run ``"scan"``.
 
     The four gate blocks are fused in one kernel in PyTorch's order ``i, f, g, o``:
     ``kernel`` is ``[in_features, 4 * hidden]``, ``recurrent_kernel`` is
@@ -51,12 +76,6 @@ class LSTMCell(FusedKernelCell):
       bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
       dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
       param_dtype: dtype of the parameters.
-      kernel: how :meth:`scan` runs a sequence: ``"fused"``, the custom-VJP kernel of
-        :func:`gatenets.kernels.lstm_sequence` (hand-written backward pass, weight gradients as
-        one matmul after the loop); ``"scan"``, ``jax.lax.scan`` over :meth:`step` with
-        autodiff; ``"auto"`` (default), the fused kernel wherever it applies, which is every
-        case but ``peephole``, ``proj_size`` and gate overrides that are functions or arrays
-        (those run the generic scan). ``"fused"`` raises where it does not apply.
       remat: in the fused kernel, save only the states for the backward pass and recompute the
         gates there (two hidden-sized arrays saved per step instead of six, for one more matmul
         per step): for long sequences. Pays fully with the input matmul inside the loop
@@ -99,17 +118,10 @@ class LSTMCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
-        kernel: str = "auto",
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
-        self.kernel_choice = check_kernel(kernel)
-        if kernel == "fused" and (peephole or proj_size is not None):
-            raise ValueError(
-                "kernel='fused' supports neither peephole nor proj_size; got "
-                f"peephole={peephole!r}, proj_size={proj_size!r}. Use kernel='auto' or 'scan'."
-            )
         self.remat = bool(remat)
         if proj_size is not None and (not isinstance(proj_size, int) or proj_size <= 0):
             raise ValueError(f"proj_size must be a positive int or None; got {proj_size!r}.")
@@ -169,8 +181,13 @@ class LSTMCell(FusedKernelCell):
             bias = bias + self.recurrent_bias[...]
         return bias.astype(dtype)
 
-    def _fused_applies(self) -> bool:
-        return not self.peephole and self.proj_size is None
+    def _fused_unsupported(self) -> str | None:
+        if self.peephole or self.proj_size is not None:
+            return (
+                "the fused LSTM kernel supports neither peephole nor proj_size; got "
+                f"peephole={self.peephole!r}, proj_size={self.proj_size!r}"
+            )
+        return None
 
     def _fused_scan(
         self,

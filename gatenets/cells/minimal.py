@@ -13,7 +13,6 @@ from flax.nnx.nn import initializers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.diagonal import DiagonalCell
 from gatenets.gates import GateOverride, apply_override
-from gatenets.recurrent import RecurrentStack
 
 
 class MinGRUGates(NamedTuple):
@@ -39,7 +38,6 @@ class _MinimalCell(DiagonalCell):
         in_features: int,
         hidden_features: int,
         *,
-        mode: str = "parallel",
         use_bias: bool = True,
         kernel_init: Initializer = initializers.lecun_normal(),
         bias_init: Initializer = initializers.zeros_init(),
@@ -48,7 +46,7 @@ class _MinimalCell(DiagonalCell):
         rngs: nnx.Rngs,
     ):
         super().__init__(
-            in_features, hidden_features, mode=mode, dtype=dtype, param_dtype=param_dtype
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
         )
         self.use_bias = use_bias
         shape = (in_features, self.num_blocks * hidden_features)
@@ -66,11 +64,11 @@ class MinGRUCell(_MinimalCell):
         h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
 
     Because nothing inside the gates depends on :math:`h_{t-1}`, a whole sequence is one linear
-    recurrence; ``mode="parallel"`` solves it with a log-space associative scan
-    (:math:`\log(1 - z_t) = -\mathrm{softplus}(W_z x_t + b_z)` exactly), ``mode="sequential"``
+    recurrence; ``loop="associative"`` solves it with a log-space associative scan
+    (:math:`\log(1 - z_t) = -\mathrm{softplus}(W_z x_t + b_z)` exactly), ``loop="scan"``
     with ``lax.scan``, one multiply-add per step. The parallel scan trades more work for
     :math:`O(\log T)` depth, which pays only where enough cores run it at once: on a CPU the
-    sequential mode is the faster (``benchmarks/parallel_scan.py``). The candidate is the
+    ``"scan"`` loop is the faster (``benchmarks/parallel_scan.py``). The candidate is the
     paper's plain linear map: the scan handles signed values, so
     the positivity activation of the paper's log-space variant is not needed.
 
@@ -80,7 +78,6 @@ class MinGRUCell(_MinimalCell):
     Args:
       in_features: size of the last axis of each input step.
       hidden_features: size of the hidden state.
-      mode: ``"parallel"`` (associative scan over time) or ``"sequential"`` (``lax.scan``).
       use_bias: whether the projections have a bias.
       kernel_init: initialiser of the input kernel.
       bias_init: initialiser of the bias.
@@ -139,7 +136,6 @@ class MinLSTMCell(_MinimalCell):
     Args:
       in_features: size of the last axis of each input step.
       hidden_features: size of the hidden state.
-      mode: ``"parallel"`` (associative scan over time) or ``"sequential"`` (``lax.scan``).
       use_bias: whether the projections have a bias.
       kernel_init: initialiser of the input kernel.
       bias_init: initialiser of the bias.
@@ -184,45 +180,3 @@ class MinLSTMCell(_MinimalCell):
             forget=forget.astype(projected.dtype), input=input_.astype(projected.dtype)
         )
         return log_forget, input_ * candidate, gates
-
-
-class MinGRU(RecurrentStack):
-    """A (stacked, optionally bidirectional) minGRU layer.
-
-    Each layer is a :class:`~gatenets.MinGRUCell` run by :class:`~gatenets.RNN`; arguments are
-    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``mode``, ``use_bias``,
-    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
-    :class:`~gatenets.MinGRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.MinGRU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
-      >>> y, trace = model(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0]),
-      ...                  return_gates=True)
-      >>> y.shape, sorted(trace.flat())[0]
-      ((4, 6, 16), 'layer0/backward/update')
-    """
-
-    cell_type = MinGRUCell
-
-
-class MinLSTM(RecurrentStack):
-    """A (stacked, optionally bidirectional) minLSTM layer.
-
-    Each layer is a :class:`~gatenets.MinLSTMCell` run by :class:`~gatenets.RNN`; arguments are
-    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``mode``, ``use_bias``,
-    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
-    :class:`~gatenets.MinLSTMGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.MinLSTM(3, 8, num_layers=2, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"layer1": {"forget": 1.0}}).shape
-      (4, 6, 8)
-    """
-
-    cell_type = MinLSTMCell

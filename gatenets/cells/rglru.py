@@ -14,7 +14,6 @@ from flax.nnx.nn import initializers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.diagonal import DiagonalCell
 from gatenets.gates import GateOverride, apply_override
-from gatenets.recurrent import RecurrentStack
 
 
 class RGLRUGates(NamedTuple):
@@ -68,7 +67,7 @@ def decay_init(min_decay: float, max_decay: float, c: float) -> Initializer:
     return init
 
 
-class RGLRU(DiagonalCell):
+class RGLRUCell(DiagonalCell):
     r"""Real-gated linear recurrent unit (RG-LRU) of Griffin (De et al., 2024).
 
     .. math::
@@ -83,7 +82,7 @@ class RGLRU(DiagonalCell):
     :math:`\sqrt{1 - a_t^2}` is computed as :math:`\sqrt{-\mathrm{expm1}(2 \log a_t)}` with its
     derivative capped at ``max_sqrt_gradient`` (1000, as Griffin), since it is infinite at
     :math:`a_t = 1`. The recurrence is diagonal and its gates read only the input, so
-    ``mode="parallel"`` runs it with a log-space associative scan.
+    ``loop="associative"`` runs it with a log-space associative scan.
 
     Griffin feeds the RG-LRU the output of a linear layer (and a short convolution) of width
     ``hidden``; here that linear layer is the cell's value block :math:`W_v`, so the cell takes
@@ -94,7 +93,6 @@ class RGLRU(DiagonalCell):
     Args:
       in_features: size of the last axis of each input step.
       hidden_features: width of the recurrence.
-      mode: ``"parallel"`` (associative scan over time) or ``"sequential"`` (``lax.scan``).
       c: the fixed scalar exponent of the decay (8 in Griffin).
       min_decay: lower end of the initial decay :math:`a`.
       max_decay: upper end of the initial decay :math:`a`.
@@ -110,7 +108,7 @@ class RGLRU(DiagonalCell):
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> import gatenets
-      >>> cell = gatenets.RGLRU(3, 4, rngs=nnx.Rngs(0))
+      >>> cell = gatenets.RGLRUCell(3, 4, rngs=nnx.Rngs(0))
       >>> a = jnp.exp(-jax.nn.softplus(cell.decay[...]))
       >>> bool((a >= 0.9).all() & (a <= 0.999).all())
       True
@@ -130,7 +128,6 @@ class RGLRU(DiagonalCell):
         in_features: int,
         hidden_features: int,
         *,
-        mode: str = "parallel",
         c: float = 8.0,
         min_decay: float = 0.9,
         max_decay: float = 0.999,
@@ -143,7 +140,7 @@ class RGLRU(DiagonalCell):
         rngs: nnx.Rngs,
     ):
         super().__init__(
-            in_features, hidden_features, mode=mode, dtype=dtype, param_dtype=param_dtype
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
         )
         if not (isinstance(c, int | float) and np.isfinite(c) and c > 0):
             raise ValueError(f"c must be a positive finite number; got {c!r}.")
@@ -182,23 +179,3 @@ class RGLRU(DiagonalCell):
             recurrence=recurrence.astype(projected.dtype), input=input_.astype(projected.dtype)
         )
         return log_a, normaliser * (input_ * value), gates
-
-
-class RGLRUStack(RecurrentStack):
-    """A (stacked, optionally bidirectional) layer of :class:`~gatenets.RGLRU` cells.
-
-    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``mode``, ``c``,
-    ``min_decay``, ``max_decay``, ``max_sqrt_gradient``, initialisers, ``dtype``,
-    ``param_dtype``) go to every layer's cell. Gate traces hold :class:`~gatenets.RGLRUGates`
-    under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.RGLRUStack(3, 8, num_layers=2, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"recurrence": 0.0}).shape
-      (4, 6, 8)
-    """
-
-    cell_type = RGLRU

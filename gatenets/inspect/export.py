@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from gatenets.gates import GateTrace, GRUGates, LSTMGates
+from gatenets.cells.gru import GRUGates
+from gatenets.cells.lstm import LSTMGates
+from gatenets.gates import GateTrace
 from gatenets.inspect.statistics import _check_trace
 
 _KNOWN_GATES: dict[str, type] = {"LSTMGates": LSTMGates, "GRUGates": GRUGates}

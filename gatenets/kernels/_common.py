@@ -1,4 +1,4 @@
-"""Pieces shared by the sequence kernels: kernel choice, constant overrides, time shifts."""
+"""Pieces shared by the sequence kernels: constant overrides, time shifts, flat matmuls."""
 
 from __future__ import annotations
 
@@ -11,15 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gatenets._typing import Array
-
-KERNELS = ("auto", "scan", "fused")
-
-
-def check_kernel(kernel: Any) -> str:
-    """Raises unless ``kernel`` is one of :data:`KERNELS`."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}.")
-    return kernel
 
 
 def constant_overrides(

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
+from gatenets.gates import hold_invalid
 from gatenets.kernels._common import flat_matmul, previous
 
 
@@ -90,9 +91,7 @@ def _forward(
             config.overrides,
         )
         _, z, n, _ = jnp.split(values, 4, axis=-1)
-        h_new = (1.0 - z) * n + z * h
-        if valid_t is not None:
-            h_new = jnp.where(valid_t[:, None], h_new, h)
+        h_new = hold_invalid(valid_t, (1.0 - z) * n + z * h, h)
         return h_new, (h_new, values if keep_values else None)
 
     h_last, (hs, values) = jax.lax.scan(

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
+from gatenets.gates import hold_invalid
 from gatenets.kernels._common import flat_matmul, previous
 
 
@@ -82,10 +83,7 @@ def _forward(
         acts = jnp.concatenate([i, f, g, o], axis=-1) if keep_acts else None
         c_new = f * c + i * g
         h_new = (o * jnp.tanh(c_new)).astype(dtype)
-        if valid_t is not None:
-            keep = valid_t[:, None]
-            c_new = jnp.where(keep, c_new, c)
-            h_new = jnp.where(keep, h_new, h)
+        c_new, h_new = hold_invalid(valid_t, (c_new, h_new), (c, h))
         return (c_new, h_new), (c_new if for_backward else None, h_new, acts)
 
     (c_last, h_last), (cs, hs, acts) = jax.lax.scan(

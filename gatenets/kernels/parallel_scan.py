@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
+from gatenets.gates import hold_invalid
+from gatenets.loop import Loop, as_loop
 
 
 def _combine(earlier: tuple[Array, Array], later: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -40,7 +42,7 @@ def linear_recurrence(
     *,
     valid: Array | None = None,
     reverse: bool = False,
-    method: str = "associative",
+    loop: Loop | str = Loop.ASSOCIATIVE,
     unroll: int = 1,
 ) -> Array:
     r"""All states of :math:`h_t = e^{\ell_t} h_{t-1} + b_t` over the leading (time) axis.
@@ -52,9 +54,9 @@ def linear_recurrence(
       valid: ``[time, batch]`` booleans or None. An invalid step holds the state exactly
         (:math:`\ell_t = 0, b_t = 0`), so padding never leaks into later valid steps.
       reverse: run from the last step to the first (states stay in time order).
-      method: ``"associative"`` (``jax.lax.associative_scan``, depth :math:`O(\log T)`) or
-        ``"sequential"`` (``jax.lax.scan``, one multiply-add per step).
-      unroll: steps per loop iteration of the sequential method.
+      loop: ``"associative"`` (``jax.lax.associative_scan``, depth :math:`O(\log T)`) or
+        ``"scan"`` (``jax.lax.scan``, one multiply-add per step).
+      unroll: steps per loop iteration of ``"scan"``.
 
     Returns:
       ``[time, batch, hidden]`` states :math:`h_t`, in ``b``'s dtype; the last processed one is
@@ -76,11 +78,13 @@ def linear_recurrence(
         raise ValueError(f"h0 must be [batch, hidden] = {b.shape[1:]}; got {h0.shape}.")
     if b.shape[0] == 0:
         return b
-    if valid is not None:
-        keep = valid[:, :, None]
-        log_a = jnp.where(keep, log_a, jnp.zeros((), log_a.dtype))
-        b = jnp.where(keep, b, jnp.zeros((), b.dtype))
-    if method == "sequential":
+    loop = as_loop(loop)
+    if loop not in (Loop.ASSOCIATIVE, Loop.SCAN):
+        raise ValueError(f"loop must be 'associative' or 'scan'; got {str(loop)!r}.")
+    # An invalid step is the identity (a = 1, b = 0): the state is held.
+    log_a = hold_invalid(valid, log_a, jnp.zeros((), log_a.dtype))
+    b = hold_invalid(valid, b, jnp.zeros((), b.dtype))
+    if loop is Loop.SCAN:
 
         def body(h, step):
             a_t, b_t = step
@@ -90,8 +94,6 @@ def linear_recurrence(
         a = jnp.exp(log_a)
         _, h = jax.lax.scan(body, h0.astype(b.dtype), (a, b), reverse=reverse, unroll=unroll)
         return h
-    if method != "associative":
-        raise ValueError(f"method must be 'associative' or 'sequential'; got {method!r}.")
     if reverse:
         log_a, b = log_a[::-1], b[::-1]
     # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
