@@ -4,8 +4,8 @@ For each sequence length T, every model takes the same optax Adam train step (fo
 backward, update) on the same ``[batch, T, features]`` batch: ``gatenets.GRU`` (the peer), and
 ``MinGRU``, ``MinLSTM`` and ``RGLRU`` each with ``loop="associative"`` ("parallel": log-space
 associative scan) and ``loop="scan"`` ("sequential": ``lax.scan``). The models are timed in
-interleaved rounds after warm-up and the median is reported, with the ratio ``GRU_ms / model_ms`` (above 1:
-faster than the GRU) and ``sequential_ms / parallel_ms`` for each cell (above 1: the
+interleaved rounds after warm-up and the median is reported, with the ratio
+``GRU_ms / model_ms`` (above 1: faster than the GRU) and ``sequential_ms / parallel_ms`` for each cell (above 1: the
 parallel scan wins).
 
     python benchmarks/parallel_scan.py                      # T = 256, 1024, 4096

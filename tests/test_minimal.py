@@ -339,7 +339,11 @@ def test_rglru_decay_init_and_bounded_square_root_gradient():
             ValueError,
             "min_decay",
         ),
-        (lambda: gatenets.RGLRUCell(I, H, max_decay=1.0, rngs=nnx.Rngs(0)), ValueError, "max_decay"),
+        (
+            lambda: gatenets.RGLRUCell(I, H, max_decay=1.0, rngs=nnx.Rngs(0)),
+            ValueError,
+            "max_decay",
+        ),
         (
             lambda: gatenets.RGLRUCell(I, H, max_sqrt_gradient=0.0, rngs=nnx.Rngs(0)),
             ValueError,
