@@ -5,8 +5,8 @@ backward, update) on the same ``[batch, T, features]`` batch: ``gatenets.GRU`` (
 ``MinGRU``, ``MinLSTM`` and ``RGLRU`` each with ``loop="associative"`` ("parallel": log-space
 associative scan) and ``loop="scan"`` ("sequential": ``lax.scan``). The models are timed in
 interleaved rounds after warm-up and the median is reported, with the ratio
-``GRU_ms / model_ms`` (above 1: faster than the GRU) and ``sequential_ms / parallel_ms`` for each cell (above 1: the
-parallel scan wins).
+``GRU_ms / model_ms`` (above 1: faster than the GRU) and ``sequential_ms / parallel_ms`` for
+each cell (above 1: the parallel scan wins).
 
     python benchmarks/parallel_scan.py                      # T = 256, 1024, 4096
     python benchmarks/parallel_scan.py --lengths 64 --repeats 3   # a quick look
