@@ -14,7 +14,11 @@ from collections.abc import Sequence
 import gatenets
 
 # Feature modules that add subcommands, in the order they appear in --help.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("gatenets.train.cli", "gatenets.inspect.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "gatenets.train.cli",
+    "gatenets.inspect.cli",
+    "gatenets.bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
