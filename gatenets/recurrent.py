@@ -80,6 +80,25 @@ def _check_carry(carry: Any, expected: Any, name: str) -> Any:
     )
 
 
+class PreparedSequence(NamedTuple):
+    """A checked call of :class:`RNN`, ready for :meth:`GatedCell.scan` (time-major).
+
+    Attributes:
+      xs: ``[time, batch, features]`` inputs, or ``[time, batch, blocks * hidden]`` if
+        ``projected``.
+      valid: ``[time, batch]`` booleans, or None when every step is valid.
+      carry: the initial carry.
+      recurrent_mask: ``[batch, output_features]`` dropout mask on ``h``, or None.
+      projected: whether ``xs`` went through the cell's input projection.
+    """
+
+    xs: Array
+    valid: Array | None
+    carry: Any
+    recurrent_mask: Array | None
+    projected: bool
+
+
 class RNN(nnx.Module):
     """Runs a gated cell over a sequence, with the loop ``loop`` names.
 
@@ -216,42 +235,83 @@ class RNN(nnx.Module):
           ``return_carry``, ``(outputs, trace)`` with ``return_gates``,
           ``(carry, outputs, trace)`` with both.
         """
+        return_carry = self.return_carry if return_carry is None else return_carry
+        prepared = self.prepare(
+            inputs,
+            initial_carry=initial_carry,
+            seq_lengths=seq_lengths,
+            mask=mask,
+            gate_overrides=gate_overrides,
+        )
+        carry, outputs, gates = self.cell.scan(
+            prepared.carry,
+            prepared.xs,
+            prepared.valid,
+            projected=prepared.projected,
+            loop=self.loop,
+            reverse=self.reverse,
+            return_gates=return_gates,
+            gate_overrides=gate_overrides,
+            recurrent_mask=prepared.recurrent_mask,
+            unroll=self.unroll,
+        )
+        return self.finish(prepared, carry, outputs, gates, return_carry, return_gates)
+
+    def prepare(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Array | None = None,
+        mask: Array | None = None,
+        gate_overrides: Mapping[str, Any] | None = None,
+    ) -> PreparedSequence:
+        """Checks a call's arguments and makes what :meth:`GatedCell.scan` takes."""
         x, batch, time = _check_sequence(self.cell, inputs, self.time_major)
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
         check_gate_names(gate_overrides, self.cell.gate_names, f"{type(self.cell).__name__}")
-        return_carry = self.return_carry if return_carry is None else return_carry
-        carry = self._initial_carry(batch, initial_carry)
-        recurrent_mask = self._recurrent_mask(batch)
-
         xs = x if self.time_major else jnp.swapaxes(x, 0, 1)
         precompute = self.precompute_inputs
         if precompute is None:
             precompute = jax.default_backend() != "cpu"
         if precompute:
             xs = self.cell.project(xs)
-        carry, outputs, gates = self.cell.scan(
-            carry,
-            xs,
-            None if valid is None else valid.T,
+        return PreparedSequence(
+            xs=xs,
+            valid=None if valid is None else valid.T,
+            carry=self._initial_carry(batch, initial_carry),
+            recurrent_mask=self._recurrent_mask(batch),
             projected=precompute,
-            loop=self.loop,
-            reverse=self.reverse,
-            return_gates=return_gates,
-            gate_overrides=gate_overrides,
-            recurrent_mask=recurrent_mask,
-            unroll=self.unroll,
         )
+
+    def finish(
+        self,
+        prepared: PreparedSequence,
+        carry: Any,
+        outputs: Array,
+        gates: Any,
+        return_carry: bool,
+        return_gates: bool,
+    ):
+        """The call's result from what :meth:`GatedCell.scan` returned (time-major)."""
         if not self.time_major:
             outputs = jnp.swapaxes(outputs, 0, 1)
-
         result: tuple = (outputs,)
         if return_carry:
             result = (carry, *result)
         if return_gates:
             gates = jax.tree_util.tree_map(lambda g: jnp.swapaxes(g, 0, 1), gates)
-            trace_mask = jnp.ones((batch, time), bool) if valid is None else valid
+            time, batch = prepared.xs.shape[:2]
+            valid = prepared.valid
+            trace_mask = jnp.ones((batch, time), bool) if valid is None else valid.T
             result = (*result, GateTrace({self.direction: gates}, trace_mask))
         return result[0] if len(result) == 1 else result
+
+
+def _same_overrides(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two directions got the very same overrides (by identity: arrays and functions
+    have no equality that says they compute the same)."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
 class Bidirectional(nnx.Module):
@@ -265,6 +325,11 @@ class Bidirectional(nnx.Module):
       backward_rnn: the backward pass (an ``RNN`` with ``reverse=True``).
       merge_fn: joins ``(forward_outputs, backward_outputs)``; concatenation on the last axis by
         default.
+      one_loop: run both directions in one loop, the backward pass over the time-reversed
+        sequence, each step one batched matmul for both (``jax.vmap`` over the direction): half
+        the loop iterations. It applies when both cells have the same structure and options
+        and both directions get the same overrides; otherwise the two passes run one after the
+        other. None (default) picks per backend (see ``Bidirectional.one_loop_default``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -285,6 +350,7 @@ class Bidirectional(nnx.Module):
         backward_rnn: RNN,
         *,
         merge_fn: Callable[[Array, Array], Array] | None = None,
+        one_loop: bool | None = None,
     ):
         if forward_rnn.reverse or not backward_rnn.reverse:
             raise ValueError(
@@ -296,6 +362,10 @@ class Bidirectional(nnx.Module):
         self.forward_rnn = forward_rnn
         self.backward_rnn = backward_rnn
         self.merge_fn = merge_fn
+        self.one_loop = one_loop
+
+    # Measured with ``gatenets bench --bidirectional`` (see the README's speed section).
+    one_loop_default: ClassVar[dict[str, bool]] = {"cpu": True}
 
     @property
     def cell(self) -> GatedCell:
@@ -322,19 +392,24 @@ class Bidirectional(nnx.Module):
                 "initial_carry of a Bidirectional layer must be a BidirectionalCarry(forward, "
                 f"backward); got {type(initial_carry).__name__}."
             )
-        results = []
-        for name, rnn in zip(directions, (self.forward_rnn, self.backward_rnn), strict=True):
-            results.append(
-                rnn(
-                    inputs,
-                    initial_carry=None if initial_carry is None else getattr(initial_carry, name),
-                    seq_lengths=seq_lengths,
-                    mask=mask,
-                    return_carry=True,
-                    return_gates=return_gates,
-                    gate_overrides=overrides[name] or None,
-                )
+        per_direction = [
+            dict(
+                initial_carry=None if initial_carry is None else getattr(initial_carry, name),
+                seq_lengths=seq_lengths,
+                mask=mask,
+                gate_overrides=overrides[name] or None,
             )
+            for name in directions
+        ]
+        if self._runs_in_one_loop(overrides):
+            results = self._one_loop(inputs, per_direction, return_gates)
+        else:
+            results = [
+                rnn(inputs, return_carry=True, return_gates=return_gates, **kwargs)
+                for rnn, kwargs in zip(
+                    (self.forward_rnn, self.backward_rnn), per_direction, strict=True
+                )
+            ]
         merge = self.merge_fn or (lambda a, b: jnp.concatenate([a, b], axis=-1))
         outputs = merge(results[0][1], results[1][1])
         result: tuple = (outputs,)
@@ -343,6 +418,71 @@ class Bidirectional(nnx.Module):
         if return_gates:
             result = (*result, merge_traces([results[0][2], results[1][2]]))
         return result[0] if len(result) == 1 else result
+
+
+    def _runs_in_one_loop(self, overrides: Mapping[str, Any]) -> bool:
+        one_loop = self.one_loop
+        if one_loop is None:
+            one_loop = self.one_loop_default.get(jax.default_backend(), False)
+        forward, backward = self.forward_rnn, self.backward_rnn
+        return (
+            one_loop
+            and nnx.graphdef(forward.cell) == nnx.graphdef(backward.cell)
+            and (forward.loop, forward.precompute_inputs, forward.unroll)
+            == (backward.loop, backward.precompute_inputs, backward.unroll)
+            and forward.recurrent_dropout.rate == backward.recurrent_dropout.rate
+            and _same_overrides(overrides["forward"], overrides["backward"])
+        )
+
+    def _one_loop(self, inputs, per_direction, return_gates):
+        """Both directions as one ``jax.vmap``-ed loop: the backward pass runs over the
+        time-reversed sequence, which is exactly what a reverse scan computes."""
+        rnns = (self.forward_rnn, self.backward_rnn)
+        prepared = [
+            rnn.prepare(inputs, **kwargs) for rnn, kwargs in zip(rnns, per_direction, strict=True)
+        ]
+        flipped = prepared[1]._replace(
+            xs=prepared[1].xs[::-1],
+            valid=None if prepared[1].valid is None else prepared[1].valid[::-1],
+        )
+        graphdef, forward_state = nnx.split(rnns[0].cell)
+        backward_state = nnx.state(rnns[1].cell)
+        stacked = jax.tree_util.tree_map(
+            lambda a, b: jnp.stack([a, b]),
+            (forward_state, prepared[0]._replace(projected=None)),
+            (backward_state, flipped._replace(projected=None)),
+        )
+        overrides = per_direction[0]["gate_overrides"]
+
+        def run(state, sequence):
+            return nnx.merge(graphdef, state).scan(
+                sequence.carry,
+                sequence.xs,
+                sequence.valid,
+                projected=prepared[0].projected,
+                loop=rnns[0].loop,
+                return_gates=return_gates,
+                gate_overrides=overrides,
+                recurrent_mask=sequence.recurrent_mask,
+                unroll=rnns[0].unroll,
+            )
+
+        carry, outputs, gates = jax.vmap(run)(*stacked)
+        results = []
+        for k, rnn in enumerate(rnns):
+            flip = (lambda a: a[::-1]) if k else (lambda a: a)
+            part = jax.tree_util.tree_map(lambda a, k=k: a[k], (carry, outputs, gates))
+            results.append(
+                rnn.finish(
+                    prepared[k],
+                    part[0],
+                    flip(part[1]),
+                    jax.tree_util.tree_map(flip, part[2]),
+                    True,
+                    return_gates,
+                )
+            )
+        return results
 
 
 class RecurrentStack(nnx.Module):
