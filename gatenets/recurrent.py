@@ -32,6 +32,7 @@ from gatenets.gates import (
     merge_traces,
     resolve_overrides,
     sequence_mask,
+    zero_invalid,
 )
 from gatenets.loop import Loop, as_loop
 
@@ -271,6 +272,10 @@ class RNN(nnx.Module):
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
         check_gate_names(gate_overrides, self.cell.gate_names, f"{type(self.cell).__name__}")
         xs = x if self.time_major else jnp.swapaxes(x, 0, 1)
+        if valid is not None:
+            # Padding never reaches the arithmetic: a NaN or inf there would otherwise meet a
+            # zero cotangent in the weight gradients (NaN * 0 = NaN) and poison every one.
+            xs = zero_invalid(valid.T, xs)
         precompute = self.precompute_inputs
         if precompute is None:
             precompute = jax.default_backend() != "cpu"

@@ -131,6 +131,41 @@ def test_bidirectional_in_one_loop_equals_two_passes_values_and_gradients(cell_t
             assert np.abs(np.asarray(a)).max() > 0
 
 
+@pytest.mark.parametrize(
+    "make_layer, loop",
+    [
+        (gatenets.LSTM, "fused"),
+        (gatenets.LSTM, "scan"),
+        (gatenets.GRU, "fused"),
+        (gatenets.GRU, "scan"),
+        (gatenets.MinGRU, "auto"),
+        (gatenets.MinLSTM, "associative"),
+        (gatenets.RGLRU, "auto"),
+    ],
+)
+def test_nan_and_inf_in_padding_leave_gradients_equal_to_zero_padding(make_layer, loop):
+    layer = make_layer(I, H, loop=loop, bidirectional=True, rngs=nnx.Rngs(0))
+    mask = np.array([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], bool)
+    clean = np.where(mask[:, :, None], inputs(), 0.0).astype(np.float32)
+    poisoned = clean.copy()
+    poisoned[0, 3:] = np.nan
+    poisoned[1, 0] = np.inf
+
+    def loss(layer, x):
+        return jnp.sum(layer(x, mask=jnp.asarray(mask)) ** 2)
+
+    grad = nnx.grad(loss, argnums=(0, 1))
+    (g_clean, gx_clean), (g_poisoned, gx_poisoned) = (
+        grad(layer, jnp.asarray(clean)),
+        grad(layer, jnp.asarray(poisoned)),
+    )
+    leaves = [jax.tree.leaves(nnx.state(g)) for g in (g_clean, g_poisoned)]
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(gx_clean, gx_poisoned)
+    np.testing.assert_array_equal(np.asarray(gx_poisoned)[~mask], 0.0)
+
+
 def test_time_major_equals_batch_major():
     rnn = lstm_rnn()
     x = jnp.asarray(inputs())
