@@ -24,6 +24,8 @@ class Loop(str, enum.Enum):
         weight gradients are one large matmul after the loop instead of one per step.
       ASSOCIATIVE: a log-space associative (parallel prefix) scan, :math:`O(\\log T)` depth,
         for the diagonal cells whose gates read only the input (minGRU, minLSTM, RG-LRU).
+      CUDNN: a whole LSTM stack as one cuDNN call on an NVIDIA GPU (``gatenets.LSTM`` only;
+        float32, no gates returned, no overrides, ``seq_lengths`` padding, dropout inactive).
 
     Example:
       >>> import gatenets
@@ -35,6 +37,7 @@ class Loop(str, enum.Enum):
     SCAN = "scan"
     FUSED = "fused"
     ASSOCIATIVE = "associative"
+    CUDNN = "cudnn"
 
     def __str__(self) -> str:
         return self.value

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.cells.base import GatedCell
+from gatenets.cells.base import GatedCell, compute_dtype
 from gatenets.cells.gru import GRUCell
-from gatenets.cells.lstm import LSTMCell
+from gatenets.cells.lstm import LSTMCarry, LSTMCell
 from gatenets.cells.minimal import MinGRUCell, MinLSTMCell
 from gatenets.cells.rglru import RGLRUCell
 from gatenets.gates import (
@@ -424,7 +424,6 @@ class Bidirectional(nnx.Module):
             result = (*result, merge_traces([results[0][2], results[1][2]]))
         return result[0] if len(result) == 1 else result
 
-
     def _runs_in_one_loop(self, overrides: Mapping[str, Any]) -> bool:
         one_loop = self.one_loop
         if one_loop is None:
@@ -543,6 +542,13 @@ class RecurrentStack(nnx.Module):
         self.num_layers = num_layers
         self.bidirectional = bidirectional
         self.time_major = time_major
+        self.loop = as_loop(loop)
+        if self.loop is Loop.CUDNN and self.cell_type is not LSTMCell:
+            raise ValueError(
+                f"loop='cudnn' runs LSTM stacks only; got {type(self).__name__}. Use loop='auto'."
+            )
+        # cuDNN runs the whole stack; each layer keeps its own loop for what cuDNN cannot do.
+        layer_loop = Loop.AUTO if self.loop is Loop.CUDNN else self.loop
         layers = []
         features = in_features
         for _ in range(num_layers):
@@ -550,7 +556,7 @@ class RecurrentStack(nnx.Module):
             def make_rnn(reverse, features=features):
                 return RNN(
                     self.cell_type(features, hidden_features, rngs=rngs, **cell_kwargs),
-                    loop=loop,
+                    loop=layer_loop,
                     time_major=time_major,
                     reverse=reverse,
                     learn_initial_carry=learn_initial_carry,
@@ -568,6 +574,87 @@ class RecurrentStack(nnx.Module):
         self.layers = nnx.List(layers)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.out_features = features
+        if self.loop is Loop.CUDNN:
+            reason = self._cudnn_unsupported()
+            if reason is not None:
+                raise ValueError(f"loop='cudnn' does not apply: {reason}. Use loop='auto'.")
+
+    @property
+    def rnns(self) -> list[RNN]:
+        """Every pass in cuDNN's pseudo-layer order: layer 0 forward, layer 0 backward, …"""
+        if self.bidirectional:
+            return [rnn for layer in self.layers for rnn in (layer.forward_rnn, layer.backward_rnn)]
+        return list(self.layers)
+
+    def _cudnn_unsupported(
+        self, *, mask=None, return_gates=False, gate_overrides=None
+    ) -> str | None:
+        """Why this stack and call cannot run as one cuDNN call, or None if they can."""
+        from gatenets.kernels import cudnn
+
+        if self.cell_type is not LSTMCell:
+            return "cuDNN runs LSTM stacks only"
+        if not cudnn.available():
+            return "it needs a CUDA GPU with JAX's cuDNN RNN"
+        cells = [rnn.cell for rnn in self.rnns]
+        if any(c.peephole or c.proj_size is not None for c in cells):
+            return "cuDNN has no peepholes or projection"
+        if any(compute_dtype(c.dtype, c.param_dtype) != jnp.float32 for c in cells):
+            return "cuDNN's LSTM computes in float32 only"
+        if mask is not None:
+            return "it takes right padding by seq_lengths, not a general mask"
+        if return_gates:
+            return "cuDNN returns no gates (return_gates=True)"
+        if gate_overrides:
+            return "cuDNN takes no gate overrides"
+        dropouts = (self.dropout, *(rnn.recurrent_dropout for rnn in self.rnns))
+        if any(d.rate > 0 and not d.deterministic for d in dropouts):
+            return "dropout is active (training mode)"
+        return None
+
+    def _run_cudnn(self, inputs, initial_carry, seq_lengths):
+        """The whole stack as one cuDNN call; returns ``(carries, outputs)``."""
+        from gatenets.kernels import cudnn
+
+        rnns = self.rnns
+        x, batch, time = _check_sequence(rnns[0].cell, inputs, self.time_major)
+        valid = sequence_mask(batch, time, seq_lengths=seq_lengths)
+        x = x if not self.time_major else jnp.swapaxes(x, 0, 1)
+        if valid is not None:
+            x = zero_invalid(valid, x)
+        lengths = jnp.full((batch,), time, jnp.int32) if seq_lengths is None else seq_lengths
+        given: list[Any] = []
+        for k in range(self.num_layers):
+            layer_carry = None if initial_carry is None else initial_carry[k]
+            if not self.bidirectional:
+                given.append(layer_carry)
+            elif layer_carry is None:
+                given += [None, None]
+            elif isinstance(layer_carry, BidirectionalCarry):
+                given += [layer_carry.forward, layer_carry.backward]
+            else:
+                raise TypeError(
+                    f"initial_carry[{k}] of a bidirectional layer must be a BidirectionalCarry"
+                    f"(forward, backward); got {type(layer_carry).__name__}."
+                )
+        carries = [rnn._initial_carry(batch, c) for rnn, c in zip(rnns, given, strict=True)]
+        y, h_n, c_n = cudnn.lstm_stack(
+            x.astype(jnp.float32),
+            jnp.stack([c.h for c in carries]),
+            jnp.stack([c.c for c in carries]),
+            cudnn.pack_lstm_weights([rnn.cell for rnn in rnns]),
+            lengths,
+            input_size=x.shape[-1],
+            hidden_size=self.hidden_features,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+        )
+        finals = [LSTMCarry(c=c_n[k], h=h_n[k]) for k in range(len(rnns))]
+        if self.bidirectional:
+            finals = [
+                BidirectionalCarry(*finals[2 * k : 2 * k + 2]) for k in range(len(finals) // 2)
+            ]
+        return tuple(finals), (jnp.swapaxes(y, 0, 1) if self.time_major else y)
 
     @property
     def cell(self) -> GatedCell:
@@ -621,6 +708,15 @@ class RecurrentStack(nnx.Module):
                     else "."
                 )
             )
+        if self.loop in (Loop.AUTO, Loop.CUDNN):
+            reason = self._cudnn_unsupported(
+                mask=mask, return_gates=return_gates, gate_overrides=gate_overrides
+            )
+            if reason is None:
+                carries, outputs = self._run_cudnn(inputs, initial_carry, seq_lengths)
+                return (carries, outputs) if return_carry else outputs
+            if self.loop is Loop.CUDNN:
+                raise ValueError(f"loop='cudnn' does not apply: {reason}. Use loop='auto'.")
         x = inputs
         carries, traces = [], []
         for k, layer in enumerate(self.layers):

@@ -1,0 +1,152 @@
+"""The cuDNN LSTM path, run on CPU with JAX's pure-JAX ``lstm_ref`` standing in for cuDNN.
+
+Every line of the dispatch — weight packing, carries, padding, time-major layouts, the
+gradient back to gatenets' parameters — runs here; only JAX's own cuDNN call is replaced.
+Values and gradients must equal gatenets' fused kernels.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.experimental import rnn as jax_rnn
+
+import gatenets
+from gatenets.kernels import cudnn
+
+B, T, I, H = 3, 5, 4, 6
+
+
+@pytest.fixture
+def reference_cudnn(monkeypatch):
+    monkeypatch.setattr(cudnn, "available", lambda: True)
+    monkeypatch.setattr(cudnn, "lstm_call", cudnn.reference_lstm_call)
+
+
+def randomized(layer, seed):
+    rng = np.random.default_rng(seed)
+    state = nnx.state(layer, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    new = [jnp.asarray(0.5 * rng.standard_normal(np.shape(v)), jnp.float32) for v in leaves]
+    nnx.update(layer, jax.tree.unflatten(treedef, new))
+    return layer
+
+
+CONFIGS = {
+    "1-layer lengths batch-first": dict(num_layers=1, bidirectional=False, lengths=[5, 2, 4]),
+    "2-layer bi lengths-with-0 time-major": dict(
+        num_layers=2, bidirectional=True, lengths=[5, 0, 3], time_major=True
+    ),
+    "2-layer unpadded time-major double-bias": dict(
+        num_layers=2, bidirectional=False, lengths=None, time_major=True, use_recurrent_bias=True
+    ),
+    "1-layer bi unpadded chrono": dict(
+        num_layers=1, bidirectional=True, lengths=None, chrono_init=8.0
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cudnn_path_equals_the_fused_kernel_values_and_gradients(reference_cudnn, name):
+    config = dict(CONFIGS[name])
+    lengths = config.pop("lengths")
+    time_major = config.get("time_major", False)
+    layers = [
+        randomized(gatenets.LSTM(I, H, loop=loop, rngs=nnx.Rngs(0), **config), seed=1)
+        for loop in ("cudnn", "fused")
+    ]
+    x = np.random.default_rng(2).standard_normal((B, T, I)).astype(np.float32)
+    x = jnp.asarray(x.swapaxes(0, 1) if time_major else x)
+    seq_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+    weights = jnp.asarray(np.random.default_rng(3).standard_normal((B, T, H)), jnp.float32)
+    weights = jnp.concatenate([weights] * (2 if config["bidirectional"] else 1), axis=-1)
+
+    def loss(layer, x):
+        carries, y = layer(x, seq_lengths=seq_lengths, return_carry=True)
+        y = y.swapaxes(0, 1) if time_major else y
+        return jnp.sum(weights * y) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(carries))
+
+    results = [nnx.value_and_grad(loss, argnums=(0, 1))(layer, x) for layer in layers]
+    (value_c, (grads_c, gx_c)), (value_f, (grads_f, gx_f)) = results
+    np.testing.assert_allclose(value_c, value_f, rtol=1e-5)
+    np.testing.assert_allclose(gx_c, gx_f, atol=1e-5)
+    leaves_c, leaves_f = (jax.tree.leaves(nnx.state(g, nnx.Param)) for g in (grads_c, grads_f))
+    assert len(leaves_c) == len(leaves_f)
+    for a, b in zip(leaves_c, leaves_f, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        assert np.abs(np.asarray(a)).max() > 0
+
+
+def test_packed_weights_unpack_to_the_cells_parameters_exactly():
+    layer = randomized(
+        gatenets.LSTM(
+            I, H, num_layers=2, bidirectional=True, use_recurrent_bias=True, rngs=nnx.Rngs(0)
+        ),
+        seed=4,
+    )
+    rnns = [r for lay in layer.layers for r in (lay.forward_rnn, lay.backward_rnn)]
+    packed = cudnn.pack_lstm_weights([r.cell for r in rnns])
+    assert packed.shape == (jax_rnn.get_num_params_in_lstm(I, H, 2, True),)
+    w_ih, w_hh, b_ih, b_hh = jax_rnn.unpack_lstm_weights(packed, I, H, 2, True)
+    for k, rnn in enumerate(rnns):
+        np.testing.assert_array_equal(w_ih[k], rnn.cell.kernel[...].T)
+        np.testing.assert_array_equal(w_hh[k], rnn.cell.recurrent_kernel[...].T)
+        np.testing.assert_array_equal(b_ih[k], rnn.cell.bias[...])
+        np.testing.assert_array_equal(b_hh[k], rnn.cell.recurrent_bias[...])
+    # The forget bias of a fresh layer (1.0 by default) lands in cuDNN's b_if exactly.
+    fresh = gatenets.LSTM(I, H, rngs=nnx.Rngs(0))
+    _, _, b_ih, b_hh = jax_rnn.unpack_lstm_weights(
+        cudnn.pack_lstm_weights([fresh.layers[0].cell]), I, H, 1, False
+    )
+    np.testing.assert_array_equal(b_ih[0][H : 2 * H], 1.0)
+    np.testing.assert_array_equal(b_hh[0], 0.0)
+
+
+def test_auto_takes_cudnn_only_where_it_computes_the_request(reference_cudnn, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        cudnn, "lstm_call", lambda *a, **k: calls.append(1) or cudnn.reference_lstm_call(*a, **k)
+    )
+    layer = gatenets.LSTM(I, H, rngs=nnx.Rngs(0))
+    x = jnp.ones((B, T, I))
+    layer(x, seq_lengths=jnp.array([5, 1, 3]))
+    assert len(calls) == 1
+    for kwargs in (
+        {"return_gates": True},
+        {"gate_overrides": {"forget": 1.0}},
+        {"mask": jnp.ones((B, T), bool)},
+    ):
+        layer(x, **kwargs)
+        assert len(calls) == 1, kwargs
+    for make in (
+        lambda: gatenets.LSTM(I, H, peephole=True, rngs=nnx.Rngs(0)),
+        lambda: gatenets.LSTM(I, H, proj_size=2, rngs=nnx.Rngs(0)),
+        lambda: gatenets.LSTM(I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+        lambda: gatenets.GRU(I, H, rngs=nnx.Rngs(0)),
+    ):
+        make()(x)
+    assert len(calls) == 1
+    dropped = gatenets.LSTM(I, H, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+    dropped(x)
+    assert len(calls) == 1
+    dropped.eval()
+    dropped(x)
+    assert len(calls) == 2
+
+
+def test_cudnn_forced_where_it_cannot_apply_says_why(reference_cudnn):
+    with pytest.raises(ValueError, match="loop='cudnn' does not apply: cuDNN has no peepholes"):
+        gatenets.LSTM(I, H, peephole=True, loop="cudnn", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="loop='cudnn' runs LSTM stacks only"):
+        gatenets.GRU(I, H, loop="cudnn", rngs=nnx.Rngs(0))
+    layer = gatenets.LSTM(I, H, loop="cudnn", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="cuDNN returns no gates"):
+        layer(jnp.ones((B, T, I)), return_gates=True)
+    with pytest.raises(ValueError, match="not a general mask"):
+        layer(jnp.ones((B, T, I)), mask=jnp.ones((B, T), bool))
+
+
+def test_cudnn_without_a_gpu_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        gatenets.LSTM(I, H, loop="cudnn", rngs=nnx.Rngs(0))
