@@ -17,6 +17,7 @@ from gatenets.inspect.export import load_trace as load_trace
 from gatenets.inspect.export import save_trace as save_trace
 from gatenets.inspect.probe import GradientProfile as GradientProfile
 from gatenets.inspect.probe import PlainRNNCell as PlainRNNCell
+from gatenets.inspect.probe import gradient_contrast as gradient_contrast
 from gatenets.inspect.probe import gradient_through_time as gradient_through_time
 from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
 from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
@@ -93,6 +94,7 @@ __all__ = [
     "gate_heatmap",
     "gate_histograms",
     "gate_statistics",
+    "gradient_contrast",
     "gradient_plot",
     "gradient_through_time",
     "inspect_model",

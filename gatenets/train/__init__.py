@@ -25,9 +25,11 @@ from gatenets.train.loop import fit_hooks as fit_hooks
 from gatenets.train.loop import train_loop as train_loop
 from gatenets.train.run import LoadedRun as LoadedRun
 from gatenets.train.run import RunConfig as RunConfig
+from gatenets.train.run import TrainedModel as TrainedModel
 from gatenets.train.run import load_run as load_run
 from gatenets.train.run import make_optimizer as make_optimizer
 from gatenets.train.run import run as run
+from gatenets.train.run import train_model as train_model
 from gatenets.train.sharding import batch_placer as batch_placer
 from gatenets.train.sharding import data_parallel_mesh as data_parallel_mesh
 from gatenets.train.sharding import replicate as replicate
@@ -53,6 +55,7 @@ __all__ = [
     "RunConfig",
     "Schedule",
     "TrainLossLog",
+    "TrainedModel",
     "batch_placer",
     "data_parallel_mesh",
     "evaluate",
@@ -69,4 +72,5 @@ __all__ = [
     "run",
     "shard_batch",
     "train_loop",
+    "train_model",
 ]
