@@ -240,7 +240,22 @@ def collect_report(
     """Runs ``model`` over ``data``: streamed statistics, the first batch's trace and, with
     ``metric_fn``, the ablation of each gate over the first ``ablation_batches`` batches.
 
-    Arguments as for :func:`inspect_model`.
+    Args:
+      model: called as ``model(inputs, mask=…, return_gates=True, gate_overrides=…)``.
+      data: a batch or an iterable of batches (arrays or ``Batch(inputs, targets, mask)``).
+      metric_fn: ``metric_fn(outputs, batch) -> scalar``; adds the ablation.
+      metric_name: name of the metric in the ablation table.
+      ablation_value: the override for the ablation (0 closes a gate, 1 opens it).
+      ablation_batches: batches used for the ablation.
+      profiles: gradient-through-time profiles for the gradient picture (kept as given).
+      max_batches: stop after this many batches (for endless iterators).
+      progress: show a progress bar while collecting.
+      left: left-saturation threshold.
+      right: right-saturation threshold.
+      bins: histogram bins.
+
+    Returns:
+      :class:`ReportData`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -373,18 +388,9 @@ def inspect_model(
     directory: str | os.PathLike,
     *,
     decode: Callable[[Any], str] | None = None,
-    metric_fn: Callable[[Any, Any], Any] | None = None,
-    metric_name: str = "metric",
-    ablation_value: Any = 0.0,
-    ablation_batches: int = 2,
-    profiles: Sequence[GradientProfile] = (),
-    max_batches: int | None = None,
-    progress: bool = True,
     title: str = "gatenets gate report",
     notes: Sequence[str] = (),
-    left: float = 0.1,
-    right: float = 0.9,
-    bins: int = 20,
+    **collect_options: Any,
 ) -> ReportFiles:
     """Runs a model over data and writes the full gate report.
 
@@ -399,18 +405,11 @@ def inspect_model(
       data: a batch or an iterable of batches (arrays or ``Batch(inputs, targets, mask)``).
       directory: output directory.
       decode: maps a sequence of input ids to text; adds the character heatmap.
-      metric_fn: ``metric_fn(outputs, batch) -> scalar``; adds the ablation table.
-      metric_name: name of the metric in the table.
-      ablation_value: the override for the ablation (0 closes a gate, 1 opens it).
-      ablation_batches: batches used for the ablation.
-      profiles: gradient-through-time profiles for the gradient picture.
-      max_batches: stop after this many batches (for endless iterators).
-      progress: show a progress bar while collecting.
       title: report title.
       notes: paragraphs under the title.
-      left: left-saturation threshold.
-      right: right-saturation threshold.
-      bins: histogram bins.
+      **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
+        table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
+        the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
 
     Returns:
       :class:`ReportFiles`.
@@ -426,20 +425,7 @@ def inspect_model(
       >>> sorted(files.images)
       ['heatmap', 'histograms', 'saturation']
     """
-    collected = collect_report(
-        model,
-        data,
-        metric_fn=metric_fn,
-        metric_name=metric_name,
-        ablation_value=ablation_value,
-        ablation_batches=ablation_batches,
-        profiles=profiles,
-        max_batches=max_batches,
-        progress=progress,
-        left=left,
-        right=right,
-        bins=bins,
-    )
+    collected = collect_report(model, data, **collect_options)
     content = report_figures(collected, decode=decode)
     return write_report(
         directory,
