@@ -197,15 +197,37 @@ def fit_hooks(
     )
 
 
-def _check_fit_arguments(tx: Any, *, resume: bool, out_dir: Any, **counts: Any) -> None:
-    """Raises naming the first bad argument: ``tx`` must be optax, counts positive ints."""
+def _check_fit_arguments(
+    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
+) -> None:
+    """Raises naming the first bad argument: ``tx`` must be optax, the counts positive ints
+    (``eval_every`` may be 0; it and ``checkpoint_every`` may be None)."""
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation; got {type(tx).__name__}.")
+    counts = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        "log_every": log_every,
+        "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every,
+    }
     for name, value in counts.items():
         if value is not None:
             check_positive_int(name, value, minimum=0 if name == "eval_every" else 1)
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir, where the checkpoints are.")
+
+
+def _result(state: LoopState, hooks: FitHooks) -> FitResult:
+    """The :class:`FitResult` of a loop that ended in ``state``."""
+    seconds = state.seconds
+    return FitResult(
+        optimizer=state.optimizer,
+        step=state.step,
+        train_loss=hooks.train_log.mean,
+        valid=hooks.evaluation.metrics,
+        seconds=seconds,
+        steps_per_second=(state.step - state.start) / seconds if seconds > 0 else 0.0,
+    )
 
 
 def _open_checkpoints(
@@ -214,6 +236,8 @@ def _open_checkpoints(
     """The checkpointer of ``out/checkpoints`` (None without ``out``) and the step to start
     from: the latest checkpoint's, restored, when resuming."""
     if out is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir, where the checkpoints are.")
         return None, 0
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(out / "checkpoints", keep=keep)
@@ -246,8 +270,7 @@ def fit(
 
     Args:
       model: a model of ``task`` (updated in place).
-      tx: any optax gradient transformation, e.g.
-        ``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))``.
+      tx: any optax gradient transformation (``optax.chain(clip, adam)``, …).
       task: the task (data, loss, metrics).
       steps: total number of training steps, counting those before a resume.
       batch_size: sequences per training batch.
@@ -285,15 +308,7 @@ def fit(
       3
     """
     _check_fit_arguments(
-        tx,
-        resume=resume,
-        out_dir=out_dir,
-        steps=steps,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        log_every=log_every,
-        eval_every=eval_every,
-        checkpoint_every=checkpoint_every,
+        tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     out = None if out_dir is None else pathlib.Path(out_dir)
@@ -324,11 +339,4 @@ def fit(
         start=start,
         steps=steps,
     )
-    return FitResult(
-        optimizer=optimizer,
-        step=state.step,
-        train_loss=hooks.train_log.mean,
-        valid=hooks.evaluation.metrics,
-        seconds=state.seconds,
-        steps_per_second=(state.step - start) / state.seconds if state.seconds > 0 else 0.0,
-    )
+    return _result(state, hooks)

@@ -180,6 +180,28 @@ def train_model(
     return TrainedModel(task, model, config, result)
 
 
+def _check_resumable(out: pathlib.Path, config: RunConfig, resume: bool) -> None:
+    """Raises unless ``out`` holds no run, or holds this config's run (``steps`` aside) and
+    ``resume`` is set."""
+    config_path = out / "config.json"
+    if not config_path.exists():
+        return
+    saved = RunConfig(**json.loads(config_path.read_text()))
+    if not resume:
+        raise FileExistsError(
+            f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
+            "continue it or choose another directory."
+        )
+    differing = [
+        f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
+    ]
+    if differing:
+        raise ValueError(
+            f"resume: the config differs from the saved run in {differing}; only steps may "
+            "change when resuming."
+        )
+
+
 def run(
     config: RunConfig,
     out_dir: str | pathlib.Path,
@@ -214,24 +236,9 @@ def run(
     out = pathlib.Path(out_dir)
     task = get_task(config.task, **config.options)
     config = config.resolved(task)
-    config_path = out / "config.json"
-    if config_path.exists():
-        saved = RunConfig(**json.loads(config_path.read_text()))
-        if not resume:
-            raise FileExistsError(
-                f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
-                "continue it or choose another directory."
-            )
-        differing = [
-            f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
-        ]
-        if differing:
-            raise ValueError(
-                f"resume: the config differs from the saved run in {differing}; only steps may "
-                "change when resuming."
-            )
+    _check_resumable(out, config, resume)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, config._asdict())
+    _write_json(out / "config.json", config._asdict())
 
     began = time.perf_counter()
     trained = train_model(config, task=task, out_dir=out, resume=resume, progress=progress)
