@@ -49,7 +49,7 @@ from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog, fan_
 from gatenets.train.sharding import batch_placer, replicate
 from gatenets.train.steps import evaluate, make_eval_step, make_train_step
 
-__all__ = ["FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
+__all__ = ["FitHooks", "FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
 
 
 class FitResult(NamedTuple):
