@@ -6,6 +6,7 @@ Everything here works on a :class:`~gatenets.GateTrace`, whatever layer produced
     stats = gatenets.inspect.gate_statistics(trace)           # per unit, mask-aware
     fig = gatenets.inspect.saturation_scatter(stats)          # Karpathy et al. 2015, Fig. 3
     gatenets.inspect.inspect_model(model, batches, "report/") # HTML report + PNGs
+    # = collect_report (run the model), report_figures (draw), write_report (atomic HTML)
 """
 
 from gatenets.inspect.ablation import AblationResult as AblationResult
@@ -16,6 +17,7 @@ from gatenets.inspect.export import load_trace as load_trace
 from gatenets.inspect.export import save_trace as save_trace
 from gatenets.inspect.probe import GradientProfile as GradientProfile
 from gatenets.inspect.probe import PlainRNNCell as PlainRNNCell
+from gatenets.inspect.probe import gradient_contrast as gradient_contrast
 from gatenets.inspect.probe import gradient_through_time as gradient_through_time
 from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
 from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
@@ -33,6 +35,8 @@ from gatenets.inspect.statistics import summary_table as summary_table
 # Pictures and reports need matplotlib, which `import gatenets` should not pay for: their names
 # are imported on first use.
 _LAZY = {
+    "ReportContent": "gatenets.inspect.report",
+    "ReportData": "gatenets.inspect.report",
     "ReportFigure": "gatenets.inspect.report",
     "ReportFiles": "gatenets.inspect.report",
     "gate_heatmap": "gatenets.inspect.plots",
@@ -41,6 +45,8 @@ _LAZY = {
     "inspect_model": "gatenets.inspect.report",
     "saturation_scatter": "gatenets.inspect.plots",
     "save_figure": "gatenets.inspect.plots",
+    "collect_report": "gatenets.inspect.report",
+    "report_figures": "gatenets.inspect.report",
     "text_heatmap": "gatenets.inspect.plots",
     "text_heatmap_html": "gatenets.inspect.plots",
     "write_report": "gatenets.inspect.report",
@@ -71,12 +77,15 @@ __all__ = [
     "GateStatistics",
     "GradientProfile",
     "PlainRNNCell",
+    "ReportContent",
+    "ReportData",
     "ReportFigure",
     "ReportFiles",
     "SummaryRow",
     "ablate",
     "accumulate",
     "collect",
+    "collect_report",
     "export_lstmvis",
     "finalize",
     "first_token_share",
@@ -85,10 +94,12 @@ __all__ = [
     "gate_heatmap",
     "gate_histograms",
     "gate_statistics",
+    "gradient_contrast",
     "gradient_plot",
     "gradient_through_time",
     "inspect_model",
     "load_trace",
+    "report_figures",
     "save_figure",
     "save_trace",
     "saturation_scatter",

@@ -1,20 +1,24 @@
 """``gatenets inspect``: write the gate report of a trained model.
 
 With ``--run DIR`` it loads a run written by ``gatenets run`` (through
-``gatenets.train.load_run``) and inspects the model on its task's validation data. Without it,
-it first trains a small character-level LSTM on the built-in text
-(:mod:`gatenets.inspect.builtin`) and a plain sigmoid RNN beside it for the gradient picture,
-so ``gatenets inspect --out report/`` works on a fresh install.
+``gatenets.train.load_run``). Without it, it first trains the default model of the char-LM task
+(:mod:`gatenets.tasks.charlm`, Python standard-library source already on the machine) with
+``gatenets.train.fit``, so ``gatenets inspect --out report/`` works on a fresh install. Either
+way the model is inspected on its task's validation data, and the gradient picture sets its
+recurrent layer beside an untrained plain sigmoid RNN of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 from typing import Any
 
-import numpy as np
+LEARNING_RATE = 1e-2
+"""Adam's learning rate for the built-in model: larger than the char-LM task's default, since
+an inspection trains for a few hundred steps only."""
 
 
 def register(subparsers: Any) -> None:
@@ -23,8 +27,8 @@ def register(subparsers: Any) -> None:
         help="write an HTML report of a model's gates",
         description=(
             "Write a self-contained HTML report (and PNGs) of a model's gates: of a run written "
-            "by `gatenets run` (--run DIR), or, without --run, of a small character LSTM that "
-            "it trains first."
+            "by `gatenets run` (--run DIR), or, without --run, of the char-LM task's model, "
+            "which it trains first."
         ),
     )
     parser.add_argument("--run", help="a run directory written by `gatenets run`")
@@ -59,129 +63,82 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.run is not None:
-        files = _inspect_run(args)
+        from gatenets.train import load_run
+
+        loaded = load_run(args.run)
+        model, task = loaded.model, loaded.task
+        title = f"gatenets gate report: {task.name} ({args.run})"
+        notes = [f"{task.name}: {task.description}"]
     else:
-        files = _inspect_builtin(args)
+        model, task, notes = _train_charlm(args)
+        title = "gatenets gate report: character LSTM"
+    files = _inspect_task(model, task, args, title=title, notes=notes)
     print(f"report: {files.html}")
     for path in files.images.values():
         print(f"  {path}")
     return 0
 
 
-def _inspect_builtin(args: argparse.Namespace):
-    from gatenets.inspect import builtin
-    from gatenets.inspect.probe import gradient_through_time
-    from gatenets.inspect.report import inspect_model
+def _train_charlm(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """The char-LM task's default model, trained with ``gatenets.train.fit``."""
+    from gatenets.tasks import get_task
+    from gatenets.train import RunConfig, train_model
 
-    corpus = builtin.builtin_corpus()
-    print(
-        f"no --run given: training a {args.hidden}-unit character LSTM on {len(corpus.text)} "
-        f"characters of Python standard-library source ({args.steps} steps)"
-    )
-    options = dict(
+    task = get_task("charlm", seq_len=args.length)
+    config = RunConfig(
+        "charlm",
+        {"seq_len": args.length},
         hidden=args.hidden,
         steps=args.steps,
         batch_size=args.batch_size,
-        length=args.length,
+        learning_rate=LEARNING_RATE,
         seed=args.seed,
+        eval_every=0,
     )
-    lstm, lstm_losses = builtin.train_char_model(corpus, kind="lstm", **options)
-    plain, plain_losses = builtin.train_char_model(corpus, kind="plain", **options)
-    probe_batch = next(corpus.batches(args.batch_size, args.length, seed=args.seed + 2))
-    profiles = [
-        _probe(gradient_through_time, model, probe_batch, label)
-        for model, label in ((lstm, "LSTM (forget bias 1)"), (plain, "plain sigmoid RNN"))
-    ]
-    bits = [np.mean(losses[-20:]) / np.log(2.0) for losses in (lstm_losses, plain_losses)]
+    print(
+        f"no --run given: training a {args.hidden}-unit character {config.resolved(task).model} "
+        f"on Python standard-library source ({args.steps} steps)"
+    )
+    trained = train_model(config, task=task, progress=not args.no_progress)
+    bits = trained.result.train_loss / math.log(2.0)
+    print(f"trained: {bits:.3f} bits/char (training loss, last steps)")
     notes = [
-        f"Character-level LSTM, {args.hidden} units, trained {args.steps} steps on Python "
-        f"standard-library source: {bits[0]:.3f} bits/char (plain sigmoid RNN of the same "
-        f"size and training: {bits[1]:.3f}).",
+        f"Character-level {trained.config.model.upper()}, {args.hidden} units, trained "
+        f"{args.steps} steps on Python standard-library source: {bits:.3f} bits/char on its last "
+        f"training batches (a context-free unigram model: {task.baseline:.3f}).",
     ]
-    return inspect_model(
-        lstm,
-        corpus.batches(args.batch_size, args.length, seed=args.seed + 1),
-        args.out,
-        decode=corpus.decode,
-        metric_fn=builtin.bits_per_char,
-        metric_name="bits/char",
-        profiles=profiles,
-        max_batches=args.batches,
-        progress=not args.no_progress,
-        title="gatenets gate report: character LSTM",
-        notes=notes,
-        left=args.left,
-        right=args.right,
-    )
+    return trained.model, task, notes
 
 
-def _probe(gradient_through_time, model, batch, label):
-    import jax.numpy as jnp
-    import optax
-
-    embedded = model.embed(jnp.asarray(batch.inputs))
-    targets = jnp.asarray(batch.targets[:, -1])
-    head = model.head
-
-    def last_step_cross_entropy(outputs):
-        logits = head(outputs[:, -1])
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
-
-    return gradient_through_time(model.cell, embedded, loss_fn=last_step_cross_entropy, label=label)
-
-
-def _inspect_run(args: argparse.Namespace):
+def _inspect_task(model: Any, task: Any, args: argparse.Namespace, *, title: str, notes: list):
+    """The report of a task model on the task's validation data."""
+    from gatenets.inspect.probe import gradient_contrast
     from gatenets.inspect.report import inspect_model
-    from gatenets.train import load_run
 
-    loaded = load_run(args.run)
-    task = loaded.task
     batches = task.batches("valid", args.batch_size, seed=args.seed)
-    decode = getattr(task, "decode", None)
     metric = task.metric
 
     def metric_fn(outputs, batch):
         return task.metrics(outputs, batch)[metric]
 
     first = next(batches)
-    profiles = _run_profiles(loaded.model, first, args.seed)
+    try:
+        profiles = gradient_contrast(model, first.inputs, seed=args.seed)
+    except ValueError:
+        print("gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn")
+        profiles = []
     return inspect_model(
-        loaded.model,
+        model,
         itertools.chain([first], batches),
         args.out,
-        decode=decode,
+        decode=getattr(task, "decode", None),
         metric_fn=metric_fn,
         metric_name=metric,
         profiles=profiles,
         max_batches=args.batches,
         progress=not args.no_progress,
-        title=f"gatenets gate report: {task.name} ({args.run})",
-        notes=[f"{task.name}: {task.description}"],
+        title=title,
+        notes=notes,
         left=args.left,
         right=args.right,
     )
-
-
-def _run_profiles(model, batch, seed):
-    """Gradient profiles of a task model's one-layer recurrent part and of an untrained plain
-    sigmoid RNN of the same size on the same inputs (empty when the model has another shape)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from gatenets.inspect.probe import PlainRNNCell, gradient_through_time
-    from gatenets.recurrent import RecurrentStack
-
-    rnn = getattr(model, "rnn", None)
-    if not isinstance(rnn, RecurrentStack) or rnn.num_layers != 1 or rnn.bidirectional:
-        print("gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn")
-        return []
-    inputs = jnp.asarray(batch.inputs)
-    embed = getattr(model, "embed", None)
-    if embed is not None:
-        inputs = embed(inputs)
-    cell = rnn.cell
-    plain = PlainRNNCell(cell.in_features, cell.output_features, rngs=nnx.Rngs(seed))
-    return [
-        gradient_through_time(rnn, inputs, label=f"trained {type(cell).__name__}"),
-        gradient_through_time(plain, inputs, label="plain sigmoid RNN (untrained)"),
-    ]

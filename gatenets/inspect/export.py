@@ -117,6 +117,57 @@ def _require_h5py():
     return h5py
 
 
+def _lstmvis_datasets(
+    trace: GateTrace, token_ids: Any, vocabulary: Sequence[str], states: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray], set[str]]:
+    """The valid steps' token ids, the ``[steps, units]`` datasets by name, and the names of
+    those that are gates; raises naming the argument that does not fit the trace."""
+    mask, flat = _check_trace(trace)
+    token_ids = np.asarray(token_ids)
+    if token_ids.shape != mask.shape or not np.issubdtype(token_ids.dtype, np.integer):
+        raise ValueError(
+            f"token_ids must be [batch, time] = {mask.shape} integers; got shape "
+            f"{token_ids.shape} and dtype {token_ids.dtype}."
+        )
+    ids = token_ids[mask]
+    if ids.size and (ids.min() < 0 or ids.max() >= len(vocabulary)):
+        raise ValueError(
+            f"token_ids must lie in [0, len(vocabulary)) = [0, {len(vocabulary)}); got "
+            f"values from {ids.min()} to {ids.max()}."
+        )
+    datasets = {}
+    for key, value in {**flat, **dict(states or {})}.items():
+        value = np.asarray(value)
+        if value.shape[:2] != mask.shape:
+            raise ValueError(
+                f"{key!r} has shape {value.shape}; expected [batch, time, …] = {mask.shape} + …."
+            )
+        selected = value[mask]
+        datasets[key.replace("/", "_")] = selected.reshape(selected.shape[0], -1)
+
+    return ids, datasets, {key.replace("/", "_") for key in flat}
+
+
+def _lstmvis_config(name: str, datasets: Mapping[str, Any], gate_keys: set[str]) -> str:
+    """The text of ``lstm.yml``."""
+    # LSTMVis knows two kinds, "state" and "output", told apart by (type, layer): each dataset
+    # gets its own layer number. Gates lie in [0, 1], so they are shown as unsigned and without
+    # the tanh that LSTMVis applies to cell states by default.
+    types = "\n".join(
+        f"    - {{type: state, layer: {k + 1}, path: {key}, unsigned: true, transform: none}}"
+        if key in gate_keys
+        else f"    - {{type: output, layer: {k + 1}, path: {key}}}"
+        for k, key in enumerate(datasets)
+    )
+    return (
+        f"name: {name}\n"
+        "description: gate traces exported by gatenets\n"
+        "files:\n  states: states.h5\n  train: words.h5\n  words: words.dict\n"
+        "word_sequence:\n  file: train\n  path: word_ids\n  dict_file: words\n"
+        f"states:\n  file: states\n  types:\n{types}\n"
+    )
+
+
 def export_lstmvis(
     trace: GateTrace,
     directory: str | os.PathLike,
@@ -160,29 +211,7 @@ def export_lstmvis(
       (['forward_reset', 'forward_update'], (2, 2))
     """
     h5py = _require_h5py()
-    mask, flat = _check_trace(trace)
-    token_ids = np.asarray(token_ids)
-    if token_ids.shape != mask.shape or not np.issubdtype(token_ids.dtype, np.integer):
-        raise ValueError(
-            f"token_ids must be [batch, time] = {mask.shape} integers; got shape "
-            f"{token_ids.shape} and dtype {token_ids.dtype}."
-        )
-    ids = token_ids[mask]
-    if ids.size and (ids.min() < 0 or ids.max() >= len(vocabulary)):
-        raise ValueError(
-            f"token_ids must lie in [0, len(vocabulary)) = [0, {len(vocabulary)}); got "
-            f"values from {ids.min()} to {ids.max()}."
-        )
-    datasets = {}
-    for key, value in {**flat, **dict(states or {})}.items():
-        value = np.asarray(value)
-        if value.shape[:2] != mask.shape:
-            raise ValueError(
-                f"{key!r} has shape {value.shape}; expected [batch, time, …] = {mask.shape} + …."
-            )
-        selected = value[mask]
-        datasets[key.replace("/", "_")] = selected.reshape(selected.shape[0], -1)
-
+    ids, datasets, gate_keys = _lstmvis_datasets(trace, token_ids, vocabulary, states)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     paths = {
@@ -206,23 +235,7 @@ def export_lstmvis(
             for index, token in enumerate(vocabulary):
                 f.write(f"{_dict_token(token)} {index}\n")
 
-    # LSTMVis knows two kinds, "state" and "output", told apart by (type, layer): each dataset
-    # gets its own layer number. Gates lie in [0, 1], so they are shown as unsigned and without
-    # the tanh that LSTMVis applies to cell states by default.
-    gate_keys = {key.replace("/", "_") for key in flat}
-    types = "\n".join(
-        f"    - {{type: state, layer: {k + 1}, path: {key}, unsigned: true, transform: none}}"
-        if key in gate_keys
-        else f"    - {{type: output, layer: {k + 1}, path: {key}}}"
-        for k, key in enumerate(datasets)
-    )
-    config = (
-        f"name: {name}\n"
-        "description: gate traces exported by gatenets\n"
-        "files:\n  states: states.h5\n  train: words.h5\n  words: words.dict\n"
-        "word_sequence:\n  file: train\n  path: word_ids\n  dict_file: words\n"
-        f"states:\n  file: states\n  types:\n{types}\n"
-    )
+    config = _lstmvis_config(name, datasets, gate_keys)
 
     def write_config(tmp):
         with open(tmp, "w", encoding="utf-8") as f:

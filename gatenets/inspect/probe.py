@@ -141,3 +141,55 @@ def gradient_through_time(
         raise ValueError(f"inputs must have at least one sequence and one step; got {x.shape}.")
     norms = np.asarray(_gradient_norms(cell, x, loss_fn or last_step_loss), np.float64)
     return GradientProfile(norms=norms, label=label or type(cell).__name__)
+
+
+def gradient_contrast(model: Any, inputs: Any, *, seed: int = 0) -> list[GradientProfile]:
+    """Profiles of a task model's recurrent part and of a plain sigmoid RNN beside it.
+
+    The model's one-layer unidirectional ``model.rnn`` and an untrained
+    :class:`PlainRNNCell` of the same size run on the same inputs (through ``model.embed``
+    first when the model has one), with the default probe loss.
+
+    Args:
+      model: a model with ``rnn`` (a one-layer unidirectional ``LSTM`` or ``GRU``) and
+        optionally ``embed``, such as :class:`~gatenets.tasks.SequenceModel`.
+      inputs: the model's inputs, ``[batch, time, features]`` or ``[batch, time]`` tokens.
+      seed: seed of the plain RNN's parameters.
+
+    Returns:
+      ``[profile of the trained cell, profile of the plain sigmoid RNN]``.
+
+    Raises:
+      ValueError: when ``model.rnn`` is missing, deeper than one layer or bidirectional.
+
+    Example:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from gatenets.inspect.probe import gradient_contrast
+      >>> from gatenets.tasks import SequenceModel
+      >>> model = SequenceModel(5, 8, 5, embed_features=4, readout="all", rngs=nnx.Rngs(0))
+      >>> lstm, plain = gradient_contrast(model, np.zeros((2, 30), np.int32))
+      >>> lstm.label, plain.label, bool(lstm.relative[0] > 100 * plain.relative[0])
+      ('trained LSTMCell', 'plain sigmoid RNN (untrained)', True)
+    """
+    rnn = getattr(model, "rnn", None)
+    if not isinstance(rnn, RecurrentStack) or rnn.num_layers != 1 or rnn.bidirectional:
+        raise ValueError(
+            "model must have a one-layer unidirectional LSTM or GRU as model.rnn; got "
+            f"{type(rnn).__name__ if rnn is not None else 'no model.rnn'}"
+            + (
+                f" with num_layers={rnn.num_layers}, bidirectional={rnn.bidirectional}."
+                if isinstance(rnn, RecurrentStack)
+                else "."
+            )
+        )
+    x = jnp.asarray(inputs)
+    embed = getattr(model, "embed", None)
+    if embed is not None:
+        x = embed(x)
+    cell = rnn.cell
+    plain = PlainRNNCell(cell.in_features, cell.output_features, rngs=nnx.Rngs(seed))
+    return [
+        gradient_through_time(rnn, x, label=f"trained {type(cell).__name__}"),
+        gradient_through_time(plain, x, label="plain sigmoid RNN (untrained)"),
+    ]

@@ -1,4 +1,6 @@
-"""A self-contained HTML report of a model's gates.
+"""A self-contained HTML report of a model's gates, in three steps each callable alone:
+:func:`collect_report` runs the model (statistics, first trace, ablation), :func:`report_figures`
+draws the pictures, :func:`write_report` writes the page; :func:`inspect_model` does all three.
 
 The report is one HTML file with every picture inlined as a ``data:image/png;base64`` URI and
 inline styles only: it opens offline in any browser and fetches nothing. The PNGs are also
@@ -195,12 +197,35 @@ def _heatmap_gate(names: Sequence[str]) -> str:
     return names[0]
 
 
-def inspect_model(
+class ReportData(NamedTuple):
+    """What :func:`collect_report` gathers from a model for a report.
+
+    Attributes:
+      stats: gate statistics over every batch, by gate name.
+      trace: the :class:`~gatenets.GateTrace` of the first batch (for per-step pictures).
+      inputs: the first batch's inputs.
+      ablation: ``(results, metric name, override value)``, or None without a metric.
+      profiles: gradient-through-time profiles, as given.
+    """
+
+    stats: dict[str, GateStatistics]
+    trace: Any
+    inputs: np.ndarray
+    ablation: tuple[list[AblationResult], str, Any] | None
+    profiles: tuple[GradientProfile, ...]
+
+
+class ReportContent(NamedTuple):
+    """What :func:`report_figures` draws: the pictures in order and the HTML sections."""
+
+    figures: list[ReportFigure]
+    fragments: dict[str, str]
+
+
+def collect_report(
     model: Any,
     data: Any,
-    directory: str | os.PathLike,
     *,
-    decode: Callable[[Any], str] | None = None,
     metric_fn: Callable[[Any, Any], Any] | None = None,
     metric_name: str = "metric",
     ablation_value: Any = 0.0,
@@ -208,35 +233,183 @@ def inspect_model(
     profiles: Sequence[GradientProfile] = (),
     max_batches: int | None = None,
     progress: bool = True,
-    title: str = "gatenets gate report",
-    notes: Sequence[str] = (),
     left: float = 0.1,
     right: float = 0.9,
     bins: int = 20,
+) -> ReportData:
+    """Runs ``model`` over ``data``: streamed statistics, the first batch's trace and, with
+    ``metric_fn``, the ablation of each gate over the first ``ablation_batches`` batches.
+
+    Args:
+      model: called as ``model(inputs, mask=…, return_gates=True, gate_overrides=…)``.
+      data: a batch or an iterable of batches (arrays or ``Batch(inputs, targets, mask)``).
+      metric_fn: ``metric_fn(outputs, batch) -> scalar``; adds the ablation.
+      metric_name: name of the metric in the ablation table.
+      ablation_value: the override for the ablation (0 closes a gate, 1 opens it).
+      ablation_batches: batches used for the ablation.
+      profiles: gradient-through-time profiles for the gradient picture (kept as given).
+      max_batches: stop after this many batches (for endless iterators).
+      progress: show a progress bar while collecting.
+      left: left-saturation threshold.
+      right: right-saturation threshold.
+      bins: histogram bins.
+
+    Returns:
+      :class:`ReportData`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.inspect.report import collect_report
+      >>> gru = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+      >>> data = collect_report(gru, [jnp.ones((2, 5, 2))] * 3, progress=False)
+      >>> data.stats["layer0/forward/reset"].count, data.inputs.shape, data.ablation
+      (30, (2, 5, 2), None)
+    """
+    iterator = iterate_batches(data, max_batches)
+    kept = list(itertools.islice(iterator, max(1, ablation_batches)))
+    if not kept:
+        raise ValueError("data is empty: no batch to inspect.")
+    accumulators = None
+    first_trace = None
+    total = None if max_batches is None else max_batches
+    for batch in _progress(itertools.chain(kept, iterator), progress, total, "collecting gates"):
+        inputs, mask = split_batch(batch)
+        _, trace = run_with_gates(model, inputs, mask)
+        if first_trace is None:
+            first_trace = trace
+        accumulators = accumulate(accumulators, trace, left=left, right=right, bins=bins)
+    ablation = None
+    if metric_fn is not None:
+        results = ablate(model, kept, metric_fn, value=ablation_value)
+        ablation = (results, metric_name, ablation_value)
+    return ReportData(
+        stats=finalize(accumulators),
+        trace=first_trace,
+        inputs=np.asarray(split_batch(kept[0])[0]),
+        ablation=ablation,
+        profiles=tuple(profiles),
+    )
+
+
+def _text_figure(
+    text: str, values: np.ndarray, gate: str, units: Sequence[int]
+) -> tuple[ReportFigure, str, str]:
+    """The text heatmap of the unit among ``units`` whose gate varies most over ``text``:
+    the figure, its HTML section heading and the section."""
+    unit = units[int(np.argmax(values[:, units].std(axis=0)))]
+    shown = slice(0, min(len(text), 480))
+    caption = (
+        f"Input characters coloured by unit {unit} of {gate} (blue 0, red 1): the unit "
+        "whose gate varies most over this text."
+    )
+    figure = ReportFigure(
+        "text_heatmap",
+        plots.text_heatmap(text[shown], values[shown, unit], title=f"{gate}, unit {unit}"),
+        caption,
+    )
+    fragment = (
+        plots.text_heatmap_html(text[shown], values[shown, unit])
+        + f'<p class="caption">{html.escape(caption)}</p>'
+    )
+    return figure, f"Text coloured by {gate}, unit {unit}", fragment
+
+
+def report_figures(
+    data: ReportData, *, decode: Callable[[Any], str] | None = None
+) -> ReportContent:
+    """The report's pictures: saturation scatter, histograms, the heatmap of the forget (or
+    update, or output) gate over the first sequence with a valid step, the text heatmap when
+    ``decode`` is given and the inputs are integer ids, and the gradient picture when
+    ``data`` holds profiles.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.inspect.report import collect_report, report_figures
+      >>> lstm = gatenets.LSTM(2, 3, rngs=nnx.Rngs(0))
+      >>> data = collect_report(lstm, [jnp.ones((2, 5, 2))], progress=False)
+      >>> [figure.name for figure in report_figures(data).figures]
+      ['saturation', 'histograms', 'heatmap']
+    """
+    trace = data.trace
+    gate = _heatmap_gate(list(data.stats))
+    # The first sequence with a valid step (a leading empty sequence has nothing to show).
+    example = int(np.argmax(np.asarray(trace.mask).any(axis=1)))
+    valid = np.asarray(trace.mask)[example]
+    values = np.asarray(trace.flat()[gate])[example][valid].reshape(int(valid.sum()), -1)
+    # The units that move most in this sequence show the most in a heatmap.
+    units = sorted(np.argsort(-values.std(axis=0))[:16].tolist())
+    figures = [
+        ReportFigure(
+            "saturation",
+            plots.saturation_scatter(data.stats),
+            "One point per unit: the fraction of steps its gate is below the left threshold "
+            "(x) against above the right threshold (y). Points on the diagonal act as "
+            "switches; points near the origin are used in their graded range.",
+        ),
+        ReportFigure(
+            "histograms",
+            plots.gate_histograms(data.stats),
+            "Distribution of each gate's values over all units and valid steps.",
+        ),
+        ReportFigure(
+            "heatmap",
+            plots.gate_heatmap(trace, gate, example=example, units=units),
+            f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
+            "whose gate varies most in it (0 dark, 1 bright).",
+        ),
+    ]
+    fragments = {}
+    if decode is not None and np.issubdtype(data.inputs.dtype, np.integer):
+        text = decode(data.inputs[example][valid])
+        figure, heading, fragment = _text_figure(text, values, gate, units)
+        figures.append(figure)
+        fragments[heading] = fragment
+    if data.profiles:
+        figures.append(
+            ReportFigure(
+                "gradient_through_time",
+                plots.gradient_plot(data.profiles),
+                "Norm of the gradient of the loss with respect to the hidden state at step t, "
+                "relative to its largest value. A plain sigmoid RNN's gradient vanishes "
+                "exponentially with distance from the loss; the LSTM's cell state carries it "
+                "back through its forget gates.",
+            )
+        )
+    return ReportContent(figures, fragments)
+
+
+def inspect_model(
+    model: Any,
+    data: Any,
+    directory: str | os.PathLike,
+    *,
+    decode: Callable[[Any], str] | None = None,
+    title: str = "gatenets gate report",
+    notes: Sequence[str] = (),
+    **collect_options: Any,
 ) -> ReportFiles:
     """Runs a model over data and writes the full gate report.
 
     Statistics stream over every batch (running sums; a progress bar shows the collection);
     the first batch also gives the per-step pictures (heatmap, text heatmap) and, with
     ``metric_fn``, the first ``ablation_batches`` batches measure the ablation of each gate.
+    It is :func:`collect_report`, then :func:`report_figures`, then :func:`write_report`;
+    call them yourself to add or change a picture.
 
     Args:
       model: called as ``model(inputs, mask=…, return_gates=True, gate_overrides=…)``.
       data: a batch or an iterable of batches (arrays or ``Batch(inputs, targets, mask)``).
       directory: output directory.
       decode: maps a sequence of input ids to text; adds the character heatmap.
-      metric_fn: ``metric_fn(outputs, batch) -> scalar``; adds the ablation table.
-      metric_name: name of the metric in the table.
-      ablation_value: the override for the ablation (0 closes a gate, 1 opens it).
-      ablation_batches: batches used for the ablation.
-      profiles: gradient-through-time profiles for the gradient picture.
-      max_batches: stop after this many batches (for endless iterators).
-      progress: show a progress bar while collecting.
       title: report title.
       notes: paragraphs under the title.
-      left: left-saturation threshold.
-      right: right-saturation threshold.
-      bins: histogram bins.
+      **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
+        table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
+        the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
 
     Returns:
       :class:`ReportFiles`.
@@ -252,93 +425,14 @@ def inspect_model(
       >>> sorted(files.images)
       ['heatmap', 'histograms', 'saturation']
     """
-    iterator = iterate_batches(data, max_batches)
-    kept = list(itertools.islice(iterator, max(1, ablation_batches)))
-    if not kept:
-        raise ValueError("data is empty: no batch to inspect.")
-    accumulators = None
-    first_trace = None
-    total = None if max_batches is None else max_batches
-    for batch in _progress(itertools.chain(kept, iterator), progress, total, "collecting gates"):
-        inputs, mask = split_batch(batch)
-        _, trace = run_with_gates(model, inputs, mask)
-        if first_trace is None:
-            first_trace = trace
-        accumulators = accumulate(accumulators, trace, left=left, right=right, bins=bins)
-    stats = finalize(accumulators)
-
-    names = list(stats)
-    gate = _heatmap_gate(names)
-    # The first sequence with a valid step (a leading empty sequence has nothing to show).
-    example = int(np.argmax(np.asarray(first_trace.mask).any(axis=1)))
-    values = np.asarray(first_trace.flat()[gate])[example]
-    valid = np.asarray(first_trace.mask)[example]
-    values = values[valid].reshape(int(valid.sum()), -1)
-    # The units that move most in this sequence show the most in a heatmap.
-    units = sorted(np.argsort(-values.std(axis=0))[:16].tolist())
-    figures = [
-        ReportFigure(
-            "saturation",
-            plots.saturation_scatter(stats),
-            "One point per unit: the fraction of steps its gate is below the left threshold "
-            "(x) against above the right threshold (y). Points on the diagonal act as "
-            "switches; points near the origin are used in their graded range.",
-        ),
-        ReportFigure(
-            "histograms",
-            plots.gate_histograms(stats),
-            "Distribution of each gate's values over all units and valid steps.",
-        ),
-        ReportFigure(
-            "heatmap",
-            plots.gate_heatmap(first_trace, gate, example=example, units=units),
-            f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
-            "whose gate varies most in it (0 dark, 1 bright).",
-        ),
-    ]
-    fragments = {}
-    first_inputs = np.asarray(split_batch(kept[0])[0])
-    if decode is not None and np.issubdtype(first_inputs.dtype, np.integer):
-        text = decode(first_inputs[example][valid])
-        unit = units[int(np.argmax(values[:, units].std(axis=0)))]
-        shown = slice(0, min(len(text), 480))
-        caption = (
-            f"Input characters coloured by unit {unit} of {gate} (blue 0, red 1): the unit "
-            "whose gate varies most over this text."
-        )
-        figures.append(
-            ReportFigure(
-                "text_heatmap",
-                plots.text_heatmap(text[shown], values[shown, unit], title=f"{gate}, unit {unit}"),
-                caption,
-            )
-        )
-        fragments[f"Text coloured by {gate}, unit {unit}"] = (
-            plots.text_heatmap_html(text[shown], values[shown, unit])
-            + f'<p class="caption">{html.escape(caption)}</p>'
-        )
-    if profiles:
-        figures.append(
-            ReportFigure(
-                "gradient_through_time",
-                plots.gradient_plot(profiles),
-                "Norm of the gradient of the loss with respect to the hidden state at step t, "
-                "relative to its largest value. A plain sigmoid RNN's gradient vanishes "
-                "exponentially with distance from the loss; the LSTM's cell state carries it "
-                "back through its forget gates.",
-            )
-        )
-    ablation = None
-    if metric_fn is not None:
-        results = ablate(model, kept, metric_fn, value=ablation_value)
-        ablation = (results, metric_name, ablation_value)
-    files = write_report(
+    collected = collect_report(model, data, **collect_options)
+    content = report_figures(collected, decode=decode)
+    return write_report(
         directory,
-        stats=stats,
-        figures=figures,
+        stats=collected.stats,
+        figures=content.figures,
         title=title,
         notes=notes,
-        fragments=fragments,
-        ablation=ablation,
+        fragments=content.fragments,
+        ablation=collected.ablation,
     )
-    return files

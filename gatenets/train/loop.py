@@ -1,28 +1,55 @@
-"""The training loop: progress, periodic evaluation, JSON-lines metrics, checkpoints, resume."""
+"""The training loop: a short loop over steps, and :func:`fit`, which composes its pieces.
+
+:func:`train_loop` takes one step after another and calls a list of hooks
+(:class:`~gatenets.train.Hook`) after each step, on Ctrl-C, and at the end. Everything else is a
+hook, each usable and testable alone:
+
+- :class:`~gatenets.train.NonFiniteGuard` stops at a NaN or infinite loss, naming the last good
+  checkpoint (:class:`~gatenets.train.NonFiniteLossError`).
+- :class:`~gatenets.train.PeriodicEvaluation` evaluates on a :class:`~gatenets.train.Schedule`
+  and emits ``{"step", "split": "valid", …}`` records.
+- :class:`~gatenets.train.PeriodicCheckpoint` saves on a schedule and, on Ctrl-C, once more
+  (interrupt handling); :func:`~gatenets.train.restore_latest` resumes.
+- :class:`~gatenets.train.TrainLossLog` averages the latest losses and emits
+  ``{"step", "split": "train", "loss", …}`` records.
+- :class:`~gatenets.train.JsonLinesWriter` (``metrics.jsonl``) and
+  :class:`~gatenets.train.ProgressBar` receive the records, through
+  :func:`~gatenets.train.fan_out`.
+
+:func:`fit` checks its arguments, builds these pieces from its keywords and runs the loop. A
+later feature (gate statistics every N steps, verified checkpoints, logging from process 0
+only) is one more hook or writer in :func:`fit_hooks`, not a change to the loop.
+"""
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import pathlib
-import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
-from gatenets.tasks.base import Task, check_positive_int
+from gatenets.tasks.base import Batch, Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
-from gatenets.train.sharding import replicate, shard_batch
+from gatenets.train.hooks import (
+    Hook,
+    LoopState,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    PeriodicCheckpoint,
+    PeriodicEvaluation,
+    Schedule,
+    restore_latest,
+)
+from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog, fan_out
+from gatenets.train.sharding import batch_placer, replicate
 from gatenets.train.steps import evaluate, make_eval_step, make_train_step
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+__all__ = ["FitHooks", "FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
 
 
 class FitResult(NamedTuple):
@@ -45,10 +72,176 @@ class FitResult(NamedTuple):
     steps_per_second: float
 
 
-def _write_line(stream, record: dict[str, Any]) -> None:
-    if stream is not None:
-        stream.write(json.dumps(record) + "\n")
-        stream.flush()
+def train_loop(
+    train_step: Callable[[nnx.Module, nnx.Optimizer, Batch], Any],
+    batches: Iterator[Batch],
+    hooks: Sequence[Hook],
+    *,
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    start: int,
+    steps: int,
+) -> LoopState:
+    """Runs ``train_step`` from step ``start`` to ``steps``, calling ``hooks`` after each step.
+
+    On Ctrl-C every hook's ``interrupted`` sees the last completed step before the
+    ``KeyboardInterrupt`` propagates; every hook's ``close`` runs however the loop ends.
+
+    Args:
+      train_step: ``train_step(model, optimizer, batch) -> loss`` (e.g.
+        :func:`~gatenets.train.make_train_step`).
+      batches: the training batches, from batch ``start`` on.
+      hooks: called in order.
+      model: the model.
+      optimizer: its optimizer.
+      start: steps already completed.
+      steps: the step to stop at.
+
+    Returns:
+      the :class:`~gatenets.train.LoopState` of the last step, ``seconds`` counting the close.
+
+    Example:
+      >>> from gatenets.train import Hook, train_loop
+      >>> class Show(Hook):
+      ...     def after_step(self, state): print(state.step, state.loss)
+      ...     def close(self): print("closed")
+      >>> state = train_loop(lambda m, o, b: 2.0 * b, iter([1, 2]), [Show()], model=None,
+      ...                    optimizer=None, start=0, steps=2)
+      1 2.0
+      2 4.0
+      closed
+    """
+    state = LoopState(start, float("nan"), 0.0, start, steps, model, optimizer)
+    began = time.perf_counter()
+    try:
+        while state.step < steps:
+            loss = float(train_step(model, optimizer, next(batches)))
+            state = state._replace(
+                step=state.step + 1, loss=loss, seconds=time.perf_counter() - began
+            )
+            for hook in hooks:
+                hook.after_step(state)
+    except KeyboardInterrupt:
+        for hook in hooks:
+            hook.interrupted(state)
+        raise
+    finally:
+        for hook in hooks:
+            hook.close()
+    return state._replace(seconds=time.perf_counter() - began)
+
+
+class FitHooks(NamedTuple):
+    """The pieces :func:`fit` runs, in the order the loop calls them (see :func:`fit_hooks`)."""
+
+    guard: NonFiniteGuard
+    progress: ProgressBar
+    train_log: TrainLossLog
+    evaluation: PeriodicEvaluation
+    writer: JsonLinesWriter
+    checkpoint: PeriodicCheckpoint | None
+
+
+def fit_hooks(
+    model: nnx.Module,
+    task: Task,
+    *,
+    steps: int,
+    start: int = 0,
+    seed: int = 0,
+    eval_every: int | None = None,
+    eval_batch_size: int = 256,
+    log_every: int = 50,
+    out_dir: pathlib.Path | None = None,
+    checkpointer: Checkpointer | None = None,
+    checkpoint_every: int | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+) -> FitHooks:
+    """The hooks of :func:`fit` for these settings (same meanings as there).
+
+    Opens ``out_dir/metrics.jsonl`` (nothing when ``out_dir`` is None) and the progress bar;
+    the loop closes them.
+    """
+    progress_bar = ProgressBar(
+        steps, initial=start, desc=task.name, window=log_every, enabled=progress
+    )
+    writer = JsonLinesWriter(None if out_dir is None else out_dir / "metrics.jsonl")
+    emit = fan_out([writer, progress_bar])
+    evaluation = PeriodicEvaluation(
+        functools.partial(
+            evaluate,
+            model,
+            task,
+            "valid",
+            batch_size=eval_batch_size,
+            seed=seed,
+            eval_step=make_eval_step(task),
+            prepare=batch_placer(mesh, replicate_uneven=True),
+        ),
+        Schedule(eval_every, steps) if eval_every != 0 else Schedule(None, None),
+        emit,
+    )
+    checkpoint = None
+    if checkpointer is not None:
+        checkpoint = PeriodicCheckpoint(
+            checkpointer, Schedule(checkpoint_every, steps), say=progress_bar.say
+        )
+    return FitHooks(
+        guard=NonFiniteGuard(checkpointer),
+        progress=progress_bar,
+        train_log=TrainLossLog(log_every, Schedule(log_every, steps), emit),
+        evaluation=evaluation,
+        writer=writer,
+        checkpoint=checkpoint,
+    )
+
+
+def _check_fit_arguments(
+    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
+) -> None:
+    """Raises naming the first bad argument: ``tx`` must be optax, the counts positive ints
+    (``eval_every`` may be 0; it and ``checkpoint_every`` may be None)."""
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"tx must be an optax.GradientTransformation; got {type(tx).__name__}.")
+    counts = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        "log_every": log_every,
+        "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every,
+    }
+    for name, value in counts.items():
+        if value is not None:
+            check_positive_int(name, value, minimum=0 if name == "eval_every" else 1)
+
+
+def _result(state: LoopState, hooks: FitHooks) -> FitResult:
+    """The :class:`FitResult` of a loop that ended in ``state``."""
+    seconds = state.seconds
+    return FitResult(
+        optimizer=state.optimizer,
+        step=state.step,
+        train_loss=hooks.train_log.mean,
+        valid=hooks.evaluation.metrics,
+        seconds=seconds,
+        steps_per_second=(state.step - state.start) / seconds if seconds > 0 else 0.0,
+    )
+
+
+def _open_checkpoints(
+    out: pathlib.Path | None, keep: int, resume: bool, model: nnx.Module, optimizer: Any
+) -> tuple[Checkpointer | None, int]:
+    """The checkpointer of ``out/checkpoints`` (None without ``out``) and the step to start
+    from: the latest checkpoint's, restored, when resuming."""
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs out_dir, where the checkpoints are.")
+        return None, 0
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(out / "checkpoints", keep=keep)
+    return checkpointer, restore_latest(checkpointer, model, optimizer) if resume else 0
 
 
 def fit(
@@ -77,8 +270,7 @@ def fit(
 
     Args:
       model: a model of ``task`` (updated in place).
-      tx: any optax gradient transformation, e.g.
-        ``optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))``.
+      tx: any optax gradient transformation (``optax.chain(clip, adam)``, …).
       task: the task (data, loss, metrics).
       steps: total number of training steps, counting those before a resume.
       batch_size: sequences per training batch.
@@ -115,136 +307,36 @@ def fit(
       >>> result.step
       3
     """
-    if not isinstance(tx, optax.GradientTransformation):
-        raise TypeError(f"tx must be an optax.GradientTransformation; got {type(tx).__name__}.")
-    steps = check_positive_int("steps", steps)
-    batch_size = check_positive_int("batch_size", batch_size)
-    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-    log_every = check_positive_int("log_every", log_every)
-    if eval_every is not None:
-        eval_every = check_positive_int("eval_every", eval_every, minimum=0)
-    if checkpoint_every is not None:
-        checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir, where the checkpoints are.")
-
+    _check_fit_arguments(
+        tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
+    )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     out = None if out_dir is None else pathlib.Path(out_dir)
-    checkpointer = None
-    start = 0
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpointer = Checkpointer(out / "checkpoints", keep=keep_checkpoints)
-        if resume and checkpointer.latest_step() is not None:
-            start = checkpointer.restore(model, optimizer)
+    checkpointer, start = _open_checkpoints(out, keep_checkpoints, resume, model, optimizer)
     if mesh is not None:
         nnx.update((model, optimizer), replicate(nnx.state((model, optimizer)), mesh))
-
-    def prepare(batch):
-        return batch if mesh is None else shard_batch(batch, mesh)
-
-    def prepare_eval(batch):
-        # The last evaluation batch of a finite split may not divide over the devices: it is
-        # then replicated, each device computing all of it, instead of refused.
-        if mesh is None or np.shape(batch.inputs)[0] % mesh.shape[mesh.axis_names[0]] == 0:
-            return prepare(batch)
-        return replicate(batch, mesh)
-
-    train_step = make_train_step(task)
-    eval_step = make_eval_step(task)
-    metrics_file = None if out is None else open(out / "metrics.jsonl", "a")
-    bar = tqdm(
-        total=steps,
-        initial=start,
-        disable=not progress,
-        desc=task.name,
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
+    hooks = fit_hooks(
+        model,
+        task,
+        steps=steps,
+        start=start,
+        seed=seed,
+        eval_every=eval_every,
+        eval_batch_size=eval_batch_size,
+        log_every=log_every,
+        out_dir=out,
+        checkpointer=checkpointer,
+        checkpoint_every=checkpoint_every,
+        mesh=mesh,
+        progress=progress,
     )
-    step, window, valid = start, [], {}
-    began = time.perf_counter()
-
-    def save() -> int:
-        # The optimizer's own counter, not the loop's: Ctrl-C usually lands while the loop
-        # waits for a step's loss, after that step's parameters were already written back.
-        done = int(optimizer.step[...])
-        if checkpointer is not None:
-            checkpointer.save(done, model, optimizer)
-        return done
-
-    try:
-        batches = task.batches("train", batch_size, seed=seed, start=start)
-        while step < steps:
-            loss = float(train_step(model, optimizer, prepare(next(batches))))
-            if not math.isfinite(loss):
-                kept = None if checkpointer is None else checkpointer.latest_step()
-                where = (
-                    f"the last good checkpoint, step {kept}, is in {str(checkpointer.directory)!r}"
-                    if kept is not None
-                    else "no checkpoint was saved"
-                )
-                raise NonFiniteLossError(
-                    f"training stopped: the loss is {loss} at step {step + 1}; {where}. "
-                    "Try a lower learning rate or gradient clipping."
-                )
-            step += 1
-            window.append(loss)
-            bar.update(1)
-            elapsed = time.perf_counter() - began
-            rate = (step - start) / elapsed
-            bar.set_postfix(loss=f"{np.mean(window[-log_every:]):.4f}", refresh=False)
-            if step % log_every == 0 or step == steps:
-                _write_line(
-                    metrics_file,
-                    {
-                        "step": step,
-                        "split": "train",
-                        "loss": float(np.mean(window[-log_every:])),
-                        "steps_per_second": rate,
-                        "seconds": elapsed,
-                    },
-                )
-            if eval_every != 0 and (
-                step == steps or (eval_every is not None and step % eval_every == 0)
-            ):
-                valid = evaluate(
-                    model,
-                    task,
-                    "valid",
-                    batch_size=eval_batch_size,
-                    seed=seed,
-                    eval_step=eval_step,
-                    prepare=prepare_eval,
-                )
-                _write_line(metrics_file, {"step": step, "split": "valid", **valid})
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in valid.items())
-                bar.write(f"step {step}: valid {shown}", file=sys.stderr)
-            if step == steps or (checkpoint_every is not None and step % checkpoint_every == 0):
-                save()
-    except KeyboardInterrupt:
-        done = save()
-        if checkpointer is not None:
-            checkpointer.wait()
-            bar.write(
-                f"interrupted: saved step {done} in {str(checkpointer.directory)!r}; "
-                "continue with resume=True (gatenets run … --resume).",
-                file=sys.stderr,
-            )
-        raise
-    finally:
-        bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if checkpointer is not None:
-            checkpointer.wait()
-            checkpointer.close()
-    seconds = time.perf_counter() - began
-    return FitResult(
+    state = train_loop(
+        make_train_step(task),
+        map(batch_placer(mesh), task.batches("train", batch_size, seed=seed, start=start)),
+        [hook for hook in hooks if hook is not None],
+        model=model,
         optimizer=optimizer,
-        step=step,
-        train_loss=float(np.mean(window[-log_every:])) if window else float("nan"),
-        valid=valid,
-        seconds=seconds,
-        steps_per_second=(step - start) / seconds if seconds > 0 else 0.0,
+        start=start,
+        steps=steps,
     )
+    return _result(state, hooks)

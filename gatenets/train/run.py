@@ -17,7 +17,7 @@ from flax import nnx
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
-from gatenets.train.loop import fit
+from gatenets.train.loop import FitResult, fit
 from gatenets.train.sharding import data_parallel_mesh
 from gatenets.train.steps import evaluate, gate_means
 
@@ -97,6 +97,16 @@ class LoadedRun(NamedTuple):
     config: RunConfig
 
 
+class TrainedModel(NamedTuple):
+    """What :func:`train_model` returns: the task, its trained model, the resolved config and
+    the :class:`~gatenets.train.FitResult`."""
+
+    task: Task
+    model: nnx.Module
+    config: RunConfig
+    result: FitResult
+
+
 def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
     """Adam after global-norm clipping, as ``gatenets run`` trains."""
     return optax.chain(
@@ -113,13 +123,83 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _build(config: RunConfig) -> tuple[Task, nnx.Module]:
-    task = get_task(config.task, **config.options)
+def _build(config: RunConfig, task: Task | None = None) -> tuple[Task, RunConfig, nnx.Module]:
+    """The task (made from the config unless given), the resolved config and a fresh model."""
+    task = get_task(config.task, **config.options) if task is None else task
     config = config.resolved(task)
     model = task.make_model(
         config.model, config.hidden, num_layers=config.num_layers, rngs=nnx.Rngs(config.seed)
     )
-    return task, model
+    return task, config, model
+
+
+def train_model(
+    config: RunConfig,
+    *,
+    task: Task | None = None,
+    out_dir: str | pathlib.Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainedModel:
+    """Builds the config's model of its task and trains it with :func:`~gatenets.train.fit`.
+
+    Writes nothing unless ``out_dir`` is given (then ``metrics.jsonl`` and ``checkpoints/``
+    as :func:`fit` does; :func:`run` adds the config and the summary).
+
+    Args:
+      config: the settings; the task's defaults fill what it leaves None.
+      task: the task, if already made (it must be ``config``'s).
+      out_dir: where :func:`fit` writes, or None.
+      resume: continue from the latest checkpoint in ``out_dir``.
+      progress: show a progress bar.
+
+    Example:
+      >>> from gatenets.train import RunConfig, train_model
+      >>> trained = train_model(RunConfig("adding", {"length": 6}, hidden=4, steps=2,
+      ...                                 batch_size=4, eval_every=0), progress=False)
+      >>> trained.result.step, trained.config.model, trained.model.rnn.hidden_features
+      (2, 'lstm', 4)
+    """
+    task, config, model = _build(config, task)
+    result = fit(
+        model,
+        make_optimizer(config),
+        task,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        eval_every=config.eval_every,
+        eval_batch_size=config.eval_batch_size,
+        out_dir=out_dir,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        resume=resume,
+        mesh=data_parallel_mesh() if config.data_parallel else None,
+        progress=progress,
+    )
+    return TrainedModel(task, model, config, result)
+
+
+def _check_resumable(out: pathlib.Path, config: RunConfig, resume: bool) -> None:
+    """Raises unless ``out`` holds no run, or holds this config's run (``steps`` aside) and
+    ``resume`` is set."""
+    config_path = out / "config.json"
+    if not config_path.exists():
+        return
+    saved = RunConfig(**json.loads(config_path.read_text()))
+    if not resume:
+        raise FileExistsError(
+            f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
+            "continue it or choose another directory."
+        )
+    differing = [
+        f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
+    ]
+    if differing:
+        raise ValueError(
+            f"resume: the config differs from the saved run in {differing}; only steps may "
+            "change when resuming."
+        )
 
 
 def run(
@@ -156,45 +236,13 @@ def run(
     out = pathlib.Path(out_dir)
     task = get_task(config.task, **config.options)
     config = config.resolved(task)
-    config_path = out / "config.json"
-    if config_path.exists():
-        saved = RunConfig(**json.loads(config_path.read_text()))
-        if not resume:
-            raise FileExistsError(
-                f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
-                "continue it or choose another directory."
-            )
-        differing = [
-            f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
-        ]
-        if differing:
-            raise ValueError(
-                f"resume: the config differs from the saved run in {differing}; only steps may "
-                "change when resuming."
-            )
+    _check_resumable(out, config, resume)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, config._asdict())
+    _write_json(out / "config.json", config._asdict())
 
-    model = task.make_model(
-        config.model, config.hidden, num_layers=config.num_layers, rngs=nnx.Rngs(config.seed)
-    )
     began = time.perf_counter()
-    result = fit(
-        model,
-        make_optimizer(config),
-        task,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        eval_every=config.eval_every,
-        eval_batch_size=config.eval_batch_size,
-        out_dir=out,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
-        resume=resume,
-        mesh=data_parallel_mesh() if config.data_parallel else None,
-        progress=progress,
-    )
+    trained = train_model(config, task=task, out_dir=out, resume=resume, progress=progress)
+    model, result = trained.model, trained.result
     test = evaluate(model, task, "test", batch_size=config.eval_batch_size, seed=config.seed)
     value = test[task.metric]
     better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
@@ -247,7 +295,7 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     if not config_path.is_file():
         raise FileNotFoundError(f"run_dir: no config.json in {str(run_dir)!r}.")
     config = RunConfig(**json.loads(config_path.read_text()))
-    task, model = _build(config)
+    task, _, model = _build(config)
     with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
         checkpoints.restore(model)
     model.eval()

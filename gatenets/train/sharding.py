@@ -14,7 +14,7 @@ from all processes to a directory they share. The train step itself does not cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -59,3 +59,32 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
         )
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     return jax.tree_util.tree_map(lambda leaf: jax.device_put(leaf, sharding), batch)
+
+
+def batch_placer(mesh: Mesh | None, *, replicate_uneven: bool = False) -> Callable[[Batch], Batch]:
+    """A function that places each batch on ``mesh`` (the identity when ``mesh`` is None).
+
+    Args:
+      mesh: the device mesh, or None for one device.
+      replicate_uneven: a batch whose size does not divide over the devices is replicated
+        (each device computing all of it) instead of refused: for the last batch of a finite
+        evaluation split.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets.tasks import Batch
+      >>> from gatenets.train import batch_placer, data_parallel_mesh
+      >>> place = batch_placer(data_parallel_mesh(), replicate_uneven=True)
+      >>> place(Batch(np.ones((3, 2)), np.zeros(3))).inputs.shape
+      (3, 2)
+    """
+    if mesh is None:
+        return lambda batch: batch
+    devices = mesh.shape[mesh.axis_names[0]]
+
+    def place(batch: Batch) -> Batch:
+        if replicate_uneven and np.shape(batch.inputs)[0] % devices:
+            return replicate(batch, mesh)
+        return shard_batch(batch, mesh)
+
+    return place

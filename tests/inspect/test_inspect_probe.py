@@ -91,3 +91,22 @@ def test_probe_rejects_bad_input(plain_cell):
         gradient_through_time(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), jnp.ones((1, 2, 3)))
     with pytest.raises(ValueError, match="activation must be one of"):
         PlainRNNCell(3, 4, activation="relu", rngs=nnx.Rngs(0))
+
+
+def test_gradient_contrast_probes_the_embedded_inputs_of_a_task_model():
+    from gatenets.inspect import gradient_contrast
+    from gatenets.tasks import SequenceModel
+
+    model = SequenceModel(6, 4, 6, model="gru", embed_features=3, readout="all", rngs=nnx.Rngs(0))
+    tokens = np.arange(10, dtype=np.int32).reshape(2, 5) % 6
+    trained, plain = gradient_contrast(model, tokens, seed=3)
+    embedded = model.embed(jnp.asarray(tokens))
+    np.testing.assert_allclose(trained.norms, gradient_through_time(model.rnn, embedded).norms)
+    reference = PlainRNNCell(3, 4, rngs=nnx.Rngs(3))
+    np.testing.assert_allclose(plain.norms, gradient_through_time(reference, embedded).norms)
+    assert (trained.label, plain.label) == ("trained GRUCell", "plain sigmoid RNN (untrained)")
+    deep = SequenceModel(2, 4, 1, num_layers=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"got LSTM with num_layers=2, bidirectional=False"):
+        gradient_contrast(deep, np.ones((1, 3, 2), np.float32))
+    with pytest.raises(ValueError, match="got no model.rnn"):
+        gradient_contrast(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.ones((1, 3, 2), np.float32))

@@ -1,0 +1,234 @@
+"""The pieces a training loop calls after each step: the schedule, the non-finite guard,
+periodic evaluation and checkpointing (with the save on Ctrl-C).
+
+Every piece is a :class:`Hook`: an object with ``after_step(state)``, ``interrupted(state)``
+and ``close()``, each a no-op unless the piece overrides it. :func:`~gatenets.train.train_loop`
+calls them in order after every step, on Ctrl-C, and at the end; pieces that produce records
+(``{"step": 10, "split": "valid", "loss": …}``) hand them to an ``emit`` callable, which
+:func:`gatenets.train.fit` points at its log (:mod:`gatenets.train.logs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from flax import nnx
+
+Record = dict[str, Any]
+"""One line of ``metrics.jsonl``: ``{"step": int, "split": str, name: float, …}``."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+
+
+class LoopState(NamedTuple):
+    """Where the loop stands after a step; what every hook receives.
+
+    Attributes:
+      step: steps completed, counting those before a resume.
+      loss: the loss of the step just taken (NaN before the first step of this call).
+      seconds: wall time since this call's loop began.
+      start: the step this call began at (0, or the step a resume restored).
+      steps: the step the loop ends at.
+      model: the model being trained.
+      optimizer: its ``nnx.Optimizer``.
+    """
+
+    step: int
+    loss: float
+    seconds: float
+    start: int
+    steps: int
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+
+
+class Hook:
+    """Base of the loop's pieces: every method does nothing until a piece overrides it.
+
+    A new feature (gate statistics every N steps, checksums after each save, a TensorBoard
+    writer) is one more subclass in the list of hooks; the loop does not change.
+    """
+
+    def after_step(self, state: LoopState) -> None:
+        """Called after every completed step, in the order of the hooks."""
+
+    def interrupted(self, state: LoopState) -> None:
+        """Called on Ctrl-C with the state of the last completed step, before it propagates."""
+
+    def close(self) -> None:
+        """Called once when the loop ends, however it ends."""
+
+
+class Schedule(NamedTuple):
+    """When a periodic piece is due: every ``every`` steps and at step ``last``.
+
+    Attributes:
+      every: period in steps; None: only at ``last``.
+      last: the final step, always due; None: never due by itself.
+
+    Example:
+      >>> from gatenets.train import Schedule
+      >>> due = Schedule(every=4, last=10)
+      >>> [step for step in range(1, 11) if due(step)]
+      [4, 8, 10]
+      >>> [step for step in range(1, 11) if Schedule(None, None)(step)]
+      []
+    """
+
+    every: int | None
+    last: int | None
+
+    def __call__(self, step: int) -> bool:
+        return step == self.last or (self.every is not None and step % self.every == 0)
+
+
+class NonFiniteGuard(Hook):
+    """Stops training at the first NaN or infinite loss, naming the last good checkpoint.
+
+    Put it first among the hooks, so that nothing logs or saves the step that went bad.
+
+    Args:
+      checkpointer: the :class:`~gatenets.train.Checkpointer` whose latest step the error
+        names, or None when nothing is saved.
+
+    Example:
+      >>> from gatenets.train import LoopState, NonFiniteGuard
+      >>> state = LoopState(3, float("nan"), 0.1, 0, 10, None, None)
+      >>> NonFiniteGuard(None).after_step(state)
+      Traceback (most recent call last):
+      ...
+      gatenets.train.hooks.NonFiniteLossError: training stopped: the loss is nan at step 3; no checkpoint was saved. Try a lower learning rate or gradient clipping.
+    """  # noqa: E501
+
+    def __init__(self, checkpointer: Any = None):
+        self.checkpointer = checkpointer
+
+    def after_step(self, state: LoopState) -> None:
+        if math.isfinite(state.loss):
+            return
+        kept = None if self.checkpointer is None else self.checkpointer.latest_step()
+        where = (
+            f"the last good checkpoint, step {kept}, is in {str(self.checkpointer.directory)!r}"
+            if kept is not None
+            else "no checkpoint was saved"
+        )
+        raise NonFiniteLossError(
+            f"training stopped: the loss is {state.loss} at step {state.step}; {where}. "
+            "Try a lower learning rate or gradient clipping."
+        )
+
+
+class PeriodicEvaluation(Hook):
+    """Evaluates when ``schedule`` is due and emits ``{"step", "split": "valid", **metrics}``.
+
+    Args:
+      evaluate: called with no arguments, returns ``{name: float}`` (e.g. a
+        ``functools.partial`` of :func:`gatenets.train.evaluate`).
+      schedule: when to evaluate.
+      emit: receives each record.
+
+    Attributes:
+      metrics: the last evaluation's metrics (empty until one ran).
+
+    Example:
+      >>> from gatenets.train import LoopState, PeriodicEvaluation, Schedule
+      >>> records = []
+      >>> hook = PeriodicEvaluation(lambda: {"loss": 0.5}, Schedule(2, 3), records.append)
+      >>> for step in (1, 2, 3):
+      ...     hook.after_step(LoopState(step, 1.0, 0.1, 0, 3, None, None))
+      >>> records
+      [{'step': 2, 'split': 'valid', 'loss': 0.5}, {'step': 3, 'split': 'valid', 'loss': 0.5}]
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], dict[str, float]],
+        schedule: Schedule,
+        emit: Callable[[Record], None],
+    ):
+        self.evaluate = evaluate
+        self.schedule = schedule
+        self.emit = emit
+        self.metrics: dict[str, float] = {}
+
+    def after_step(self, state: LoopState) -> None:
+        if self.schedule(state.step):
+            self.metrics = self.evaluate()
+            self.emit({"step": state.step, "split": "valid", **self.metrics})
+
+
+class PeriodicCheckpoint(Hook):
+    """Saves ``(model, optimizer)`` when ``schedule`` is due, and once more on Ctrl-C.
+
+    The step saved is the optimizer's own counter, not the loop's: Ctrl-C usually lands while
+    the loop waits for a step's loss, after that step's parameters were already written back.
+    A step already saved is not saved again. :meth:`close` waits for background writes and
+    closes the checkpointer.
+
+    Args:
+      checkpointer: a :class:`~gatenets.train.Checkpointer` (or anything with its ``save``,
+        ``wait``, ``close`` and ``directory``).
+      schedule: when to save.
+      say: prints a line for the user (the message after Ctrl-C).
+
+    Example:
+      >>> import numpy as np
+      >>> from types import SimpleNamespace
+      >>> from gatenets.train import LoopState, PeriodicCheckpoint, Schedule
+      >>> class Saves(list):
+      ...     directory = "ckpt"
+      ...     def save(self, step, model, optimizer): self.append(step)
+      ...     def wait(self): pass
+      ...     def close(self): pass
+      >>> saves = Saves()
+      >>> hook = PeriodicCheckpoint(saves, Schedule(2, 5), say=print)
+      >>> for step in range(1, 4):
+      ...     hook.after_step(LoopState(step, 1.0, 0.1, 0, 5, None, SimpleNamespace(
+      ...         step=np.array(step))))
+      >>> hook.interrupted(LoopState(3, 1.0, 0.1, 0, 5, None, SimpleNamespace(step=np.array(3))))
+      interrupted: saved step 3 in 'ckpt'; continue with resume=True (gatenets run … --resume).
+      >>> saves
+      [2, 3]
+    """
+
+    def __init__(self, checkpointer: Any, schedule: Schedule, *, say: Callable[[str], None]):
+        self.checkpointer = checkpointer
+        self.schedule = schedule
+        self.say = say
+        self.saved: int | None = None
+
+    def save(self, state: LoopState) -> int:
+        """Saves the optimizer's step (unless it is saved already) and returns it."""
+        done = int(state.optimizer.step[...])
+        if done != self.saved:
+            self.checkpointer.save(done, state.model, state.optimizer)
+            self.saved = done
+        return done
+
+    def after_step(self, state: LoopState) -> None:
+        if self.schedule(state.step):
+            self.save(state)
+
+    def interrupted(self, state: LoopState) -> None:
+        done = self.save(state)
+        self.checkpointer.wait()
+        self.say(
+            f"interrupted: saved step {done} in {str(self.checkpointer.directory)!r}; "
+            "continue with resume=True (gatenets run … --resume)."
+        )
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
+
+
+def restore_latest(checkpointer: Any, model: nnx.Module, optimizer: nnx.Optimizer) -> int:
+    """Loads the newest checkpoint into ``model`` and ``optimizer``; returns its step (0 and
+    nothing loaded when there is none)."""
+    if checkpointer.latest_step() is None:
+        return 0
+    return checkpointer.restore(model, optimizer)

@@ -1,0 +1,334 @@
+"""The loop's pieces, each alone: schedule, guard, evaluation, checkpoint and interrupt save,
+loss log, JSON lines, progress bar, the loop itself, and how fit composes them."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gatenets.tasks import get_task
+from gatenets.train import (
+    Hook,
+    JsonLinesWriter,
+    LoopState,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    PeriodicCheckpoint,
+    PeriodicEvaluation,
+    ProgressBar,
+    Schedule,
+    TrainLossLog,
+    fan_out,
+    fit_hooks,
+    restore_latest,
+    train_loop,
+)
+
+
+def state(step, loss=1.0, *, seconds=1.0, start=0, steps=10, optimizer_step=None):
+    optimizer = SimpleNamespace(step=np.array(step if optimizer_step is None else optimizer_step))
+    return LoopState(step, loss, seconds, start, steps, "model", optimizer)
+
+
+class FakeCheckpointer:
+    """Records what a PeriodicCheckpoint asks of a Checkpointer."""
+
+    directory = "/runs/x/checkpoints"
+
+    def __init__(self, latest=None):
+        self.calls = []
+        self.latest = latest
+
+    def save(self, step, model, optimizer):
+        self.calls.append(("save", step, model))
+        self.latest = step
+
+    def latest_step(self):
+        return self.latest
+
+    def restore(self, model, optimizer):
+        self.calls.append(("restore", model))
+        return self.latest
+
+    def wait(self):
+        self.calls.append(("wait",))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+@pytest.mark.parametrize(
+    ("every", "last", "due"),
+    [
+        (3, 10, [3, 6, 9, 10]),
+        (5, 10, [5, 10]),
+        (None, 10, [10]),
+        (None, None, []),
+        (4, None, [4, 8]),
+    ],
+)
+def test_schedule_is_due_every_period_and_at_the_end(every, last, due):
+    assert [step for step in range(1, 11) if Schedule(every, last)(step)] == due
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
+def test_guard_raises_on_a_non_finite_loss_naming_the_last_checkpoint(loss):
+    with pytest.raises(NonFiniteLossError, match=rf"loss is {loss} at step 7; no checkpoint"):
+        NonFiniteGuard(None).after_step(state(7, loss))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the last good checkpoint, step 4, is in '/runs/x/checkpoints'\. Try a lower",
+    ):
+        NonFiniteGuard(FakeCheckpointer(latest=4)).after_step(state(7, loss))
+    # A checkpointer with nothing saved yet: the message says so.
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved"):
+        NonFiniteGuard(FakeCheckpointer()).after_step(state(1, loss))
+
+
+def test_guard_lets_finite_losses_pass():
+    guard = NonFiniteGuard(FakeCheckpointer(latest=2))
+    for loss in (0.0, -3.5, 1e30):
+        guard.after_step(state(3, loss))
+    assert guard.checkpointer.calls == []
+
+
+def test_checkpoint_saves_on_schedule_using_the_optimizer_step():
+    checkpointer = FakeCheckpointer()
+    hook = PeriodicCheckpoint(checkpointer, Schedule(3, 8), say=print)
+    for step in range(1, 9):
+        hook.after_step(state(step, steps=8, optimizer_step=100 + step))
+    assert checkpointer.calls == [
+        ("save", 103, "model"),
+        ("save", 106, "model"),
+        ("save", 108, "model"),
+    ]
+    hook.close()
+    assert checkpointer.calls[-2:] == [("wait",), ("close",)]
+
+
+def test_interrupt_saves_once_waits_and_says_where(capsys):
+    checkpointer = FakeCheckpointer()
+    lines = []
+    hook = PeriodicCheckpoint(checkpointer, Schedule(None, 10), say=lines.append)
+    hook.after_step(state(1))
+    hook.interrupted(state(1))
+    assert checkpointer.calls == [("save", 1, "model"), ("wait",)]
+    assert lines == [
+        "interrupted: saved step 1 in '/runs/x/checkpoints'; continue with resume=True "
+        "(gatenets run … --resume)."
+    ]
+    # The step a periodic save already wrote is not written twice.
+    checkpointer.calls.clear()
+    hook = PeriodicCheckpoint(checkpointer, Schedule(2, 10), say=lines.append)
+    hook.after_step(state(2))
+    hook.interrupted(state(2))
+    assert checkpointer.calls == [("save", 2, "model"), ("wait",)]
+    assert lines[-1].startswith("interrupted: saved step 2 in")
+
+
+def test_restore_latest_resumes_from_the_newest_checkpoint_or_starts_at_zero():
+    empty = FakeCheckpointer()
+    assert restore_latest(empty, "model", "optimizer") == 0 and empty.calls == []
+    saved = FakeCheckpointer(latest=6)
+    assert restore_latest(saved, "model", "optimizer") == 6
+    assert saved.calls == [("restore", "model")]
+
+
+def test_evaluation_runs_on_schedule_and_keeps_the_last_metrics():
+    results = iter([{"loss": 2.0, "accuracy": 0.5}, {"loss": 1.0, "accuracy": 0.75}])
+    records = []
+    hook = PeriodicEvaluation(lambda: next(results), Schedule(4, 6), records.append)
+    assert hook.metrics == {}
+    for step in range(1, 7):
+        hook.after_step(state(step, steps=6))
+    assert records == [
+        {"step": 4, "split": "valid", "loss": 2.0, "accuracy": 0.5},
+        {"step": 6, "split": "valid", "loss": 1.0, "accuracy": 0.75},
+    ]
+    assert hook.metrics == {"loss": 1.0, "accuracy": 0.75}
+
+
+def test_train_loss_log_writes_window_means_and_this_calls_rate():
+    records = []
+    log = TrainLossLog(3, Schedule(2, 15), records.append)
+    assert math.isnan(log.mean)
+    losses = [5.0, 4.0, 3.0, 2.0, 1.0]
+    # A resumed call: it started at step 10 and has run (step - 10) steps in 0.5 s each.
+    for offset, loss in enumerate(losses, start=1):
+        log.after_step(state(10 + offset, loss, seconds=0.5 * offset, start=10, steps=15))
+    assert records == [
+        {"step": 12, "split": "train", "loss": 4.5, "steps_per_second": 2.0, "seconds": 1.0},
+        {"step": 14, "split": "train", "loss": 3.0, "steps_per_second": 2.0, "seconds": 2.0},
+        {"step": 15, "split": "train", "loss": 2.0, "steps_per_second": 2.0, "seconds": 2.5},
+    ]
+    assert log.mean == 2.0
+
+
+def test_json_lines_writer_appends_one_record_per_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with JsonLinesWriter(path) as writer:
+        writer.write({"step": 1, "split": "train", "loss": 0.25})
+    with JsonLinesWriter(path) as writer:
+        writer.write({"step": 2, "split": "valid", "loss": 0.5, "accuracy": 1.0})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "split": "train", "loss": 0.25},
+        {"step": 2, "split": "valid", "loss": 0.5, "accuracy": 1.0},
+    ]
+    nowhere = JsonLinesWriter(None)
+    nowhere.write({"step": 3})
+    nowhere.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_progress_bar_prints_validation_lines_only(capsys):
+    bar = ProgressBar(4, initial=1, desc="adding", window=2, enabled=False)
+    for step, loss in ((2, 1.0), (3, 3.0)):
+        bar.after_step(state(step, loss))
+    assert list(bar.losses) == [1.0, 3.0]
+    bar.write({"step": 3, "split": "train", "loss": 2.0})
+    bar.write({"step": 3, "split": "valid", "loss": 0.123456, "bits_per_char": 2.0})
+    bar.say("hello")
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "step 3: valid loss 0.1235, bits_per_char 2\nhello\n"
+
+
+def test_progress_bar_counts_steps_and_shows_the_window_mean(capsys):
+    bar = ProgressBar(5, initial=1, desc="adding", window=2, enabled=True)
+    for step, loss in ((2, 1.0), (3, 3.0), (4, 6.0)):
+        bar.after_step(state(step, loss))
+    assert bar.bar.n == 4 and bar.bar.postfix == "loss=4.5000"
+    bar.close()
+    assert "adding" in capsys.readouterr().err
+
+
+def test_fan_out_writes_every_record_to_every_writer_in_order():
+    seen = []
+
+    class Writer:
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, record):
+            seen.append((self.name, record["step"]))
+
+    emit = fan_out([Writer("a"), Writer("b")])
+    emit({"step": 1})
+    emit({"step": 2})
+    assert seen == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+class Recorder(Hook):
+    def __init__(self, name, events):
+        self.name, self.events = name, events
+
+    def after_step(self, state):
+        self.events.append((self.name, "step", state.step, state.loss))
+
+    def interrupted(self, state):
+        self.events.append((self.name, "interrupted", state.step, state.loss))
+
+    def close(self):
+        self.events.append((self.name, "close"))
+
+
+def test_train_loop_calls_hooks_in_order_and_closes_them():
+    events = []
+    hooks = [Recorder("a", events), Recorder("b", events)]
+    final = train_loop(
+        lambda model, optimizer, batch: batch * 10.0,
+        iter([1, 2, 3, 4]),
+        hooks,
+        model=None,
+        optimizer=None,
+        start=2,
+        steps=4,
+    )
+    assert events == [
+        ("a", "step", 3, 10.0),
+        ("b", "step", 3, 10.0),
+        ("a", "step", 4, 20.0),
+        ("b", "step", 4, 20.0),
+        ("a", "close"),
+        ("b", "close"),
+    ]
+    assert (final.step, final.start, final.loss) == (4, 2, 20.0) and final.seconds > 0
+
+
+def test_train_loop_hands_ctrl_c_to_every_hook_with_the_last_completed_step():
+    def batches():
+        yield 1
+        yield 2
+        raise KeyboardInterrupt
+
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(
+            lambda model, optimizer, batch: float(batch),
+            batches(),
+            [Recorder("a", events), Recorder("b", events)],
+            model=None,
+            optimizer=None,
+            start=0,
+            steps=5,
+        )
+    assert events[-4:] == [
+        ("a", "interrupted", 2, 2.0),
+        ("b", "interrupted", 2, 2.0),
+        ("a", "close"),
+        ("b", "close"),
+    ]
+
+
+def test_train_loop_closes_hooks_when_a_hook_raises():
+    events = []
+    with pytest.raises(NonFiniteLossError):
+        train_loop(
+            lambda model, optimizer, batch: batch,
+            iter([1.0, float("nan"), 3.0]),
+            [NonFiniteGuard(None), Recorder("a", events)],
+            model=None,
+            optimizer=None,
+            start=0,
+            steps=3,
+        )
+    # The bad step never reached the recorder, and nothing was called "interrupted".
+    assert events == [("a", "step", 1, 1.0), ("a", "close")]
+
+
+def test_fit_hooks_follow_fits_settings(tmp_path):
+    task = get_task("adding", length=6)
+    checkpointer = FakeCheckpointer()
+    hooks = fit_hooks(
+        "model",
+        task,
+        steps=10,
+        eval_every=0,
+        log_every=4,
+        out_dir=tmp_path,
+        checkpointer=checkpointer,
+        checkpoint_every=3,
+        progress=False,
+    )
+    assert [type(hook).__name__ for hook in hooks] == [
+        "NonFiniteGuard",
+        "ProgressBar",
+        "TrainLossLog",
+        "PeriodicEvaluation",
+        "JsonLinesWriter",
+        "PeriodicCheckpoint",
+    ]
+    assert hooks.evaluation.schedule == Schedule(None, None)
+    assert hooks.train_log.schedule == Schedule(4, 10) and hooks.train_log.losses.maxlen == 4
+    assert hooks.checkpoint.schedule == Schedule(3, 10)
+    assert hooks.guard.checkpointer is checkpointer
+    for hook in hooks:
+        hook.close()
+    assert (tmp_path / "metrics.jsonl").exists()
+    bare = fit_hooks("model", task, steps=5, progress=False)
+    assert bare.checkpoint is None and bare.evaluation.schedule == Schedule(None, 5)
+    assert bare.writer.stream is None
+    bare.progress.close()
