@@ -17,8 +17,9 @@ on all of them alike, and the median of each is reported with:
 Variants of the gatenets layer (``--variants``): ``plain`` (``loop="auto"``); ``gates`` (gate
 trace returned; in training a small penalty on the forget/update gate so the gates are
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
-``scan`` / ``fused`` (that loop forced); ``before`` (input matmul before the loop); ``remat``;
-``bf16`` (bfloat16 compute, float32 cell state).
+``scan`` / ``fused`` / ``cudnn`` (that loop forced); ``before`` (input matmul before the loop);
+``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32 cell state). On a GPU,
+PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
 
 Example:
   gatenets bench --quick
@@ -49,7 +50,18 @@ import gatenets
 
 SIZES = "64,128,64,256;32,256,128,512;16,512,32,128;128,64,256,1024;1,1024,32,256"
 QUICK_SIZES = "16,64,32,128"
-VARIANTS = ("plain", "gates", "mask", "scan", "fused", "before", "remat", "bf16")
+VARIANTS = (
+    "plain",
+    "gates",
+    "mask",
+    "scan",
+    "fused",
+    "cudnn",
+    "before",
+    "fused_before",
+    "remat",
+    "bf16",
+)
 LEARNING_RATE = 1e-3
 BLOCKS = {"lstm": 4, "gru": 3}
 
@@ -141,11 +153,11 @@ def jax_runner(module: nnx.Module, call: Callable, mode: str, data: dict) -> Run
 def gatenets_module(point: Point, variant: str) -> nnx.Module:
     layer = gatenets.LSTM if point.model == "lstm" else gatenets.GRU
     kwargs: dict[str, Any] = {"num_layers": point.layers, "bidirectional": point.bidirectional}
-    if variant in ("scan", "fused"):
-        kwargs["loop"] = variant
+    if variant in ("scan", "fused", "cudnn", "fused_before"):
+        kwargs["loop"] = variant.removesuffix("_before")
     if variant == "remat":
         kwargs["remat"] = True
-    if variant == "before":
+    if variant in ("before", "fused_before"):
         kwargs["precompute_inputs"] = True
     if variant == "bf16":
         kwargs["dtype"] = jnp.bfloat16
@@ -208,6 +220,10 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    # Beside a JAX GPU run, PyTorch runs on its GPU too (cuDNN), and waits for it.
+    cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     cls = torch.nn.LSTM if point.model == "lstm" else torch.nn.GRU
     layer = cls(
         point.features,
@@ -215,9 +231,10 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
         num_layers=point.layers,
         bidirectional=point.bidirectional,
         batch_first=True,
-    )
-    x = torch.from_numpy(data["x_np"])
-    target = torch.from_numpy(data["target_np"])
+    ).to(device)
+    x = torch.from_numpy(data["x_np"]).to(device)
+    target = torch.from_numpy(data["target_np"]).to(device)
+    # pack_padded_sequence takes its lengths on the CPU.
     lengths = torch.from_numpy(data["lengths_np"].astype(np.int64))
 
     def forward():
@@ -238,6 +255,7 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
             torch.set_num_threads(threads)
             with torch.inference_mode():
                 forward()
+            sync()
 
     else:
         optimizer = torch.optim.Adam(layer.parameters(), lr=LEARNING_RATE)
@@ -247,6 +265,7 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
             optimizer.zero_grad(set_to_none=True)
             torch.mean((forward() - target) ** 2).backward()
             optimizer.step()
+            sync()
 
     return Runner(run, 0.0, None)
 
