@@ -33,6 +33,7 @@ from gatenets.cells.minimal import MinLSTMGates as MinLSTMGates
 from gatenets.cells.rglru import RGLRUCell as RGLRUCell
 from gatenets.cells.rglru import RGLRUGates as RGLRUGates
 from gatenets.gates import GateTrace as GateTrace
+from gatenets.gates import with_checks as with_checks
 from gatenets.inspect.ablation import AblationResult as AblationResult
 from gatenets.inspect.probe import GradientProfile as GradientProfile
 from gatenets.inspect.statistics import FirstTokenShare as FirstTokenShare
@@ -105,4 +106,5 @@ __all__ = [
     "inspect",
     "linen",
     "lstm_sequence",
+    "with_checks",
 ]

@@ -12,12 +12,16 @@ Every gatenets layer speaks the same language about its sigmoid gates:
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from gatenets._typing import Array
 
@@ -80,26 +84,82 @@ GateOverride: TypeAlias = float | Array | Callable[[Array], Array]
 from the gate's value to its new value."""
 
 
-def apply_override(gate: Array, override: GateOverride | None) -> Array:
-    """Returns ``gate`` replaced by ``override`` (a constant or a function of the gate)."""
+def apply_override(gate: Array, override: GateOverride | None, name: str = "") -> Array:
+    """Returns ``gate`` replaced by ``override`` (a constant or a function of the gate).
+
+    Args:
+      gate: the gate's value, ``[..., units]``.
+      override: None, a constant or array that broadcasts to ``gate``'s shape, or a function
+        of the gate.
+      name: the gate's name, for the error when an array does not fit.
+    """
     if override is None:
         return gate
     if callable(override):
         return jnp.asarray(override(gate), gate.dtype)
-    return jnp.broadcast_to(jnp.asarray(override, gate.dtype), gate.shape)
+    value = jnp.asarray(override, gate.dtype)
+    try:
+        return jnp.broadcast_to(value, gate.shape)
+    except ValueError:
+        raise ValueError(
+            f"gate_overrides[{name!r}] has shape {value.shape}, which does not broadcast to "
+            f"the gate's shape {gate.shape} (batch first, units last)."
+        ) from None
 
 
 def apply_overrides(gates: NamedTuple, overrides: Mapping[str, GateOverride] | None) -> NamedTuple:
     """Replaces the fields of a gate NamedTuple named in ``overrides`` (already validated)."""
     if not overrides:
         return gates
-    return gates._replace(**{k: apply_override(getattr(gates, k), v) for k, v in overrides.items()})
+    return gates._replace(
+        **{k: apply_override(getattr(gates, k), v, k) for k, v in overrides.items()}
+    )
+
+
+def check_override_value(name: str, value: Any, where: str) -> None:
+    """Raises unless ``value`` can replace a gate: a function, or a number or array of numbers
+    in ``[0, 1]`` (arrays checked when their values are known, i.e. outside ``jit``)."""
+    if callable(value):
+        return
+    label = f"gate_overrides[{name!r}] for {where}"
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) or isinstance(value, np.ndarray | np.generic | jax.Array)
+    ):
+        raise TypeError(
+            f"{label} must be a number in [0, 1], an array of them or a function of the gate; "
+            f"got {type(value).__name__} {value!r}."
+        )
+    dtype = np.asarray(value).dtype if not isinstance(value, jax.core.Tracer) else value.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"{label} must hold numbers in [0, 1]; got dtype {dtype}.")
+    if isinstance(value, jax.core.Tracer):
+        return
+    values = np.asarray(value, np.float64)
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+        shown = (
+            repr(value)
+            if values.ndim == 0
+            else f"an array with values from {values.min()} to {values.max()}"
+        )
+        raise ValueError(f"{label} must lie in [0, 1] (a gate is a sigmoid's output); got {shown}.")
+
+
+def check_static_flag(value: Any, name: str, where: str) -> None:
+    """Raises unless ``value`` is a Python bool: the switches that change what a layer computes
+    or returns are static, fixed when the function is traced, never traced arrays."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{where}: {name} must be a Python bool (a static switch, fixed at trace time); "
+            f"got {type(value).__name__}. Under jax.jit, pass it as a static argument "
+            "(static_argnames) or close over it."
+        )
 
 
 def check_gate_names(
     overrides: Mapping[str, GateOverride] | None, gate_names: Sequence[str], where: str
 ) -> None:
-    """Raises if ``overrides`` names a gate that ``where`` does not have."""
+    """Raises if ``overrides`` names a gate that ``where`` does not have, or gives one a value
+    that no gate can take (see :func:`check_override_value`)."""
     if overrides is None:
         return
     if not isinstance(overrides, Mapping):
@@ -107,12 +167,13 @@ def check_gate_names(
             f"gate_overrides for {where} must be a mapping from gate name to a constant or a "
             f"function; got {type(overrides).__name__}."
         )
-    for name in overrides:
+    for name, value in overrides.items():
         if name not in gate_names:
             raise ValueError(
                 f"gate_overrides for {where}: unknown gate {name!r}; this layer's gates are "
                 f"{tuple(gate_names)}."
             )
+        check_override_value(name, value, where)
 
 
 def resolve_overrides(
@@ -167,6 +228,42 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("gatenets_checks", default=False)
+
+
+def with_checks(fn: Callable) -> Callable:
+    """``fn`` with gatenets' value checks on for values known only at run time.
+
+    Outside ``jax.jit`` every argument is checked when a layer is called. Under ``jit`` the
+    values of ``seq_lengths`` are not known at trace time; by default a length above ``time``
+    counts as ``time`` and a negative one as 0 (the mask is ``arange(time) < length``). Inside
+    a function wrapped by ``with_checks`` and then by ``jax.experimental.checkify.checkify``,
+    such a length is an error instead, raised by ``err.throw()``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.experimental import checkify
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> layer = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+      >>> run = jax.jit(checkify.checkify(gatenets.with_checks(
+      ...     lambda x, lengths: layer(x, seq_lengths=lengths))))
+      >>> err, y = run(jnp.ones((2, 4, 2)), jnp.array([4, 9]))
+      >>> err.get()
+      'seq_lengths must lie in [0, time] = [0, 4] (`check` failed)'
+    """
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        token = _CHECKS.set(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CHECKS.reset(token)
+
+    return checked
+
+
 def sequence_mask(
     batch: int,
     time: int,
@@ -179,7 +276,9 @@ def sequence_mask(
     Args:
       batch: number of sequences.
       time: number of steps.
-      seq_lengths: ``[batch]`` integers in ``[0, time]``: sequences are right-padded.
+      seq_lengths: ``[batch]`` integers in ``[0, time]``: sequences are right-padded. Checked
+        when concrete; traced values outside the range count as ``time`` or 0 unless checked
+        with :func:`with_checks`.
       mask: ``[batch, time]`` booleans, True at valid steps (any pattern).
 
     Returns:
@@ -208,6 +307,11 @@ def sequence_mask(
                     f"seq_lengths must lie in [0, time] = [0, {time}]; got values from "
                     f"{values.min()} to {values.max()}."
                 )
+        elif _CHECKS.get():
+            checkify.check(
+                jnp.all((seq_lengths >= 0) & (seq_lengths <= time)),
+                f"seq_lengths must lie in [0, time] = [0, {time}]",
+            )
         return jnp.arange(time)[None, :] < seq_lengths[:, None]
     if mask is not None:
         mask = jnp.asarray(mask)

@@ -29,6 +29,7 @@ from gatenets.cells.rglru import RGLRUCell
 from gatenets.gates import (
     GateTrace,
     check_gate_names,
+    check_static_flag,
     merge_traces,
     resolve_overrides,
     sequence_mask,
@@ -79,6 +80,12 @@ def _check_carry(carry: Any, expected: Any, name: str) -> Any:
             for g, w in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True)
         ],
     )
+
+
+def check_switches(layer: nnx.Module, **switches: Any) -> None:
+    """Raises unless every switch is a Python bool (they decide what a call returns)."""
+    for name, value in switches.items():
+        check_static_flag(value, name, type(layer).__name__)
 
 
 class PreparedSequence(NamedTuple):
@@ -178,7 +185,7 @@ class RNN(nnx.Module):
         self.unroll = unroll
         self.learn_initial_carry = learn_initial_carry
         if learn_initial_carry:
-            template = cell.initialize_carry((cell.in_features,))
+            template = cell.as_carry(cell.initialize_carry((cell.in_features,)))
             self.initial_carry = nnx.data(jax.tree_util.tree_map(nnx.Param, template))
         self.recurrent_dropout = nnx.Dropout(recurrent_dropout, rngs=rngs)
 
@@ -188,8 +195,10 @@ class RNN(nnx.Module):
         return "backward" if self.reverse else "forward"
 
     def _initial_carry(self, batch: int, initial_carry: Any) -> Any:
-        zeros = self.cell.initialize_carry((batch, self.cell.in_features))
+        # A subclass may build its carry as Flax does (a tuple): it is converted here once.
+        zeros = self.cell.as_carry(self.cell.initialize_carry((batch, self.cell.in_features)))
         if initial_carry is not None:
+            initial_carry = self.cell.as_carry(initial_carry, "initial_carry")
             return _check_carry(initial_carry, zeros, "initial_carry")
         if self.learn_initial_carry:
             return jax.tree_util.tree_map(
@@ -204,7 +213,7 @@ class RNN(nnx.Module):
         dropout = self.recurrent_dropout
         if dropout.rate == 0.0 or dropout.deterministic:
             return None
-        dtype = self.cell.initialize_carry((1, self.cell.in_features)).h.dtype
+        dtype = self.cell.carry_spec()["h"][1]
         return dropout(jnp.ones((batch, self.cell.output_features), dtype))
 
     def __call__(
@@ -237,6 +246,7 @@ class RNN(nnx.Module):
           ``(carry, outputs, trace)`` with both.
         """
         return_carry = self.return_carry if return_carry is None else return_carry
+        check_switches(self, return_carry=return_carry, return_gates=return_gates)
         prepared = self.prepare(
             inputs,
             initial_carry=initial_carry,
@@ -390,6 +400,7 @@ class Bidirectional(nnx.Module):
         """Same arguments and returns as :meth:`RNN.__call__`; carries are
         :class:`~gatenets.BidirectionalCarry` and ``gate_overrides`` may also be keyed by
         ``"forward"`` / ``"backward"``."""
+        check_switches(self, return_carry=return_carry, return_gates=return_gates)
         directions = ("forward", "backward")
         overrides = resolve_overrides(gate_overrides, directions, self.cell.gate_names)
         if initial_carry is not None and not isinstance(initial_carry, BidirectionalCarry):
@@ -599,6 +610,8 @@ class RecurrentStack(nnx.Module):
         cells = [rnn.cell for rnn in self.rnns]
         if any(c.peephole or c.proj_size is not None for c in cells):
             return "cuDNN has no peepholes or projection"
+        if not all(c.standard_functions for c in cells):
+            return "cuDNN computes sigmoid gates and tanh activations only"
         if any(compute_dtype(c.dtype, c.param_dtype) != jnp.float32 for c in cells):
             return "cuDNN's LSTM computes in float32 only"
         if mask is not None:
@@ -695,6 +708,7 @@ class RecurrentStack(nnx.Module):
           ``outputs``, ``(carry, outputs)``, ``(outputs, trace)`` or ``(carry, outputs, trace)``
           as for :class:`RNN`.
         """
+        check_switches(self, return_carry=return_carry, return_gates=return_gates)
         overrides = resolve_overrides(gate_overrides, self.paths, self.cell.gate_names)
         if initial_carry is not None and (
             not isinstance(initial_carry, tuple | list) or len(initial_carry) != self.num_layers

@@ -385,8 +385,8 @@ def test_dropout_only_in_training_mode_and_variational():
         ),
         (
             lambda r: r(jnp.ones((B, T, I)), initial_carry=jnp.zeros((B, H))),
-            ValueError,
-            "initial_carry must have the structure",
+            TypeError,
+            r"initial_carry must be a LSTMCarry\('c', 'h'\)",
         ),
     ],
 )
@@ -408,6 +408,84 @@ def test_stack_bad_overrides_raise(overrides, message):
     layer = gatenets.LSTM(I, H, num_layers=2, rngs=nnx.Rngs(0))
     with pytest.raises((ValueError, TypeError), match=message):
         layer(jnp.ones((B, T, I)), gate_overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (
+            {"forget": 2.0},
+            ValueError,
+            r"gate_overrides\['forget'\] .* must lie in \[0, 1\] .*got 2.0",
+        ),
+        ({"forget": -1}, ValueError, r"must lie in \[0, 1\] .*got -1"),
+        ({"input": float("nan")}, ValueError, r"gate_overrides\['input'\] .* got nan"),
+        ({"output": np.array([0.5, 1.5])}, ValueError, "values from 0.5 to 1.5"),
+        ({"forget": "one"}, TypeError, r"gate_overrides\['forget'\] .* got str 'one'"),
+        ({"forget": True}, TypeError, "got bool True"),
+        ({"forget": np.array(["a"])}, TypeError, "must hold numbers"),
+        ({"layer1": {"forget": 3.0}}, ValueError, "for layer1 must lie in"),
+        ({"forget": jnp.ones((B, H + 1))}, ValueError, r"shape \(2, 5\), which does not broadcast"),
+    ],
+)
+def test_bad_override_values_raise_naming_the_gate(overrides, error, message):
+    layer = gatenets.LSTM(I, H, num_layers=2, loop="scan", rngs=nnx.Rngs(0))
+    with pytest.raises(error, match=message):
+        layer(jnp.ones((B, T, I)), gate_overrides=overrides)
+
+
+def test_minimal_cells_refuse_out_of_range_overrides_that_made_nan():
+    layer = gatenets.MinGRU(I, H, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"gate_overrides\['update'\].*must lie in \[0, 1\]"):
+        layer(jnp.ones((B, T, I)), gate_overrides={"update": 2.0})
+    # In range, the same override keeps every output finite (0 and 1 are the edges).
+    for value in (0.0, 1.0):
+        assert np.isfinite(layer(jnp.ones((B, T, I)), gate_overrides={"update": value})).all()
+
+
+def test_return_gates_must_be_static():
+    rnn = lstm_rnn()
+
+    @jax.jit
+    def traced(x, flag):
+        return rnn(x, return_gates=flag)
+
+    with pytest.raises(TypeError, match="return_gates must be a Python bool .*static_argnames"):
+        traced(jnp.ones((B, T, I)), True)
+    layer = gatenets.GRU(I, H, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="GRU: return_carry must be a Python bool"):
+        layer(jnp.ones((B, T, I)), return_carry=jnp.array(True))
+
+
+def test_cell_called_with_a_carry_of_another_batch_names_the_carry():
+    cell = gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0))
+    carry = cell.initialize_carry((3, I))
+    with pytest.raises(
+        ValueError, match=r"carry.c has shape \(3, 4\), but inputs of shape \(2, 3\)"
+    ):
+        cell(carry, jnp.ones((B, I)))
+
+
+def test_traced_seq_lengths_out_of_range_clip_by_default_and_raise_when_checked():
+    from jax.experimental import checkify
+
+    rnn = lstm_rnn(return_carry=True)
+    x = jnp.asarray(inputs())
+
+    def run(x, lengths):
+        return rnn(x, seq_lengths=lengths)
+
+    # Documented default under jit: above time counts as time, below 0 as 0.
+    carry, y = jax.jit(run)(x, jnp.array([T + 3, -2]))
+    full_carry, full = rnn(x, seq_lengths=jnp.array([T, 0]))
+    np.testing.assert_array_equal(y, full)
+    np.testing.assert_array_equal(carry.h, full_carry.h)
+    checked = jax.jit(checkify.checkify(gatenets.with_checks(run)))
+    err, _ = checked(x, jnp.array([T + 3, 1]))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"seq_lengths must lie in \[0, time\]"):
+        err.throw()
+    err, _ = checked(x, jnp.array([T, 1]))
+    err.throw()  # in range: no error
 
 
 def test_bad_layer_settings_raise():

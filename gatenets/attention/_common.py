@@ -13,20 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.gates import check_gate_names, sequence_mask
+from gatenets.gates import check_gate_names, check_static_flag, sequence_mask
 
 # Module-level initialisers, shared as argument defaults (Flax's own defaults).
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
-
-
-def check_static_flag(value: Any, name: str, where: str) -> None:
-    """Raises unless ``value`` is a Python bool: the switches are static, never traced."""
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{where}: {name} must be a Python bool (a static switch, fixed at trace time); "
-            f"got {type(value).__name__}."
-        )
 
 
 def check_positive_int(value: Any, name: str, where: str) -> int:

@@ -9,7 +9,7 @@ project and step, so a cell also works step by step and inside ``flax.nnx.RNN``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -30,6 +30,23 @@ def compute_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
 def state_dtype(dtype: Any) -> Any:
     """Recurrent state dtype: low-precision compute keeps its state in float32."""
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _carry_stream(rngs: Any) -> Any:
+    """The key source a random ``carry_init`` draws from: Flax's ``carry`` stream."""
+    if rngs is None:
+        return nnx.Rngs(carry=0).carry
+    if isinstance(rngs, nnx.Rngs):
+        try:
+            return rngs.carry
+        except (AttributeError, KeyError) as err:
+            raise ValueError(
+                "rngs must have a 'carry' or a default stream to draw the carry from; got "
+                f"{rngs!r}."
+            ) from err
+    if callable(rngs):
+        return rngs
+    raise TypeError(f"rngs must be an nnx.Rngs, an RngStream or None; got {type(rngs).__name__}.")
 
 
 def fused_orthogonal(
@@ -65,7 +82,7 @@ class GatedCell(nnx.RNNCellBase):
 
     Rules a :meth:`step` follows, so that every loop computes the same thing:
 
-    * each gate is ``apply_override(sigmoid(z), gate_overrides.get(name))`` — the override
+    * each gate is ``apply_override(sigmoid(z), gate_overrides.get(name), name)`` — the override
       replaces the gate where it is made, so the replaced value is what the recurrence uses;
     * ``recurrent_mask`` (variational dropout) multiplies :math:`h_{t-1}` where it enters the
       recurrent matmul, and nowhere else;
@@ -115,18 +132,62 @@ class GatedCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return 1
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=None) -> Any:
-        """The carry before the first step.
+    def carry_spec(self) -> dict[str, tuple[int, Any]]:
+        """``{field: (features, dtype)}`` for every field of ``carry_type``, in field order."""
+        raise NotImplementedError
+
+    def initialize_carry(
+        self,
+        input_shape: tuple[int, ...],
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+        carry_init: Initializer | None = None,
+    ) -> Any:
+        """The carry before the first step, as Flax's ``RNNCellBase.initialize_carry``.
 
         Args:
           input_shape: shape of one input step, ``[*batch, in_features]``.
-          rngs: random streams for a random ``carry_init``; unused by zeros.
-          carry_init: initialiser of every carry field (zeros when None).
+          rngs: where a random ``carry_init`` draws its keys: an ``nnx.Rngs`` (its ``carry``
+            stream, or its default one) or an ``RngStream``. Zeros need none.
+          carry_init: initialiser of every carry field, called once per field; zeros when None.
 
         Returns:
-          a ``carry_type`` with ``[*batch, …]`` leaves in the cell's state dtypes.
+          a ``carry_type`` with ``[*batch, features]`` leaves in the cell's state dtypes.
         """
-        raise NotImplementedError
+        batch = tuple(input_shape[:-1])
+        spec = self.carry_spec()
+        if carry_init is None:
+            fields = {f: jnp.zeros(batch + (n,), dtype) for f, (n, dtype) in spec.items()}
+        else:
+            stream = _carry_stream(rngs)
+            fields = {f: carry_init(stream(), batch + (n,), d) for f, (n, d) in spec.items()}
+        return self.carry_type(**fields)
+
+    def as_carry(self, carry: Any, name: str = "carry") -> Any:
+        """``carry`` as this cell's ``carry_type``, checked against ``carry_spec``.
+
+        Takes the carries Flax code builds too: a plain tuple of the fields in order (an
+        ``(c, h)`` tuple for an LSTM) or, for a one-field carry, the bare array (a GRU's
+        ``h``). Carries that come out of gatenets are always ``carry_type``.
+        """
+        fields = self.carry_type._fields
+        if not isinstance(carry, self.carry_type):
+            if isinstance(carry, tuple | list) and len(carry) == len(fields):
+                carry = self.carry_type(*carry)
+            elif hasattr(carry, "shape") and len(fields) == 1:
+                carry = self.carry_type(carry)
+            else:
+                raise TypeError(
+                    f"{name} must be a {self.carry_type.__name__}{fields} (or a tuple of those "
+                    f"fields in order); got {type(carry).__name__}."
+                )
+        for field, (features, _) in self.carry_spec().items():
+            shape = jnp.shape(getattr(carry, field))
+            if not shape or shape[-1] != features:
+                raise ValueError(
+                    f"{name}.{field} must have {features} features on its last axis "
+                    f"({type(self).__name__}'s {field}); got shape {shape}."
+                )
+        return carry
 
     def _input_bias(self, dtype: Any) -> Array | None:
         """Every bias that adds to the input matmul (None without biases)."""
@@ -310,6 +371,14 @@ class GatedCell(nnx.RNNCellBase):
     def __call__(self, carry: Any, inputs: Array) -> tuple[Any, Array]:
         """One step on raw input ``[batch, in_features]``: returns ``(new_carry, output)``."""
         inputs = self.check_input(inputs, "inputs")
+        carry = self.as_carry(carry)
+        for field, leaf in zip(carry._fields, carry, strict=True):
+            if jnp.shape(leaf)[:-1] != inputs.shape[:-1]:
+                raise ValueError(
+                    f"carry.{field} has shape {jnp.shape(leaf)}, but inputs of shape "
+                    f"{inputs.shape} need a carry with the batch shape {inputs.shape[:-1]} "
+                    "(make it with initialize_carry(inputs.shape))."
+                )
         carry, h, _ = self.step(carry, self.project(inputs))
         return carry, h
 
@@ -318,13 +387,43 @@ class FusedKernelCell(GatedCell):
     """A cell with a fused sequence kernel (``Loop.FUSED``, custom VJP) beside the generic scan.
 
     Subclasses implement ``_fused_unsupported`` (why the kernel does not cover this cell's
-    configuration, or None) and ``_fused_scan`` (the kernel call), and set ``remat``.
+    configuration, or None, after this class's own reasons) and ``_fused_scan`` (the kernel
+    call), and set ``remat``. The kernels compute :math:`\\sigma` and :math:`\tanh`; other
+    ``gate_fn`` / ``activation_fn`` (Flax's arguments) run on the generic scan.
     """
 
     loops = (Loop.FUSED, Loop.SCAN)
     remat: bool
 
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        dtype,
+        param_dtype,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        for name, fn in (("gate_fn", gate_fn), ("activation_fn", activation_fn)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function of an array; got {fn!r}.")
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+
+    @property
+    def standard_functions(self) -> bool:
+        """Whether the gates are sigmoids and the activations tanh (what the kernels compute)."""
+        return self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
+
     def _fused_unsupported(self) -> str | None:
+        if not self.standard_functions:
+            return (
+                "the fused kernels compute sigmoid gates and tanh activations; got gate_fn="
+                f"{getattr(self.gate_fn, '__name__', self.gate_fn)}, activation_fn="
+                f"{getattr(self.activation_fn, '__name__', self.activation_fn)}"
+            )
         return None
 
     def _fused_scan(

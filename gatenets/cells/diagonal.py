@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax.nnx.nn import initializers
 
 from gatenets._typing import Array
 from gatenets.cells.base import GatedCell, compute_dtype, state_dtype
@@ -57,12 +56,9 @@ class DiagonalCell(GatedCell):
         """``(log_a, b, gates)`` from projected input ``[..., k * hidden]``; float32 arrays."""
         raise NotImplementedError
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
+    def carry_spec(self) -> dict[str, tuple[int, Any]]:
         dtype = state_dtype(compute_dtype(self.dtype, self.param_dtype))
-        key = rngs() if rngs is not None else jax.random.key(0)
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
-        return DiagonalCarry(h=carry_init(key, shape, dtype))
+        return {"h": (self.hidden_features, dtype)}
 
     def _held_input(self, h: Array, recurrent_mask: Array | None) -> Array:
         return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)

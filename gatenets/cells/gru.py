@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,9 @@ class GRUCell(FusedKernelCell):
       bias_init: initialiser of the biases.
       dtype: dtype of the computation.
       param_dtype: dtype of the parameters.
+      gate_fn: the reset and update gates' function (Flax's argument), :math:`\sigma` by
+        default; another one runs on ``loop="scan"`` and the trace holds what it returned.
+      activation_fn: the candidate's function, :math:`\tanh` by default.
       remat: in the fused kernel, save only the hidden states for the backward pass and
         recompute the gates there (one more matmul per step): for long sequences.
       rngs: random streams for parameter initialisation.
@@ -101,10 +104,19 @@ class GRUCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
+        )
         self.remat = bool(remat)
         self.reset_after = reset_after
         self.use_bias = use_bias
@@ -120,11 +132,8 @@ class GRUCell(FusedKernelCell):
                     bias_init(rngs.params(), (3 * hidden,), param_dtype)
                 )
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        key = rngs() if rngs is not None else jax.random.key(0)
-        return GRUCarry(h=carry_init(key, tuple(input_shape[:-1]) + (self.hidden_features,), dtype))
+    def carry_spec(self) -> dict[str, tuple[int, Any]]:
+        return {"h": (self.hidden_features, compute_dtype(self.dtype, self.param_dtype))}
 
     def _input_bias(self, dtype) -> Array | None:
         if not self.use_bias:
@@ -139,6 +148,9 @@ class GRUCell(FusedKernelCell):
         return bias.astype(dtype)
 
     def _fused_unsupported(self) -> str | None:
+        reason = super()._fused_unsupported()
+        if reason is not None:
+            return reason
         if not self.reset_after:
             return "the fused GRU kernel needs reset_after=True; got reset_after=False"
         return None
@@ -210,11 +222,11 @@ class GRUCell(FusedKernelCell):
                 )
         else:
             h_r, h_z = jnp.split(jnp.dot(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
-        r = apply_override(jax.nn.sigmoid(x_r + h_r), overrides.get("reset"))
-        z = apply_override(jax.nn.sigmoid(x_z + h_z), overrides.get("update"))
+        r = apply_override(self.gate_fn(x_r + h_r), overrides.get("reset"), "reset")
+        z = apply_override(self.gate_fn(x_z + h_z), overrides.get("update"), "update")
         if self.reset_after:
-            n = jnp.tanh(x_n + r * h_n)
+            n = self.activation_fn(x_n + r * h_n)
         else:
-            n = jnp.tanh(x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :]))
+            n = self.activation_fn(x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :]))
         h = (1.0 - z) * n + z * h_prev
         return GRUCarry(h=h), h, GRUGates(reset=r, update=z)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,10 @@ class LSTMCell(FusedKernelCell):
       bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
       dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
       param_dtype: dtype of the parameters.
+      gate_fn: the gates' squashing function (Flax's argument), :math:`\sigma` by default;
+        another one (e.g. ``nnx.hard_sigmoid``) runs on ``loop="scan"`` and the trace holds
+        what it returned.
+      activation_fn: the candidate's and the output's function, :math:`\tanh` by default.
       remat: in the fused kernel, save only the states for the backward pass and recompute the
         gates there (two hidden-sized arrays saved per step instead of six, for one more matmul
         per step): for long sequences. Pays fully with the input matmul inside the loop
@@ -118,10 +122,19 @@ class LSTMCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features,
+            hidden_features,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
+        )
         self.remat = bool(remat)
         if proj_size is not None and (not isinstance(proj_size, int) or proj_size <= 0):
             raise ValueError(f"proj_size must be a positive int or None; got {proj_size!r}.")
@@ -164,14 +177,9 @@ class LSTMCell(FusedKernelCell):
     def output_features(self) -> int:
         return self.proj_size or self.hidden_features
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
-        batch = tuple(input_shape[:-1])
+    def carry_spec(self) -> dict[str, tuple[int, Any]]:
         dtype = compute_dtype(self.dtype, self.param_dtype)
-        key = rngs() if rngs is not None else jax.random.key(0)
-        c = carry_init(key, batch + (self.hidden_features,), state_dtype(dtype))
-        h = carry_init(key, batch + (self.output_features,), dtype)
-        return LSTMCarry(c=c, h=h)
+        return {"c": (self.hidden_features, state_dtype(dtype)), "h": (self.output_features, dtype)}
 
     def _input_bias(self, dtype) -> Array | None:
         if not self.use_bias:
@@ -182,6 +190,9 @@ class LSTMCell(FusedKernelCell):
         return bias.astype(dtype)
 
     def _fused_unsupported(self) -> str | None:
+        reason = super()._fused_unsupported()
+        if reason is not None:
+            return reason
         if self.peephole or self.proj_size is not None:
             return (
                 "the fused LSTM kernel supports neither peephole nor proj_size; got "
@@ -251,14 +262,14 @@ class LSTMCell(FusedKernelCell):
             zi = zi + jnp.broadcast_to(peep[0], zi.shape) * carry.c
             zf = zf + jnp.broadcast_to(peep[1], zf.shape) * carry.c
         overrides = gate_overrides or {}
-        i = apply_override(jax.nn.sigmoid(zi), overrides.get("input"))
-        f = apply_override(jax.nn.sigmoid(zf), overrides.get("forget"))
-        c = f * carry.c + i * jnp.tanh(zg)
+        i = apply_override(self.gate_fn(zi), overrides.get("input"), "input")
+        f = apply_override(self.gate_fn(zf), overrides.get("forget"), "forget")
+        c = f * carry.c + i * self.activation_fn(zg)
         if self.peephole:
             zo = zo + jnp.broadcast_to(self.peephole_weights[2].astype(c.dtype), c.shape) * c
-        o = apply_override(jax.nn.sigmoid(zo), overrides.get("output"))
+        o = apply_override(self.gate_fn(zo), overrides.get("output"), "output")
         gates = LSTMGates(input=i, forget=f, output=o)
-        h = (o * jnp.tanh(c)).astype(dtype)
+        h = (o * self.activation_fn(c)).astype(dtype)
         if self.proj_size is not None:
             h = jnp.dot(h, self.proj_kernel[...].astype(dtype))
         return LSTMCarry(c=c, h=h), h, gates

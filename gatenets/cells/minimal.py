@@ -45,9 +45,7 @@ class _MinimalCell(DiagonalCell):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        super().__init__(
-            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
-        )
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         self.use_bias = use_bias
         shape = (in_features, self.num_blocks * hidden_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
@@ -112,7 +110,7 @@ class MinGRUCell(_MinimalCell):
         if override is None:
             log_keep = -jax.nn.softplus(k_z)
         else:
-            update = apply_override(update, override)
+            update = apply_override(update, override, "update")
             log_keep = jnp.log1p(-update)
         gates = MinGRUGates(update=update.astype(projected.dtype))
         return log_keep, update * candidate, gates
@@ -173,9 +171,9 @@ class MinLSTMCell(_MinimalCell):
         forget, input_ = jnp.exp(log_forget), jnp.exp(log_i - log_total)
         overrides = gate_overrides or {}
         if overrides.get("forget") is not None:
-            forget = apply_override(forget, overrides["forget"])
+            forget = apply_override(forget, overrides["forget"], "forget")
             log_forget = jnp.log(forget)
-        input_ = apply_override(input_, overrides.get("input"))
+        input_ = apply_override(input_, overrides.get("input"), "input")
         gates = MinLSTMGates(
             forget=forget.astype(projected.dtype), input=input_.astype(projected.dtype)
         )

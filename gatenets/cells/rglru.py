@@ -139,9 +139,7 @@ class RGLRUCell(DiagonalCell):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        super().__init__(
-            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
-        )
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         if not (isinstance(c, int | float) and np.isfinite(c) and c > 0):
             raise ValueError(f"c must be a positive finite number; got {c!r}.")
         if not (0.0 < min_decay <= max_decay < 1.0):
@@ -168,8 +166,8 @@ class RGLRUCell(DiagonalCell):
         """``(log a_t, sqrt(1 - a_t²) i_t v_t, gates)`` from the projected ``[..., 3 * hidden]``."""
         k_a, k_x, value = jnp.split(projected.astype(jnp.float32), 3, axis=-1)
         overrides = gate_overrides or {}
-        recurrence = apply_override(jax.nn.sigmoid(k_a), overrides.get("recurrence"))
-        input_ = apply_override(jax.nn.sigmoid(k_x), overrides.get("input"))
+        recurrence = apply_override(jax.nn.sigmoid(k_a), overrides.get("recurrence"), "recurrence")
+        input_ = apply_override(jax.nn.sigmoid(k_x), overrides.get("input"), "input")
         rate = jnp.broadcast_to(
             self.c * jax.nn.softplus(self.decay[...].astype(jnp.float32)), recurrence.shape
         )

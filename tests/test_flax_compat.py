@@ -1,0 +1,206 @@
+"""Flax's cell contract, checked with gatenets cells: carries, ``initialize_carry``, ``nnx.RNN``
+and ``nnx.Bidirectional`` options, ``gate_fn`` / ``activation_fn``, and the errors Flax users
+meet first. Values are compared with Flax's own cells or with the gatenets layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_cells import B, H, I, T, inputs, randomize
+
+import gatenets
+
+
+def lstm():
+    return randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+
+
+def gru():
+    return randomize(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)), seed=1)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (gatenets.LSTMCell, nnx.LSTMCell),
+        (gatenets.LSTMCell, nnx.OptimizedLSTMCell),
+        (gatenets.GRUCell, nnx.GRUCell),
+    ],
+)
+def test_initialize_carry_draws_what_flax_draws(ours, theirs):
+    shape = (B, I)
+    mine = ours(I, H, rngs=nnx.Rngs(0))
+    flax_cell = theirs(I, H, rngs=nnx.Rngs(0))
+    init = nnx.initializers.normal(0.3)
+    got = mine.initialize_carry(shape, nnx.Rngs(params=0, carry=1), init)
+    want = flax_cell.initialize_carry(shape, nnx.Rngs(params=0, carry=1), init)
+    want = want if isinstance(want, tuple) else (want,)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Defaults: zeros, no stream needed; carry_init=None is the default as in Flax.
+    zeros = mine.initialize_carry(shape, rngs=None, carry_init=None)
+    assert all(not np.asarray(leaf).any() for leaf in zeros)
+    assert isinstance(zeros, mine.carry_type)
+    # A stream passed directly works too.
+    stream = nnx.Rngs(carry=1).carry
+    again = mine.initialize_carry(shape, stream, init)
+    for a, b in zip(again, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flax_format_carries_go_in_and_named_tuples_come_out():
+    x = jnp.asarray(inputs())
+    for cell, flax_carry in (
+        (lstm(), lambda c: (c.c, c.h)),
+        (gru(), lambda c: c.h),
+    ):
+        carry = cell.initialize_carry((B, I), nnx.Rngs(carry=2), nnx.initializers.normal(0.5))
+        new_named, y_named = cell(carry, x[:, 0])
+        new_flax, y_flax = cell(flax_carry(carry), x[:, 0])
+        assert isinstance(new_flax, cell.carry_type)
+        np.testing.assert_array_equal(y_named, y_flax)
+        rnn = gatenets.RNN(cell, return_carry=True)
+        (final_named, out_named), (final_flax, out_flax) = (
+            rnn(x, initial_carry=carry),
+            rnn(x, initial_carry=flax_carry(carry)),
+        )
+        np.testing.assert_array_equal(out_named, out_flax)
+        assert isinstance(final_flax, cell.carry_type)
+        for a, b in zip(final_named, final_flax, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lstm, gru])
+def test_nnx_rnn_options_equal_the_gatenets_layer(make):
+    cell = make()
+    x = jnp.asarray(inputs())
+    lengths = jnp.array([T, 2])
+    ours = gatenets.RNN(cell, return_carry=True)
+    carry, y = ours(x, seq_lengths=lengths)
+    flax_carry, flax_y = nnx.RNN(cell, return_carry=True)(x, seq_lengths=lengths)
+    valid = np.arange(T)[None] < np.asarray(lengths)[:, None]
+    np.testing.assert_allclose(np.asarray(flax_y)[valid], np.asarray(y)[valid], atol=1e-6)
+    for a, b in zip(flax_carry, carry, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # reverse + keep_order, time_major, unroll.
+    reverse = gatenets.RNN(cell, reverse=True)(x)
+    np.testing.assert_allclose(
+        nnx.RNN(cell, reverse=True, keep_order=True, unroll=2)(x), reverse, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        nnx.RNN(cell, time_major=True)(x.swapaxes(0, 1)).swapaxes(0, 1),
+        gatenets.RNN(cell)(x),
+        atol=1e-6,
+    )
+
+
+def test_nnx_bidirectional_with_merge_fn_equals_gatenets_bidirectional():
+    forward, backward = lstm(), randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(1)), seed=3)
+    x = jnp.asarray(inputs())
+
+    def merge(a, b):
+        return a + 2 * b
+
+    theirs = nnx.Bidirectional(
+        nnx.RNN(forward), nnx.RNN(backward, reverse=True, keep_order=True), merge_fn=merge
+    )(x)
+    ours = gatenets.Bidirectional(
+        gatenets.RNN(forward), gatenets.RNN(backward, reverse=True), merge_fn=merge
+    )(x)
+    np.testing.assert_allclose(theirs, ours, atol=1e-6)
+
+
+class TupleCarryLSTM(gatenets.LSTMCell):
+    """A subclass that builds its carry as Flax code does: a plain ``(c, h)`` tuple."""
+
+    def initialize_carry(self, input_shape, rngs=None, carry_init=None):
+        carry = super().initialize_carry(input_shape, rngs, carry_init)
+        return (carry.c, carry.h)
+
+
+def test_recurrent_dropout_through_a_subclass_with_a_tuple_carry_jit_and_grad():
+    cell = randomize(TupleCarryLSTM(I, H, rngs=nnx.Rngs(0)))
+    plain = randomize(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    runs = [gatenets.RNN(c, recurrent_dropout=0.5, rngs=nnx.Rngs(dropout=4)) for c in (cell, plain)]
+
+    @nnx.jit
+    def loss(rnn, x):
+        return jnp.sum(rnn(x) ** 2)
+
+    values = [nnx.value_and_grad(loss)(rnn, x) for rnn in runs]
+    np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-6)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(values[0][1])),
+        jax.tree.leaves(nnx.state(values[1][1])),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def hard_sigmoid(x):
+    return np.clip(x / 6 + 0.5, 0.0, 1.0)
+
+
+def test_gate_fn_and_activation_fn_run_on_the_scan_and_match_a_numpy_loop():
+    cell = randomize(
+        gatenets.LSTMCell(
+            I, H, gate_fn=nnx.hard_sigmoid, activation_fn=nnx.soft_sign, rngs=nnx.Rngs(0)
+        ),
+        scale=3.0,
+    )
+    assert cell.resolve_loop() is gatenets.Loop.SCAN
+    with pytest.raises(ValueError, match="fused kernels compute sigmoid gates"):
+        gatenets.RNN(cell, loop="fused")
+    x = inputs()
+    y, trace = gatenets.RNN(cell)(jnp.asarray(x), return_gates=True)
+    kernel, recurrent = np.asarray(cell.kernel[...]), np.asarray(cell.recurrent_kernel[...])
+    bias = np.asarray(cell.bias[...])
+    c, h = np.zeros((B, H)), np.zeros((B, H))
+    forget = []
+    for t in range(T):
+        z = x[:, t] @ kernel + h @ recurrent + bias
+        zi, zf, zg, zo = np.split(z, 4, axis=-1)
+        i, f, o = hard_sigmoid(zi), hard_sigmoid(zf), hard_sigmoid(zo)
+        c = f * c + i * (zg / (1 + np.abs(zg)))
+        h = o * (c / (1 + np.abs(c)))
+        forget.append(f)
+        np.testing.assert_allclose(y[:, t], h, atol=1e-5)
+    np.testing.assert_allclose(trace.gates["forward"].forget, np.stack(forget, 1), atol=1e-6)
+    assert {0.0, 1.0} & set(np.unique(np.asarray(trace.gates["forward"].forget)))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda c: c((jnp.zeros((B, H + 1)), jnp.zeros((B, H))), jnp.ones((B, I))),
+            ValueError,
+            r"carry.c must have 4 features .* got shape \(2, 5\)",
+        ),
+        (
+            lambda c: c(jnp.zeros((B, H)), jnp.ones((B, I))),
+            TypeError,
+            r"carry must be a LSTMCarry\('c', 'h'\)",
+        ),
+        (
+            lambda c: c(c.initialize_carry((B, I)), jnp.ones((B, I + 2))),
+            ValueError,
+            "in_features = 3",
+        ),
+        (
+            lambda c: gatenets.RNN(c)(jnp.ones((B, T, I)), initial_carry=(jnp.zeros((B, 2)),) * 2),
+            ValueError,
+            "initial_carry.c must have 4 features",
+        ),
+        (
+            lambda c: c.initialize_carry((B, I), nnx.Rngs(params=0), nnx.initializers.normal()),
+            ValueError,
+            "rngs must have a 'carry' or a default stream",
+        ),
+    ],
+)
+def test_mistakes_flax_users_make_get_errors_naming_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)))
