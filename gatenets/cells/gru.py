@@ -27,7 +27,13 @@ class GRUCarry(NamedTuple):
 
 
 class GRUGates(NamedTuple):
-    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace).
+
+    ``retention``: the update gate multiplies the state (:math:`h_t = z_t \\odot h_{t-1} +
+    \\dots`), so it is what a unit keeps of its past.
+    """
+
+    retention = {"update": "keep"}
 
     reset: Array
     update: Array

@@ -29,7 +29,13 @@ class LSTMCarry(NamedTuple):
 
 
 class LSTMGates(NamedTuple):
-    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace).
+
+    ``retention``: the forget gate multiplies the cell state (:math:`c_t = f_t \\odot c_{t-1} +
+    \\dots`), so it is what a unit keeps of its past (see :func:`gatenets.inspect.gate_statistics`).
+    """
+
+    retention = {"forget": "keep"}
 
     input: Array
     forget: Array

@@ -18,7 +18,13 @@ from gatenets.gates import GateOverride, apply_override
 
 class RGLRUGates(NamedTuple):
     """RG-LRU's post-sigmoid gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a
-    trace): the recurrence gate :math:`r_t` and the input gate :math:`i_t`."""
+    trace): the recurrence gate :math:`r_t` and the input gate :math:`i_t`.
+
+    ``retention`` is empty: the decay :math:`a_t = a^{c r_t}` depends on the parameter
+    :math:`a` as well as the gate, so no gate alone sets a time constant.
+    """
+
+    retention = {}
 
     recurrence: Array
     input: Array
@@ -139,9 +145,7 @@ class RGLRUCell(DiagonalCell):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        super().__init__(
-            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
-        )
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         if not (isinstance(c, int | float) and np.isfinite(c) and c > 0):
             raise ValueError(f"c must be a positive finite number; got {c!r}.")
         if not (0.0 < min_decay <= max_decay < 1.0):
