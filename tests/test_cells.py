@@ -138,3 +138,66 @@ def test_bad_lstm_settings_raise(kwargs, message):
 def test_bad_sizes_raise(hidden):
     with pytest.raises(ValueError, match="hidden_features must be a positive int"):
         gatenets.GRUCell(I, hidden, rngs=nnx.Rngs(0))
+
+
+def mgu_reference(cell, x, mix="paper"):
+    """Float64 MGU loop written from Zhou et al.'s equations; ``mix="flax"`` interpolates as
+    Flax's ``nn.MGUCell`` does, ``h = f h + (1 - f) n``. Returns (outputs, h, forget gates)."""
+    p = reference.params(cell)
+    batch, time, _ = x.shape
+    hidden = cell.hidden_features
+    kernel, recurrent = p["kernel"], p["recurrent_kernel"]
+    bias = p.get("bias", np.zeros(2 * hidden))
+    recurrent_bias = p.get("recurrent_bias", np.zeros(hidden))
+    h = np.zeros((batch, hidden))
+    outs, gates = [], []
+    for t in range(time):
+        xi = x[:, t] @ kernel + bias
+        if cell.reset_after:
+            hh = h @ recurrent
+            f = reference.sigmoid(xi[:, :hidden] + hh[:, :hidden])
+            n = np.tanh(xi[:, hidden:] + f * (hh[:, hidden:] + recurrent_bias))
+        else:
+            f = reference.sigmoid(xi[:, :hidden] + h @ recurrent[:, :hidden])
+            n = np.tanh(xi[:, hidden:] + (f * h) @ recurrent[:, hidden:])
+        h = f * h + (1 - f) * n if mix == "flax" else (1 - f) * h + f * n
+        outs.append(h)
+        gates.append(f)
+    return np.stack(outs, 1), h, np.stack(gates, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"reset_after": True}, {"use_bias": False}], ids=["paper", "after", "no-bias"]
+)
+def test_mgu_cell_matches_numpy_reference(kwargs):
+    cell = randomize(gatenets.MGUCell(I, H, rngs=nnx.Rngs(0), **kwargs))
+    assert hasattr(cell, "recurrent_bias") == kwargs.get("reset_after", False)
+    x = inputs()
+    carry, y, trace = gatenets.RNN(cell)(jnp.asarray(x), return_carry=True, return_gates=True)
+    ref_y, ref_h, ref_forget = mgu_reference(cell, x.astype(np.float64))
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    np.testing.assert_allclose(carry.h, ref_h, atol=1e-5)
+    np.testing.assert_allclose(trace.gates["forward"].forget, ref_forget, atol=1e-5)
+
+
+def test_mgu_parameters_line_up_with_flax_linen_mgu_cell():
+    # Flax's nn.MGUCell has this cell's reset_after=True layout but mixes h = f h + (1 - f) n
+    # (its gate keeps, the paper's writes): with the same weights it equals the reference with
+    # Flax's mix, and differs from this cell.
+    from flax import linen as nn
+
+    cell = randomize(gatenets.MGUCell(I, H, reset_after=True, rngs=nnx.Rngs(0)))
+    kernel, recurrent = np.asarray(cell.kernel[...]), np.asarray(cell.recurrent_kernel[...])
+    bias = np.asarray(cell.bias[...])
+    params = {
+        "if": {"kernel": kernel[:, :H], "bias": bias[:H]},
+        "in": {"kernel": kernel[:, H:], "bias": bias[H:]},
+        "hf": {"kernel": recurrent[:, :H]},
+        "hn": {"kernel": recurrent[:, H:], "bias": np.asarray(cell.recurrent_bias[...])},
+    }
+    x = inputs()
+    flax_y = nn.RNN(nn.MGUCell(H)).apply({"params": {"cell": params}}, jnp.asarray(x))
+    np.testing.assert_allclose(
+        flax_y, mgu_reference(cell, x.astype(np.float64), "flax")[0], atol=1e-5
+    )
+    assert not np.allclose(flax_y, gatenets.RNN(cell)(jnp.asarray(x)), atol=1e-3)
