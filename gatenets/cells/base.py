@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.gates import GateOverride, hold_invalid, zero_invalid
@@ -30,6 +31,12 @@ def compute_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
 def state_dtype(dtype: Any) -> Any:
     """Recurrent state dtype: low-precision compute keeps its state in float32."""
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def recurrent_input(h: Array, recurrent_mask: Array | None) -> Array:
+    """:math:`h_{t-1}` as it enters the recurrent matmul: times the variational dropout mask
+    (``[batch, output_features]``, cast to ``h``'s dtype) when there is one."""
+    return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)
 
 
 def fused_orthogonal(
@@ -49,10 +56,10 @@ def fused_orthogonal(
 class GatedCell(nnx.RNNCellBase):
     """Base of gatenets' recurrent cells: the contract a new cell implements.
 
-    A cell family is one subclass that sets the class attributes and implements
-    :meth:`initialize_carry` and :meth:`step`; :meth:`project` and :meth:`scan` are inherited
-    and overridden only for speed. The sequence layer (:class:`~gatenets.RNN`) relies on
-    nothing else.
+    A cell family is one subclass that sets the class attributes and implements :meth:`step`
+    (and :meth:`initialize_carry` when its carry holds more than ``h``); :meth:`project` and
+    :meth:`scan` are inherited and overridden only for speed. The sequence layer
+    (:class:`~gatenets.RNN`) relies on nothing else.
 
     Class attributes:
       gates_type: NamedTuple of the cell's post-sigmoid gates. Its field names are the names
@@ -115,18 +122,34 @@ class GatedCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return 1
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=None) -> Any:
+    def _carry_dtype(self) -> Any:
+        """The dtype of ``h`` between steps: the compute dtype unless a cell says otherwise."""
+        return compute_dtype(self.dtype, self.param_dtype)
+
+    def initialize_carry(
+        self, input_shape, rngs=None, carry_init: Initializer = initializers.zeros_init()
+    ) -> Any:
         """The carry before the first step.
+
+        This default serves a ``carry_type`` whose only field is ``h`` (``[*batch,
+        output_features]`` in :meth:`_carry_dtype`); a cell with more state overrides it.
 
         Args:
           input_shape: shape of one input step, ``[*batch, in_features]``.
           rngs: random streams for a random ``carry_init``; unused by zeros.
-          carry_init: initialiser of every carry field (zeros when None).
+          carry_init: initialiser of every carry field (zeros by default).
 
         Returns:
           a ``carry_type`` with ``[*batch, …]`` leaves in the cell's state dtypes.
         """
-        raise NotImplementedError
+        if self.carry_type._fields != ("h",):
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement initialize_carry: its carry_type has the "
+                f"fields {self.carry_type._fields}, the default makes only ('h',)."
+            )
+        key = rngs() if rngs is not None else jax.random.key(0)
+        shape = tuple(input_shape[:-1]) + (self.output_features,)
+        return self.carry_type(h=carry_init(key, shape, self._carry_dtype()))
 
     def _input_bias(self, dtype: Any) -> Array | None:
         """Every bias that adds to the input matmul (None without biases)."""

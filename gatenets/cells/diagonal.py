@@ -12,10 +12,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax.nnx.nn import initializers
 
 from gatenets._typing import Array
-from gatenets.cells.base import GatedCell, compute_dtype, state_dtype
+from gatenets.cells.base import GatedCell, compute_dtype, recurrent_input, state_dtype
 from gatenets.gates import GateOverride, zero_invalid
 from gatenets.kernels.parallel_scan import linear_recurrence
 from gatenets.loop import Loop
@@ -57,15 +56,9 @@ class DiagonalCell(GatedCell):
         """``(log_a, b, gates)`` from projected input ``[..., k * hidden]``; float32 arrays."""
         raise NotImplementedError
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
-        dtype = state_dtype(compute_dtype(self.dtype, self.param_dtype))
-        key = rngs() if rngs is not None else jax.random.key(0)
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
-        return DiagonalCarry(h=carry_init(key, shape, dtype))
-
-    def _held_input(self, h: Array, recurrent_mask: Array | None) -> Array:
-        return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)
+    def _carry_dtype(self):
+        # The recurrence runs in float32 whatever the matmul dtype.
+        return state_dtype(compute_dtype(self.dtype, self.param_dtype))
 
     def step(
         self,
@@ -77,7 +70,7 @@ class DiagonalCell(GatedCell):
     ) -> tuple[DiagonalCarry, Array, Any]:
         """One sequential step from the projected input: returns ``(new_carry, h, gates)``."""
         log_a, b, gates = self.coefficients(projected, gate_overrides)
-        h_prev = self._held_input(carry.h.astype(jnp.float32), recurrent_mask)
+        h_prev = recurrent_input(carry.h.astype(jnp.float32), recurrent_mask)
         h = jnp.exp(log_a) * h_prev + b
         return DiagonalCarry(h=h.astype(carry.h.dtype)), h.astype(projected.dtype), gates
 

@@ -11,7 +11,7 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal
+from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.gru import gru_sequence
 
@@ -126,12 +126,6 @@ class GRUCell(FusedKernelCell):
                     bias_init(rngs.params(), (3 * hidden,), param_dtype)
                 )
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        key = rngs() if rngs is not None else jax.random.key(0)
-        return GRUCarry(h=carry_init(key, tuple(input_shape[:-1]) + (self.hidden_features,), dtype))
-
     def _input_bias(self, dtype) -> Array | None:
         if not self.use_bias:
             return None
@@ -204,7 +198,7 @@ class GRUCell(FusedKernelCell):
         hidden = self.hidden_features
         overrides = gate_overrides or {}
         h_prev = carry.h.astype(dtype)
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask.astype(dtype)
+        h_in = recurrent_input(h_prev, recurrent_mask)
         kernel = self.recurrent_kernel[...].astype(dtype)
         x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
         if self.reset_after:

@@ -11,7 +11,7 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import GatedCell, compute_dtype, fused_orthogonal
+from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
 
 
@@ -120,12 +120,6 @@ class MGUCell(GatedCell):
             if reset_after:
                 self.recurrent_bias = nnx.Param(bias_init(rngs.params(), (hidden,), param_dtype))
 
-    def initialize_carry(self, input_shape, rngs=None, carry_init=initializers.zeros_init()):
-        """Zero carry for inputs of shape ``[*batch, in_features]``."""
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        key = rngs() if rngs is not None else jax.random.key(0)
-        return MGUCarry(h=carry_init(key, tuple(input_shape[:-1]) + (self.hidden_features,), dtype))
-
     def step(
         self,
         carry: MGUCarry,
@@ -142,7 +136,7 @@ class MGUCell(GatedCell):
         dtype = projected.dtype
         hidden = self.hidden_features
         h_prev = carry.h.astype(dtype)
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask.astype(dtype)
+        h_in = recurrent_input(h_prev, recurrent_mask)
         kernel = self.recurrent_kernel[...].astype(dtype)
         x_f, x_n = jnp.split(projected, 2, axis=-1)
         if self.reset_after:
