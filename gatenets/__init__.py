@@ -26,6 +26,9 @@ from gatenets.cells.gru import GRUGates as GRUGates
 from gatenets.cells.lstm import LSTMCarry as LSTMCarry
 from gatenets.cells.lstm import LSTMCell as LSTMCell
 from gatenets.cells.lstm import LSTMGates as LSTMGates
+from gatenets.cells.mgu import MGUCarry as MGUCarry
+from gatenets.cells.mgu import MGUCell as MGUCell
+from gatenets.cells.mgu import MGUGates as MGUGates
 from gatenets.cells.minimal import MinGRUCell as MinGRUCell
 from gatenets.cells.minimal import MinGRUGates as MinGRUGates
 from gatenets.cells.minimal import MinLSTMCell as MinLSTMCell
@@ -44,6 +47,7 @@ from gatenets.kernels.lstm import lstm_sequence as lstm_sequence
 from gatenets.loop import Loop as Loop
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
+from gatenets.recurrent import MGU as MGU
 from gatenets.recurrent import RGLRU as RGLRU
 from gatenets.recurrent import RNN as RNN
 from gatenets.recurrent import Bidirectional as Bidirectional
@@ -84,6 +88,10 @@ __all__ = [
     "LSTMCell",
     "LSTMGates",
     "Loop",
+    "MGU",
+    "MGUCarry",
+    "MGUCell",
+    "MGUGates",
     "MinGRU",
     "MinGRUCell",
     "MinGRUGates",

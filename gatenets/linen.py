@@ -1,6 +1,7 @@
 """gatenets layers inside ``flax.linen`` models, through Flax's NNX→linen bridge.
 
 Each class here is a ``flax.linen.Module`` that builds the gatenets NNX layer of the same name
+(one for every family in :data:`gatenets.registry.FAMILIES`: ``LSTM``, ``GRU``, ``MinGRU``, …)
 with ``flax.nnx.bridge.ToLinen`` and keeps its parameters in the linen ``params`` collection
 (under ``"layer"``, laid out exactly as ``nnx.state(layer, nnx.Param)``), so a linen model
 trains them with any optax optimiser. ``in_features`` is read from the input on first call, as
@@ -38,20 +39,11 @@ from flax import nnx
 from flax.core import FrozenDict
 from flax.nnx import bridge
 
-from gatenets import recurrent
 from gatenets._typing import Array
 from gatenets.attention import gated as attention_gated
+from gatenets.registry import FAMILIES, CellFamily
 
-__all__ = [
-    "GRU",
-    "GatedAttention",
-    "LSTM",
-    "MinGRU",
-    "MinLSTM",
-    "RGLRU",
-    "params_from_nnx",
-    "params_to_nnx",
-]
+__all__ = ["GatedAttention", "params_from_nnx", "params_to_nnx"]  # and the wrappers, below
 
 BRIDGE_NAME = "layer"
 
@@ -170,47 +162,36 @@ class _Bridged(_Bridge):
         return self._bridge(inputs, deterministic, call_kwargs)
 
 
-class LSTM(_Bridged):
-    """:class:`gatenets.LSTM` as a ``flax.linen`` module.
+def _bridged(family: CellFamily) -> type[_Bridged]:
+    """The linen wrapper of a registered family's stacked layer, named as that layer."""
+    name = family.layer.__name__
+    doc = f""":class:`gatenets.{name}` as a ``flax.linen`` module (stacks of
+    :class:`gatenets.{family.cell.__name__}`), made from the registry row ``{family.name!r}``.
 
     Attributes:
       hidden_features: size of each cell's state.
       num_layers: stacked layers.
       bidirectional: run each layer both ways and concatenate.
       dropout: dropout between layers (when ``deterministic=False``).
-      recurrent_dropout: variational dropout on ``h_{t-1}`` (when ``deterministic=False``).
-      options: any other keyword argument of :class:`gatenets.LSTM` (``proj_size``,
-        ``forget_bias``, ``dtype``, ``time_major``, …).
+      recurrent_dropout: variational dropout on ``h_{{t-1}}`` (when ``deterministic=False``).
+      options: any other keyword argument of :class:`gatenets.{name}`, the stack's
+        (``loop``, ``time_major``, …) or its cell's (``dtype``, initialisers, …).
+
+    Example:
+      >>> import gatenets, gatenets.linen as gl
+      >>> gl.{name}(8, num_layers=2).layer_type is gatenets.{name}
+      True
     """
-
-    layer_type = recurrent.LSTM
-
-
-class GRU(_Bridged):
-    """:class:`gatenets.GRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
-    ``options`` for :class:`gatenets.GRU`'s other arguments (``reset_after``, …)."""
-
-    layer_type = recurrent.GRU
+    namespace = {"layer_type": family.layer, "__doc__": doc, "__module__": __name__}
+    return type(name, (_Bridged,), {**namespace, "__qualname__": name})
 
 
-class MinGRU(_Bridged):
-    """:class:`gatenets.MinGRU` as a ``flax.linen`` module; attributes as :class:`LSTM`, with
-    ``options`` such as ``{"loop": "associative"}``."""
-
-    layer_type = recurrent.MinGRU
-
-
-class MinLSTM(_Bridged):
-    """:class:`gatenets.MinLSTM` as a ``flax.linen`` module; attributes as :class:`LSTM`."""
-
-    layer_type = recurrent.MinLSTM
-
-
-class RGLRU(_Bridged):
-    """:class:`gatenets.RGLRU` as a ``flax.linen`` module; attributes as :class:`LSTM`,
-    with ``options`` such as ``{"c": 8.0, "min_decay": 0.9}``."""
-
-    layer_type = recurrent.RGLRU
+# One wrapper per registered family (gl.LSTM, gl.GRU, …): a new family gets its own for free.
+_WRAPPERS: dict[str, type[_Bridged]] = {
+    family.layer.__name__: _bridged(family) for family in FAMILIES.values()
+}
+globals().update(_WRAPPERS)
+__all__ += sorted(_WRAPPERS)
 
 
 def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Sequence layers: the scan driver (:class:`RNN`), :class:`Bidirectional`,
 :class:`RecurrentStack` and every stacked layer, each one line over its cell (:class:`LSTM`,
-:class:`GRU`, :class:`MinGRU`, :class:`MinLSTM`, :class:`RGLRU`).
+:class:`GRU`, :class:`MGU`, :class:`MinGRU`, :class:`MinLSTM`, :class:`RGLRU`).
 
 Dependencies point one way: cells know nothing of this module; this module knows cells only
 through the contract of :class:`~gatenets.GatedCell` and names each stack's cell.
@@ -24,6 +24,7 @@ from gatenets._typing import Array
 from gatenets.cells.base import GatedCell, compute_dtype
 from gatenets.cells.gru import GRUCell
 from gatenets.cells.lstm import LSTMCarry, LSTMCell
+from gatenets.cells.mgu import MGUCell
 from gatenets.cells.minimal import MinGRUCell, MinLSTMCell
 from gatenets.cells.rglru import RGLRUCell
 from gatenets.gates import (
@@ -868,3 +869,23 @@ class RGLRU(RecurrentStack):
     """
 
     cell_type = RGLRUCell
+
+
+class MGU(RecurrentStack):
+    """A (stacked, optionally bidirectional) layer of :class:`~gatenets.MGUCell` cells.
+
+    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``reset_after``,
+    ``use_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate
+    traces hold :class:`~gatenets.MGUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MGU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = model(jnp.ones((4, 6, 3)), return_gates=True)
+      >>> y.shape, sorted(trace.flat())[0]
+      ((4, 6, 16), 'layer0/backward/forget')
+    """
+
+    cell_type = MGUCell

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from gatenets.cells.base import GatedCell
-from gatenets.recurrent import GRU, LSTM, RGLRU, MinGRU, MinLSTM, RecurrentStack
+from gatenets.recurrent import GRU, LSTM, MGU, RGLRU, MinGRU, MinLSTM, RecurrentStack
 
 
 class CellFamily(NamedTuple):
@@ -35,6 +35,7 @@ FAMILIES: dict[str, CellFamily] = {
         CellFamily("mingru", MinGRU.cell_type, MinGRU),
         CellFamily("minlstm", MinLSTM.cell_type, MinLSTM),
         CellFamily("rglru", RGLRU.cell_type, RGLRU),
+        CellFamily("mgu", MGU.cell_type, MGU),
     )
 }
 """Registered cell families by name."""

@@ -1,6 +1,8 @@
-"""Cells against independent NumPy references, and the cell contract (nnx.RNN, jit, vmap, grads)."""
+"""LSTM and GRU cells against independent NumPy references and finite differences.
 
-import jax
+What every cell owes the contract (nnx.RNN, jit, vmap, loops, padding, gate range, …) is
+checked for every registered family in test_conformance.py."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 import gatenets
+from gatenets.registry import FAMILIES
 
 B, T, I, H = 2, 5, 3, 4
 
@@ -25,6 +28,13 @@ def randomize(module, seed=0, scale=0.5):
 def inputs(seed=1, shape=(B, T, I)):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
+
+# Cells whose default loop has a hand-written backward pass (Loop.FUSED): checked against
+# finite differences here; the others' autodiff gradients against Loop.SCAN's in the
+# conformance suite.
+HAND_WRITTEN_BACKWARD = [
+    family.cell for family in FAMILIES.values() if gatenets.Loop.FUSED in family.cell.loops
+]
 
 LSTM_VARIANTS = {
     "plain": {},
@@ -83,31 +93,7 @@ def test_chrono_init_values():
     np.testing.assert_array_equal(bias[128:], 0.0)
 
 
-@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
-def test_cell_works_inside_flax_nnx_rnn(cell_type):
-    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
-    x = jnp.asarray(inputs())
-    flax_y = nnx.RNN(cell)(x)
-    np.testing.assert_allclose(flax_y, gatenets.RNN(cell)(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
-def test_scan_matches_python_loop_and_jit_matches_eager(cell_type):
-    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
-    x = jnp.asarray(inputs())
-    carry = cell.initialize_carry((B, I))
-    loop = []
-    for t in range(T):
-        carry, h = cell(carry, x[:, t])
-        loop.append(h)
-    rnn = gatenets.RNN(cell)
-    eager = rnn(x)
-    jitted = nnx.jit(lambda m, x: m(x))(rnn, x)
-    np.testing.assert_allclose(eager, np.stack(loop, 1), atol=1e-6)
-    np.testing.assert_allclose(jitted, eager, atol=1e-6)
-
-
-@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
+@pytest.mark.parametrize("cell_type", HAND_WRITTEN_BACKWARD)
 def test_gradients_match_finite_differences(cell_type):
     cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(gatenets.RNN(cell))
@@ -117,23 +103,6 @@ def test_gradients_match_finite_differences(cell_type):
 
     x = jnp.asarray(inputs(shape=(1, 3, I)))
     check_grads(loss, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
-
-
-def test_vmap_over_batch_matches_batched_call():
-    cell = randomize(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)))
-    rnn = gatenets.RNN(cell)
-    x = jnp.asarray(inputs())
-    per_sequence = jax.vmap(lambda seq: rnn(seq[None])[0])(x)
-    np.testing.assert_allclose(per_sequence, rnn(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("cell_type", [gatenets.LSTMCell, gatenets.GRUCell])
-def test_every_gate_in_unit_interval(cell_type):
-    cell = randomize(cell_type(I, H, rngs=nnx.Rngs(0)), scale=3.0)
-    _, trace = gatenets.RNN(cell)(jnp.asarray(10 * inputs()), return_gates=True)
-    for name, gate in trace.items():
-        assert gate.shape == (B, T, H), name
-        assert float(gate.min()) >= 0.0 and float(gate.max()) <= 1.0, name
 
 
 def test_bf16_compute_keeps_cell_state_float32():
@@ -169,3 +138,66 @@ def test_bad_lstm_settings_raise(kwargs, message):
 def test_bad_sizes_raise(hidden):
     with pytest.raises(ValueError, match="hidden_features must be a positive int"):
         gatenets.GRUCell(I, hidden, rngs=nnx.Rngs(0))
+
+
+def mgu_reference(cell, x, mix="paper"):
+    """Float64 MGU loop written from Zhou et al.'s equations; ``mix="flax"`` interpolates as
+    Flax's ``nn.MGUCell`` does, ``h = f h + (1 - f) n``. Returns (outputs, h, forget gates)."""
+    p = reference.params(cell)
+    batch, time, _ = x.shape
+    hidden = cell.hidden_features
+    kernel, recurrent = p["kernel"], p["recurrent_kernel"]
+    bias = p.get("bias", np.zeros(2 * hidden))
+    recurrent_bias = p.get("recurrent_bias", np.zeros(hidden))
+    h = np.zeros((batch, hidden))
+    outs, gates = [], []
+    for t in range(time):
+        xi = x[:, t] @ kernel + bias
+        if cell.reset_after:
+            hh = h @ recurrent
+            f = reference.sigmoid(xi[:, :hidden] + hh[:, :hidden])
+            n = np.tanh(xi[:, hidden:] + f * (hh[:, hidden:] + recurrent_bias))
+        else:
+            f = reference.sigmoid(xi[:, :hidden] + h @ recurrent[:, :hidden])
+            n = np.tanh(xi[:, hidden:] + (f * h) @ recurrent[:, hidden:])
+        h = f * h + (1 - f) * n if mix == "flax" else (1 - f) * h + f * n
+        outs.append(h)
+        gates.append(f)
+    return np.stack(outs, 1), h, np.stack(gates, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"reset_after": True}, {"use_bias": False}], ids=["paper", "after", "no-bias"]
+)
+def test_mgu_cell_matches_numpy_reference(kwargs):
+    cell = randomize(gatenets.MGUCell(I, H, rngs=nnx.Rngs(0), **kwargs))
+    assert hasattr(cell, "recurrent_bias") == kwargs.get("reset_after", False)
+    x = inputs()
+    carry, y, trace = gatenets.RNN(cell)(jnp.asarray(x), return_carry=True, return_gates=True)
+    ref_y, ref_h, ref_forget = mgu_reference(cell, x.astype(np.float64))
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    np.testing.assert_allclose(carry.h, ref_h, atol=1e-5)
+    np.testing.assert_allclose(trace.gates["forward"].forget, ref_forget, atol=1e-5)
+
+
+def test_mgu_parameters_line_up_with_flax_linen_mgu_cell():
+    # Flax's nn.MGUCell has this cell's reset_after=True layout but mixes h = f h + (1 - f) n
+    # (its gate keeps, the paper's writes): with the same weights it equals the reference with
+    # Flax's mix, and differs from this cell.
+    from flax import linen as nn
+
+    cell = randomize(gatenets.MGUCell(I, H, reset_after=True, rngs=nnx.Rngs(0)))
+    kernel, recurrent = np.asarray(cell.kernel[...]), np.asarray(cell.recurrent_kernel[...])
+    bias = np.asarray(cell.bias[...])
+    params = {
+        "if": {"kernel": kernel[:, :H], "bias": bias[:H]},
+        "in": {"kernel": kernel[:, H:], "bias": bias[H:]},
+        "hf": {"kernel": recurrent[:, :H]},
+        "hn": {"kernel": recurrent[:, H:], "bias": np.asarray(cell.recurrent_bias[...])},
+    }
+    x = inputs()
+    flax_y = nn.RNN(nn.MGUCell(H)).apply({"params": {"cell": params}}, jnp.asarray(x))
+    np.testing.assert_allclose(
+        flax_y, mgu_reference(cell, x.astype(np.float64), "flax")[0], atol=1e-5
+    )
+    assert not np.allclose(flax_y, gatenets.RNN(cell)(jnp.asarray(x)), atol=1e-3)

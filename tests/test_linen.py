@@ -12,13 +12,12 @@ from test_cells import B, H, I, T, inputs, randomize
 
 import gatenets
 import gatenets.linen as gl
+from gatenets.registry import FAMILIES
 
+# Every registered family has its linen wrapper, named as its layer.
 PAIRS = {
-    "LSTM": (gatenets.LSTM, gl.LSTM),
-    "GRU": (gatenets.GRU, gl.GRU),
-    "MinGRU": (gatenets.MinGRU, gl.MinGRU),
-    "MinLSTM": (gatenets.MinLSTM, gl.MinLSTM),
-    "RGLRU": (gatenets.RGLRU, gl.RGLRU),
+    family.layer.__name__: (family.layer, getattr(gl, family.layer.__name__))
+    for family in FAMILIES.values()
 }
 
 

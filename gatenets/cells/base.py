@@ -49,6 +49,12 @@ def _carry_stream(rngs: Any) -> Any:
     raise TypeError(f"rngs must be an nnx.Rngs, an RngStream or None; got {type(rngs).__name__}.")
 
 
+def recurrent_input(h: Array, recurrent_mask: Array | None) -> Array:
+    """:math:`h_{t-1}` as it enters the recurrent matmul: times the variational dropout mask
+    (``[batch, output_features]``, cast to ``h``'s dtype) when there is one."""
+    return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)
+
+
 def fused_orthogonal(
     init: Initializer, rngs: nnx.Rngs, rows: int, hidden: int, blocks: int, param_dtype: Dtype
 ) -> Array:
@@ -66,10 +72,10 @@ def fused_orthogonal(
 class GatedCell(nnx.RNNCellBase):
     """Base of gatenets' recurrent cells: the contract a new cell implements.
 
-    A cell family is one subclass that sets the class attributes and implements
-    :meth:`initialize_carry` and :meth:`step`; :meth:`project` and :meth:`scan` are inherited
-    and overridden only for speed. The sequence layer (:class:`~gatenets.RNN`) relies on
-    nothing else.
+    A cell family is one subclass that sets the class attributes and implements :meth:`step`
+    (and :meth:`initialize_carry` when its carry holds more than ``h``); :meth:`project` and
+    :meth:`scan` are inherited and overridden only for speed. The sequence layer
+    (:class:`~gatenets.RNN`) relies on nothing else.
 
     Class attributes:
       gates_type: NamedTuple of the cell's post-sigmoid gates. Its field names are the names
@@ -132,9 +138,22 @@ class GatedCell(nnx.RNNCellBase):
     def num_feature_axes(self) -> int:
         return 1
 
+    def _carry_dtype(self) -> Any:
+        """The dtype of ``h`` between steps: the compute dtype unless a cell says otherwise."""
+        return compute_dtype(self.dtype, self.param_dtype)
+
     def carry_spec(self) -> dict[str, tuple[int, Any]]:
-        """``{field: (features, dtype)}`` for every field of ``carry_type``, in field order."""
-        raise NotImplementedError
+        """``{field: (features, dtype)}`` for every field of ``carry_type``, in field order.
+
+        This default serves a ``carry_type`` whose only field is ``h`` (``output_features``
+        in :meth:`_carry_dtype`); a cell with more state (an LSTM's ``c``) overrides it.
+        """
+        if self.carry_type._fields != ("h",):
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement carry_spec: its carry_type has the fields "
+                f"{self.carry_type._fields}, the default describes only ('h',)."
+            )
+        return {"h": (self.output_features, self._carry_dtype())}
 
     def initialize_carry(
         self,
@@ -142,7 +161,8 @@ class GatedCell(nnx.RNNCellBase):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         carry_init: Initializer | None = None,
     ) -> Any:
-        """The carry before the first step, as Flax's ``RNNCellBase.initialize_carry``.
+        """The carry before the first step, as Flax's ``RNNCellBase.initialize_carry``, with
+        the fields and dtypes of :meth:`carry_spec`.
 
         Args:
           input_shape: shape of one input step, ``[*batch, in_features]``.

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
-from gatenets.cells.base import GatedCell, compute_dtype, state_dtype
+from gatenets.cells.base import GatedCell, compute_dtype, recurrent_input, state_dtype
 from gatenets.gates import GateOverride, zero_invalid
 from gatenets.kernels.parallel_scan import linear_recurrence
 from gatenets.loop import Loop
@@ -56,12 +56,9 @@ class DiagonalCell(GatedCell):
         """``(log_a, b, gates)`` from projected input ``[..., k * hidden]``; float32 arrays."""
         raise NotImplementedError
 
-    def carry_spec(self) -> dict[str, tuple[int, Any]]:
-        dtype = state_dtype(compute_dtype(self.dtype, self.param_dtype))
-        return {"h": (self.hidden_features, dtype)}
-
-    def _held_input(self, h: Array, recurrent_mask: Array | None) -> Array:
-        return h if recurrent_mask is None else h * recurrent_mask.astype(h.dtype)
+    def _carry_dtype(self):
+        # The recurrence runs in float32 whatever the matmul dtype.
+        return state_dtype(compute_dtype(self.dtype, self.param_dtype))
 
     def step(
         self,
@@ -73,7 +70,7 @@ class DiagonalCell(GatedCell):
     ) -> tuple[DiagonalCarry, Array, Any]:
         """One sequential step from the projected input: returns ``(new_carry, h, gates)``."""
         log_a, b, gates = self.coefficients(projected, gate_overrides)
-        h_prev = self._held_input(carry.h.astype(jnp.float32), recurrent_mask)
+        h_prev = recurrent_input(carry.h.astype(jnp.float32), recurrent_mask)
         h = jnp.exp(log_a) * h_prev + b
         return DiagonalCarry(h=h.astype(carry.h.dtype)), h.astype(projected.dtype), gates
 

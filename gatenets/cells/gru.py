@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal
+from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.gru import gru_sequence
 
@@ -27,7 +27,13 @@ class GRUCarry(NamedTuple):
 
 
 class GRUGates(NamedTuple):
-    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+    """Post-sigmoid GRU gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace).
+
+    ``retention``: the update gate multiplies the state (:math:`h_t = z_t \\odot h_{t-1} +
+    \\dots`), so it is what a unit keeps of its past.
+    """
+
+    retention = {"update": "keep"}
 
     reset: Array
     update: Array
@@ -132,9 +138,6 @@ class GRUCell(FusedKernelCell):
                     bias_init(rngs.params(), (3 * hidden,), param_dtype)
                 )
 
-    def carry_spec(self) -> dict[str, tuple[int, Any]]:
-        return {"h": (self.hidden_features, compute_dtype(self.dtype, self.param_dtype))}
-
     def _input_bias(self, dtype) -> Array | None:
         if not self.use_bias:
             return None
@@ -210,7 +213,7 @@ class GRUCell(FusedKernelCell):
         hidden = self.hidden_features
         overrides = gate_overrides or {}
         h_prev = carry.h.astype(dtype)
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask.astype(dtype)
+        h_in = recurrent_input(h_prev, recurrent_mask)
         kernel = self.recurrent_kernel[...].astype(dtype)
         x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
         if self.reset_after:

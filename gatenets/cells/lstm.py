@@ -11,7 +11,13 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.cells.base import FusedKernelCell, compute_dtype, fused_orthogonal, state_dtype
+from gatenets.cells.base import (
+    FusedKernelCell,
+    compute_dtype,
+    fused_orthogonal,
+    recurrent_input,
+    state_dtype,
+)
 from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.lstm import lstm_sequence
 
@@ -29,7 +35,13 @@ class LSTMCarry(NamedTuple):
 
 
 class LSTMGates(NamedTuple):
-    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+    """Post-sigmoid LSTM gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a trace).
+
+    ``retention``: the forget gate multiplies the cell state (:math:`c_t = f_t \\odot c_{t-1} +
+    \\dots`), so it is what a unit keeps of its past (see :func:`gatenets.inspect.gate_statistics`).
+    """
+
+    retention = {"forget": "keep"}
 
     input: Array
     forget: Array
@@ -250,9 +262,7 @@ class LSTMCell(FusedKernelCell):
           ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden or proj]``.
         """
         dtype = projected.dtype
-        h_prev = (
-            carry.h if recurrent_mask is None else carry.h * recurrent_mask.astype(carry.h.dtype)
-        )
+        h_prev = recurrent_input(carry.h, recurrent_mask)
         z = projected + jnp.dot(h_prev.astype(dtype), self.recurrent_kernel[...].astype(dtype))
         # Gate math in the cell-state dtype (float32 under bf16 compute).
         z = z.astype(carry.c.dtype)

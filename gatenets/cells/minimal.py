@@ -16,13 +16,24 @@ from gatenets.gates import GateOverride, apply_override
 
 
 class MinGRUGates(NamedTuple):
-    """minGRU's post-sigmoid gate, ``[..., hidden]`` (``[batch, time, hidden]`` in a trace)."""
+    """minGRU's post-sigmoid gate, ``[..., hidden]`` (``[batch, time, hidden]`` in a trace).
+
+    ``retention``: one minus the update gate multiplies the state (:math:`h_t = (1 - z_t)
+    \\odot h_{t-1} + \\dots`): the gate is what a unit writes, not what it keeps.
+    """
+
+    retention = {"update": "write"}
 
     update: Array
 
 
 class MinLSTMGates(NamedTuple):
-    """minLSTM's normalised gates :math:`f'_t, i'_t` (they sum to one), each ``[..., hidden]``."""
+    """minLSTM's normalised gates :math:`f'_t, i'_t` (they sum to one), each ``[..., hidden]``.
+
+    ``retention``: :math:`f'_t` multiplies the state (:math:`h_t = f'_t \\odot h_{t-1} + \\dots`).
+    """
+
+    retention = {"forget": "keep"}
 
     forget: Array
     input: Array

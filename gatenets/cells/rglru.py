@@ -18,7 +18,13 @@ from gatenets.gates import GateOverride, apply_override
 
 class RGLRUGates(NamedTuple):
     """RG-LRU's post-sigmoid gates, each ``[..., hidden]`` (``[batch, time, hidden]`` in a
-    trace): the recurrence gate :math:`r_t` and the input gate :math:`i_t`."""
+    trace): the recurrence gate :math:`r_t` and the input gate :math:`i_t`.
+
+    ``retention`` is empty: the decay :math:`a_t = a^{c r_t}` depends on the parameter
+    :math:`a` as well as the gate, so no gate alone sets a time constant.
+    """
+
+    retention = {}
 
     recurrence: Array
     input: Array

@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from gatenets.cells.gru import GRUGates
-from gatenets.cells.lstm import LSTMGates
 from gatenets.gates import GateTrace
 from gatenets.inspect.statistics import _check_trace
+from gatenets.registry import FAMILIES
 
-_KNOWN_GATES: dict[str, type] = {"LSTMGates": LSTMGates, "GRUGates": GRUGates}
+# The gate types load_trace rebuilds as themselves: every registered family's.
+_KNOWN_GATES: dict[str, type] = {
+    family.cell.gates_type.__name__: family.cell.gates_type for family in FAMILIES.values()
+}
 
 
 def _make_readable(path: str) -> None:
@@ -91,8 +93,10 @@ def save_trace(trace: GateTrace, path: str | os.PathLike) -> str:
 def load_trace(path: str | os.PathLike) -> GateTrace:
     """Reads a trace written by :func:`save_trace` (gate NamedTuples rebuilt by name).
 
-    Gate types gatenets knows (``LSTMGates``, ``GRUGates``) come back as themselves; others as
-    a NamedTuple of the same name and fields. See :func:`save_trace` for an example.
+    The gate types of every registered cell family (:data:`gatenets.registry.FAMILIES`:
+    ``LSTMGates``, ``GRUGates``, …) come back as themselves, so statistics still know their
+    retention gates; others as a NamedTuple of the same name and fields.
+    See :func:`save_trace` for an example.
     """
     with np.load(os.fspath(path), allow_pickle=False) as data:
         if "types" not in data or "mask" not in data:

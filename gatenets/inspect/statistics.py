@@ -30,18 +30,30 @@ from flax import nnx
 
 from gatenets.gates import GateTrace
 
-# Gates that set how much of its own past a unit keeps, by gate type and field: "keep" when
-# the state is multiplied by the gate (LSTM c_t = f ⊙ c_{t-1} + …, GRU h_t = z ⊙ h_{t-1} + …,
-# minLSTM h_t = f' ⊙ h_{t-1} + …), "write" when by one minus it (minGRU
-# h_t = (1 - z) ⊙ h_{t-1} + z ⊙ h̃_t). Names, not classes, so that traces read back from
-# files (rebuilt NamedTuples of the same name) are recognised too. RG-LRU's decay depends on
-# a parameter as well as its gate, so it has no time constant from the gate alone.
-RETENTION_GATES: dict[tuple[str, str], str] = {
-    ("LSTMGates", "forget"): "keep",
-    ("GRUGates", "update"): "keep",
-    ("MinLSTMGates", "forget"): "keep",
-    ("MinGRUGates", "update"): "write",
-}
+
+def retention_rule(gates_type: type, field: str) -> str | None:
+    """How gate ``field`` of ``gates_type`` sets a time constant, as the gate type declares it.
+
+    A gates NamedTuple says which of its gates set how much of its own past a unit keeps in a
+    class attribute ``retention``: ``{field: "keep"}`` when the state is multiplied by the gate
+    (LSTM :math:`c_t = f_t \\odot c_{t-1} + \\dots`), ``{field: "write"}`` when by one minus it
+    (minGRU :math:`h_t = (1 - z_t) \\odot h_{t-1} + \\dots`). Traces read back from files get
+    their registered gate types back (:func:`gatenets.inspect.load_trace`), so they keep it.
+
+    Args:
+      gates_type: a gates NamedTuple class (``LSTMGates``, …).
+      field: one of its field names.
+
+    Returns:
+      ``"keep"``, ``"write"`` or None (no time constant from this gate alone).
+
+    Example:
+      >>> import gatenets
+      >>> from gatenets.inspect.statistics import retention_rule
+      >>> retention_rule(gatenets.LSTMGates, "forget"), retention_rule(gatenets.LSTMGates, "input")
+      ('keep', None)
+    """
+    return getattr(gates_type, "retention", {}).get(field)
 
 
 class GateStatistics(NamedTuple):
@@ -301,7 +313,7 @@ def accumulate(
     mask, flat = _check_trace(trace)
     names = select_gates(flat, gates)
     retention = {
-        f"{path}/{field}": RETENTION_GATES.get((type(group).__name__, field))
+        f"{path}/{field}": retention_rule(type(group), field)
         for path, group in trace.gates.items()
         for field in group._fields
     }
