@@ -204,3 +204,107 @@ def test_gate_fn_and_activation_fn_run_on_the_scan_and_match_a_numpy_loop():
 def test_mistakes_flax_users_make_get_errors_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+
+
+def randomized_flax(module, seed):
+    rng = np.random.default_rng(seed)
+    state = nnx.state(module, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    nnx.update(
+        module,
+        jax.tree.unflatten(
+            treedef, [jnp.asarray(0.5 * rng.standard_normal(v.shape), v.dtype) for v in leaves]
+        ),
+    )
+    return module
+
+
+FLAX_CELLS = {
+    "LSTMCell": lambda: nnx.LSTMCell(I, H, rngs=nnx.Rngs(0)),
+    "OptimizedLSTMCell": lambda: nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(0)),
+    "GRUCell": lambda: nnx.GRUCell(I, H, rngs=nnx.Rngs(0)),
+    "LSTMCell hard_sigmoid": lambda: nnx.LSTMCell(I, H, gate_fn=nnx.hard_sigmoid, rngs=nnx.Rngs(0)),
+}
+
+
+@pytest.mark.parametrize("name", FLAX_CELLS)
+def test_from_flax_cells_rnn_and_bidirectional_compute_what_flax_computes(name):
+    from gatenets.interop import from_flax, to_flax
+
+    flax_cells = [randomized_flax(FLAX_CELLS[name](), seed) for seed in (1, 2)]
+    x = jnp.asarray(inputs())
+    lengths = jnp.array([T, 3])
+    cell = from_flax(flax_cells[0])
+    carry = flax_cells[0].initialize_carry((B, I), nnx.Rngs(carry=5), nnx.initializers.normal())
+    (flax_new, flax_y), (new, y) = flax_cells[0](carry, x[:, 0]), cell(carry, x[:, 0])
+    np.testing.assert_allclose(y, flax_y, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(flax_new), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    flax_rnn = nnx.RNN(flax_cells[0], return_carry=True)
+    rnn = from_flax(flax_rnn)
+    (flax_final, flax_out), (final, out) = (
+        flax_rnn(x, seq_lengths=lengths),
+        rnn(x, seq_lengths=lengths, return_carry=True),
+    )
+    valid = np.arange(T)[None] < np.asarray(lengths)[:, None]
+    np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(flax_out)[valid], atol=1e-6)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(flax_final), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    flax_bi = nnx.Bidirectional(nnx.RNN(flax_cells[0]), nnx.RNN(flax_cells[1]))
+    np.testing.assert_allclose(from_flax(flax_bi)(x), flax_bi(x), atol=1e-6)
+    # Round trip: gatenets -> Flax -> gatenets keeps every weight exactly.
+    kind_kwargs = {"optimized": name == "OptimizedLSTMCell"} if "LSTM" in name else {}
+    back = from_flax(to_flax(cell, **kind_kwargs))
+    for path, value in nnx.to_flat_state(nnx.state(back, nnx.Param)):
+        np.testing.assert_array_equal(
+            value[...], dict(nnx.to_flat_state(nnx.state(cell)))[path][...]
+        )
+    assert back.gate_fn is cell.gate_fn
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)),
+        lambda: gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)),
+    ],
+)
+def test_to_flax_linen_params_run_in_linen_cells(make):
+    from flax import linen as nn
+
+    from gatenets.interop import from_flax, to_flax
+
+    cell = randomize(make(), seed=4)
+    params = to_flax(cell, linen=True)
+    if isinstance(cell, gatenets.GRUCell):
+        # Linen's GRU has one bias for r and z, so b_hr, b_hz fold into the input bias: the
+        # same function; the parameters come back exactly where Flax has them apart.
+        cell.recurrent_bias[...] = cell.recurrent_bias[...].at[: 2 * H].set(0.0)
+        params = to_flax(cell, linen=True)
+    linen_cell = nn.LSTMCell(H) if isinstance(cell, gatenets.LSTMCell) else nn.GRUCell(H)
+    x = jnp.asarray(inputs())[:, 0]
+    carry = cell.initialize_carry((B, I), nnx.Rngs(carry=1), nnx.initializers.normal())
+    flax_carry = (carry.c, carry.h) if isinstance(cell, gatenets.LSTMCell) else carry.h
+    _, linen_y = linen_cell.apply(params, flax_carry, x)
+    np.testing.assert_allclose(cell(carry, x)[1], linen_y, atol=1e-6)
+    back = from_flax(params)
+    for path, value in nnx.to_flat_state(nnx.state(back, nnx.Param)):
+        np.testing.assert_array_equal(
+            value[...], dict(nnx.to_flat_state(nnx.state(cell)))[path][...]
+        )
+
+
+def test_to_flax_refuses_what_flax_cells_cannot_hold():
+    from gatenets.interop import from_flax, to_flax
+
+    with pytest.raises(ValueError, match="no peepholes or projection"):
+        to_flax(gatenets.LSTMCell(I, H, peephole=True, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="reset_after=False"):
+        to_flax(gatenets.GRUCell(I, H, reset_after=False, rngs=nnx.Rngs(0)))
+    gru = randomize(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"no bias inside the reset product \(b_hn\)"):
+        to_flax(gru)
+    with pytest.raises(ValueError, match="keys are"):
+        from_flax({"params": {"dense": {"kernel": np.zeros((2, 2))}}})
+    with pytest.raises(TypeError, match="must be a Flax nnx.LSTMCell"):
+        from_flax(nnx.SimpleCell(I, H, rngs=nnx.Rngs(0)))

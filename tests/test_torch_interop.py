@@ -103,15 +103,61 @@ def test_matches_torch(kind, num_layers, bidirectional, proj_size, padded, batch
 )
 def test_round_trip_keeps_every_weight(layer):
     layer = randomize(layer())
-    back = from_torch(to_torch(layer))
-    flat_before = dict(nnx.to_flat_state(nnx.state(layer, nnx.Param)))
-    for path, value in nnx.to_flat_state(nnx.state(back, nnx.Param)):
-        if path in flat_before:
-            np.testing.assert_array_equal(value[...], flat_before[path][...], err_msg=str(path))
-        else:  # a second bias torch always has; gatenets LSTM without it reads as zeros
-            assert path[-1] == "recurrent_bias" and not np.any(value[...]), path
+    double = getattr(layer.cell, "use_recurrent_bias", False)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((B, T, I)), jnp.float32)
-    np.testing.assert_allclose(back(x), layer(x), atol=1e-6)
+    before = dict(nnx.to_flat_state(nnx.state(layer, nnx.Param)))
+    for back in (
+        from_torch(to_torch(layer), double_bias=double),
+        from_torch(
+            to_torch(layer, state_dict=True, prefix="model.rnn."),
+            double_bias=double,
+            batch_first=not layer.time_major,
+        ),
+    ):
+        after = dict(nnx.to_flat_state(nnx.state(back, nnx.Param)))
+        assert after.keys() == before.keys()
+        for path, value in after.items():
+            np.testing.assert_array_equal(value[...], before[path][...], err_msg=str(path))
+        np.testing.assert_allclose(back(x), layer(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_state_dict_in_gives_the_default_layer_tree_and_torch_outputs(kind):
+    module = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True, batch_first=True)
+    state = {f"encoder.rnn.{k}": v for k, v in module.state_dict().items()}
+    state["encoder.embed.weight"] = torch.zeros(7, I)
+    layer = from_torch(state)
+    default = getattr(gatenets, kind)(I, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+    shapes = lambda m: {p: v.shape for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}  # noqa: E731
+    assert shapes(layer) == shapes(default)
+    x = np.random.default_rng(2).standard_normal((B, T, I)).astype(np.float32)
+    ref_out, ref_h, _ = torch_run(module, x, LENGTHS)
+    carries, y = layer(jnp.asarray(x), seq_lengths=jnp.asarray(LENGTHS), return_carry=True)
+    np.testing.assert_allclose(y, ref_out, atol=1e-6)
+    np.testing.assert_allclose(stacked_final_state(carries, True, "h"), ref_h, atol=1e-6)
+    if kind == "LSTM":
+        expected = (
+            (
+                module.bias_ih_l1_reverse.detach().double()
+                + module.bias_hh_l1_reverse.detach().double()
+            )
+            .float()
+            .numpy()
+        )
+        np.testing.assert_array_equal(layer.layers[1].backward_rnn.cell.bias[...], expected)
+
+
+def test_state_dict_errors_name_what_is_wrong():
+    state = torch.nn.LSTM(I, H).state_dict()
+    two = {**{f"a.{k}": v for k, v in state.items()}, **{f"b.{k}": v for k, v in state.items()}}
+    with pytest.raises(ValueError, match="found 2 keys ending in 'weight_ih_l0'.*Pass prefix="):
+        from_torch(two)
+    with pytest.raises(ValueError, match="no key 'c.weight_ih_l0'"):
+        from_torch(two, prefix="c.")
+    broken = dict(state)
+    del broken["bias_hh_l0"]
+    with pytest.raises(ValueError, match="no 'bias_hh_l0'"):
+        from_torch(broken)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +178,7 @@ def test_to_torch_refuses_what_torch_cannot_express(layer, message):
 
 
 def test_conversion_bad_input():
-    with pytest.raises(TypeError, match="torch.nn.LSTM or torch.nn.GRU"):
+    with pytest.raises(TypeError, match="torch.nn.LSTM, a torch.nn.GRU or a state_dict"):
         from_torch(torch.nn.RNN(I, H))
     with pytest.raises(TypeError, match="gatenets.LSTM or gatenets.GRU"):
         to_torch(gatenets.RNN(gatenets.GRUCell(I, H, rngs=nnx.Rngs(0))))

@@ -173,8 +173,7 @@ def from_flax(source: Any) -> Any:
     if isinstance(source, nnx.Bidirectional):
         forward, backward = (from_flax(r) for r in (source.forward_rnn, source.backward_rnn))
         backward.reverse = True  # Flax's Bidirectional runs its backward RNN reversed
-        default = source.merge_fn is nnx.nn.recurrent.concatenate
-        return Bidirectional(forward, backward, merge_fn=None if default else source.merge_fn)
+        return Bidirectional(forward, backward, merge_fn=source.merge_fn)
     if isinstance(source, nnx.RNN):
         if source.reverse and not source.keep_order:
             raise ValueError(

@@ -17,7 +17,8 @@ PyTorch                gatenets cell                note
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -62,18 +63,97 @@ def _cell_tensors(cell: LSTMCell | GRUCell) -> dict[str, np.ndarray]:
     return tensors
 
 
-def from_torch(module: Any) -> LSTM | GRU:
-    """Builds the gatenets layer equivalent to a ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+class TorchConfig(NamedTuple):
+    """What a PyTorch ``nn.LSTM`` / ``nn.GRU`` is, as read off a module or its state dict."""
+
+    kind: str  # "LSTM" or "GRU"
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    proj_size: int
+    bias: bool
+    dtype: Any
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _strip_prefix(state: Mapping[str, Any], prefix: str | None) -> dict[str, np.ndarray]:
+    """The state dict's RNN entries without their key prefix (found when not given)."""
+    if prefix is None:
+        found = [k[: -len("weight_ih_l0")] for k in state if k.endswith("weight_ih_l0")]
+        if len(found) != 1:
+            raise ValueError(
+                "state_dict: cannot tell which entries are the RNN's: found "
+                f"{len(found)} keys ending in 'weight_ih_l0' ({found}). Pass prefix=."
+            )
+        prefix = found[0]
+    entries = {k[len(prefix) :]: _as_numpy(v) for k, v in state.items() if k.startswith(prefix)}
+    if "weight_ih_l0" not in entries:
+        raise ValueError(
+            f"state_dict has no key {prefix + 'weight_ih_l0'!r}; its keys start "
+            f"{sorted(state)[:6]}. Pass the prefix before 'weight_ih_l0' as prefix=."
+        )
+    return entries
+
+
+def _config_from_state(state: Mapping[str, np.ndarray]) -> TorchConfig:
+    """Infers layers, directions, projection and the cell type from PyTorch's key names."""
+    num_layers = sum(1 for k in state if k.startswith("weight_ih_l") and "_reverse" not in k)
+    w_hh = state["weight_hh_l0"]
+    proj_size = state["weight_hr_l0"].shape[0] if "weight_hr_l0" in state else 0
+    hidden = state["weight_hr_l0"].shape[1] if proj_size else w_hh.shape[1]
+    blocks = w_hh.shape[0] // hidden
+    if blocks not in (3, 4) or blocks * hidden != w_hh.shape[0]:
+        raise ValueError(
+            f"state_dict: weight_hh_l0 has shape {w_hh.shape}, neither an LSTM's [4H, H] nor a "
+            "GRU's [3H, H]."
+        )
+    return TorchConfig(
+        kind="LSTM" if blocks == 4 else "GRU",
+        input_size=state["weight_ih_l0"].shape[1],
+        hidden_size=hidden,
+        num_layers=num_layers,
+        bidirectional="weight_ih_l0_reverse" in state,
+        proj_size=proj_size,
+        bias="bias_ih_l0" in state,
+        dtype=state["weight_ih_l0"].dtype,
+    )
+
+
+def from_torch(
+    source: Any,
+    *,
+    prefix: str | None = None,
+    batch_first: bool | None = None,
+    double_bias: bool = False,
+) -> LSTM | GRU:
+    """Builds the gatenets layer equivalent to a ``torch.nn.LSTM`` / ``torch.nn.GRU`` or to
+    such a module's ``state_dict``.
 
     Every setting that changes the function (``num_layers``, ``bidirectional``, ``proj_size``,
-    ``bias``, ``batch_first``, ``dropout``) carries over, and the weights are copied exactly.
+    ``bias``, ``batch_first``, ``dropout``) carries over from a module; from a state dict, the
+    layers, directions, projection, bias and cell type are read off the key names and shapes.
+    By default the layer's parameter tree is that of ``gatenets.LSTM(...)`` /
+    ``gatenets.GRU(...)``: an LSTM's two biases are summed (in float64, rounded once); a GRU
+    keeps its recurrent bias, whose :math:`b_{hn}` sits inside the reset product.
 
     Args:
-      module: a ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+      source: a ``torch.nn.LSTM`` / ``torch.nn.GRU``, or a mapping of names to tensors or
+        arrays (a ``state_dict``, of the RNN or of a whole model).
+      prefix: the key prefix before ``weight_ih_l0`` in a state dict (``"encoder.rnn."``);
+        found when there is exactly one RNN in it.
+      batch_first: the layout of the inputs; a module's own by default, else True.
+      double_bias: keep PyTorch's two LSTM biases as ``bias`` and ``recurrent_bias``
+        (``use_recurrent_bias=True``) instead of summing them.
 
     Returns:
-      A :class:`~gatenets.LSTM` or :class:`~gatenets.GRU` with the same weights; it computes
-      the same outputs and final carries.
+      A :class:`~gatenets.LSTM` or :class:`~gatenets.GRU` computing the same outputs and final
+      carries.
 
     Example:
       >>> import torch, jax.numpy as jnp, numpy as np
@@ -84,67 +164,99 @@ def from_torch(module: Any) -> LSTM | GRU:
       >>> expected = torch_lstm(torch.from_numpy(x))[0].detach().numpy()
       >>> bool(np.allclose(lstm(jnp.asarray(x)), expected, atol=1e-5))
       True
+      >>> again = from_torch({"rnn." + k: v for k, v in torch_lstm.state_dict().items()})
+      >>> bool(np.allclose(again(jnp.asarray(x)), expected, atol=1e-5))
+      True
     """
-    torch = _torch()
-    if isinstance(module, torch.nn.LSTM):
-        layer_type, cell_kwargs = (
-            LSTM,
-            {
-                "proj_size": module.proj_size or None,
-                "use_recurrent_bias": module.bias,
-                "forget_bias": 0.0,
-            },
-        )
-    elif isinstance(module, torch.nn.GRU):
-        layer_type, cell_kwargs = GRU, {"reset_after": True}
+    dropout = 0.0
+    if isinstance(source, Mapping):
+        state = _strip_prefix(source, prefix)
     else:
-        raise TypeError(
-            f"module must be a torch.nn.LSTM or torch.nn.GRU; got {type(module).__name__}."
-        )
-    if module.mode not in ("LSTM", "GRU"):  # pragma: no cover - torch's own invariant
-        raise TypeError(f"unsupported torch RNN mode {module.mode!r}.")
-    dtype = {torch.float32: jnp.float32, torch.float64: jnp.float64}.get(module.weight_ih_l0.dtype)
+        torch = _torch()
+        if not isinstance(source, torch.nn.LSTM | torch.nn.GRU):
+            raise TypeError(
+                "source must be a torch.nn.LSTM, a torch.nn.GRU or a state_dict; got "
+                f"{type(source).__name__}."
+            )
+        state = {name: _as_numpy(p) for name, p in source.state_dict().items()}
+        dropout = float(source.dropout)
+        batch_first = source.batch_first if batch_first is None else batch_first
+    config = _config_from_state(state)
+    dtype = {np.dtype(np.float32): jnp.float32, np.dtype(np.float64): jnp.float64}.get(
+        np.dtype(config.dtype)
+    )
     if dtype is None:
-        raise TypeError(
-            f"module parameters must be float32 or float64; got {module.weight_ih_l0.dtype}."
-        )
-    layer = layer_type(
-        module.input_size,
-        module.hidden_size,
-        num_layers=module.num_layers,
-        bidirectional=module.bidirectional,
-        dropout=float(module.dropout),
-        time_major=not module.batch_first,
-        use_bias=module.bias,
+        raise TypeError(f"parameters must be float32 or float64; got {config.dtype}.")
+    layer = _empty_layer(config, dtype, dropout, batch_first, double_bias)
+    for k, stack_layer in enumerate(layer.layers):
+        for suffix, cell in _directions(stack_layer):
+            _load_cell(cell, state, f"_l{k}{suffix}", config, double_bias)
+    return layer
+
+
+def _empty_layer(config, dtype, dropout, batch_first, double_bias) -> LSTM | GRU:
+    if config.kind == "LSTM":
+        layer_type = LSTM
+        cell_kwargs = {
+            "proj_size": config.proj_size or None,
+            "use_recurrent_bias": config.bias and double_bias,
+        }
+    else:
+        layer_type, cell_kwargs = GRU, {"reset_after": True}
+    return layer_type(
+        config.input_size,
+        config.hidden_size,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+        dropout=dropout,
+        time_major=not (True if batch_first is None else batch_first),
+        use_bias=config.bias,
         param_dtype=dtype,
         rngs=nnx.Rngs(0),
         **cell_kwargs,
     )
-    state = {name: p.detach().cpu().numpy() for name, p in module.named_parameters()}
-    for k, stack_layer in enumerate(layer.layers):
-        for suffix, cell in _directions(stack_layer):
-            for name, current in _cell_tensors(cell).items():
-                value = state[f"{name}_l{k}{suffix}"]
-                if value.shape != current.shape:  # pragma: no cover - guards the mapping
-                    raise ValueError(f"{name}_l{k}{suffix}: shape {value.shape} != {current.shape}")
-            cell.kernel[...] = jnp.asarray(state[f"weight_ih_l{k}{suffix}"].T, dtype)
-            cell.recurrent_kernel[...] = jnp.asarray(state[f"weight_hh_l{k}{suffix}"].T, dtype)
-            if module.bias:
-                cell.bias[...] = jnp.asarray(state[f"bias_ih_l{k}{suffix}"], dtype)
-                cell.recurrent_bias[...] = jnp.asarray(state[f"bias_hh_l{k}{suffix}"], dtype)
-            if getattr(cell, "proj_size", None) is not None:
-                cell.proj_kernel[...] = jnp.asarray(state[f"weight_hr_l{k}{suffix}"].T, dtype)
-    return layer
 
 
-def to_torch(layer: RecurrentStack) -> Any:
+def _load_cell(cell, state, suffix: str, config: TorchConfig, double_bias: bool) -> None:
+    """Copies one layer-direction's PyTorch tensors into a gatenets cell, checking shapes."""
+
+    def take(name):
+        key = f"{name}{suffix}"
+        if key not in state:
+            raise ValueError(f"state_dict has no {key!r} (a {config.kind} needs it).")
+        return state[key]
+
+    values = {"kernel": take("weight_ih").T, "recurrent_kernel": take("weight_hh").T}
+    if config.bias:
+        if config.kind == "LSTM" and not double_bias:
+            summed = take("bias_ih").astype(np.float64) + take("bias_hh").astype(np.float64)
+            values["bias"] = summed.astype(config.dtype)
+        else:
+            values["bias"], values["recurrent_bias"] = take("bias_ih"), take("bias_hh")
+    if config.proj_size:
+        values["proj_kernel"] = take("weight_hr").T
+    for name, value in values.items():
+        current = getattr(cell, name)
+        if current.shape != value.shape:
+            raise ValueError(
+                f"state_dict: {name} of layer{suffix} has shape {value.shape}; the layer read "
+                f"off the keys expects {current.shape}."
+            )
+        current[...] = jnp.asarray(value, current.dtype)
+
+
+def to_torch(layer: RecurrentStack, *, state_dict: bool = False, prefix: str = "") -> Any:
     """Builds the ``torch.nn.LSTM`` / ``torch.nn.GRU`` equivalent to a gatenets layer.
 
     Args:
       layer: a :class:`~gatenets.LSTM` or :class:`~gatenets.GRU`.
+      state_dict: return the module's ``state_dict`` (tensors by PyTorch's names) instead of
+        the module, e.g. to load into a model of one's own.
+      prefix: put before every key of the state dict (``"encoder.rnn."``).
 
     Returns:
-      A PyTorch module with the same weights (``batch_first = not layer.time_major``).
+      A PyTorch module with the same weights (``batch_first = not layer.time_major``), or its
+      state dict. A summed LSTM bias goes to ``bias_ih`` and ``bias_hh`` is zero.
 
     Raises:
       ValueError: if the layer uses something PyTorch's modules cannot express (peepholes,
@@ -207,4 +319,6 @@ def to_torch(layer: RecurrentStack) -> Any:
                     params[f"{name}_l{k}{suffix}"].copy_(
                         torch.from_numpy(np.array(value, copy=True))
                     )
+    if state_dict:
+        return {prefix + name: tensor for name, tensor in module.state_dict().items()}
     return module
