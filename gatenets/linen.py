@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ from flax.nnx import bridge
 
 from gatenets._typing import Array
 from gatenets.attention import gated as attention_gated
+from gatenets.cells.base import GatedCell
 from gatenets.registry import FAMILIES, CellFamily
 
 __all__ = ["GatedAttention", "params_from_nnx", "params_to_nnx"]  # and the wrappers, below
@@ -135,6 +137,7 @@ class _Bridged(_Bridge):
     options: Mapping[str, Any] = FrozenDict()
 
     def _layer_args(self, in_features: int) -> tuple[tuple, Mapping[str, Any]]:
+        _check_options(self.layer_type, self.options, type(self).__name__)
         kwargs = FrozenDict(
             num_layers=self.num_layers,
             bidirectional=self.bidirectional,
@@ -194,15 +197,113 @@ globals().update(_WRAPPERS)
 __all__ += sorted(_WRAPPERS)
 
 
+class _LinenCell(nn.RNNCellBase):
+    """A gatenets cell as a native linen cell (subclasses set ``cell_type``).
+
+    The parameters are the NNX cell's own, by the same names (``kernel``, ``recurrent_kernel``,
+    ``bias``, …), declared with ``self.param`` and initialised by building the NNX cell from
+    linen's key, so ``init_with_output`` computes its output with the parameters it returns,
+    and the cell runs inside ``nn.RNN``, ``nn.scan`` or a hand-written decoding loop.
+    """
+
+    features: int
+    options: Mapping[str, Any] = FrozenDict()
+
+    cell_type: ClassVar[type]
+
+    def _nnx_cell(self, in_features: int, key: Any = None) -> Any:
+        _check_options(self.cell_type, self.options, type(self).__name__)
+
+        def build():
+            rngs = nnx.Rngs(params=key if key is not None else 0)
+            return self.cell_type(in_features, self.features, rngs=rngs, **self.options)
+
+        return build() if key is not None else nnx.eval_shape(build)
+
+    @nn.compact
+    def __call__(self, carry: Any, inputs: Array) -> tuple[Any, Array]:
+        """One step: ``(carry, inputs [batch, in_features]) -> (new_carry, output)``; the carry
+        is the cell's NamedTuple (a Flax-format tuple or array is accepted)."""
+        in_features = inputs.shape[-1]
+        graphdef, params, rest = nnx.split(self._nnx_cell(in_features), nnx.Param, ...)
+
+        def init(key, name):
+            return nnx.state(self._nnx_cell(in_features, key), nnx.Param)[name][...]
+
+        values = {name: self.param(name, init, name) for name in nnx.to_pure_dict(params)}
+        nnx.replace_by_pure_dict(params, values)
+        return nnx.merge(graphdef, params, rest)(carry, inputs)
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Any, input_shape: tuple[int, ...]) -> Any:
+        """The zero carry for inputs ``[*batch, in_features]`` (linen's signature)."""
+        return self._nnx_cell(input_shape[-1]).initialize_carry(input_shape)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+def _check_options(layer_type: type, options: Mapping[str, Any], where: str) -> None:
+    """Raises, naming ``options``, for a keyword no constructor involved takes."""
+    accepted: set[str] = set()
+    for cls in (layer_type, getattr(layer_type, "cell_type", None)):
+        if cls is not None:
+            accepted |= set(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(options) - accepted - {"self", "rngs"})
+    if unknown:
+        raise ValueError(
+            f"{where}: options {unknown} are not arguments of {layer_type.__name__}"
+            f"{' or its cell' if hasattr(layer_type, 'cell_type') else ''}; call arguments "
+            "such as return_carry go to the call, not to options. Accepted: "
+            f"{sorted(accepted - {'self', 'rngs', 'in_features', 'hidden_features'})}."
+        )
+
+
+def _linen_cell(family: CellFamily) -> type[_LinenCell]:
+    """The native linen cell of a registered family, named as its NNX cell."""
+    name = family.cell.__name__
+    doc = f""":class:`gatenets.{name}` as a native ``flax.linen`` cell, made from the registry
+    row ``{family.name!r}``: for ``nn.RNN``, ``nn.scan`` and decoders that feed back their own
+    outputs. Its parameters carry the NNX cell's names, so :func:`params_from_nnx` /
+    :func:`params_to_nnx` move them.
+
+    Attributes:
+      features: the hidden size (Flax linen's name for it).
+      options: any other keyword argument of :class:`gatenets.{name}`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import linen as nn
+      >>> import gatenets.linen as gl
+      >>> rnn = nn.RNN(gl.{name}(4))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> y, variables = rnn.init_with_output(jax.random.key(0), x)
+      >>> y.shape, bool(jnp.allclose(y, rnn.apply(variables, x)))
+      ((2, 5, 4), True)
+    """
+    namespace = {"cell_type": family.cell, "__doc__": doc, "__module__": __name__}
+    return type(name, (_LinenCell,), {**namespace, "__qualname__": name})
+
+
+_CELLS: dict[str, type[_LinenCell]] = {
+    family.cell.__name__: _linen_cell(family) for family in FAMILIES.values()
+}
+globals().update(_CELLS)
+__all__ += sorted(_CELLS)
+
+
 def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:
     """The linen ``params`` of a bridged layer holding ``layer``'s weights.
 
     Args:
-      layer: a gatenets NNX layer (``gatenets.LSTM``, ``gatenets.MinGRU``, …).
+      layer: a gatenets NNX layer (``gatenets.LSTM``, ``gatenets.MinGRU``, …) or cell
+        (``gatenets.LSTMCell``, …).
 
     Returns:
-      ``{"layer": {...}}``: pass it as ``{"params": params_from_nnx(layer)}`` to the bridged
-      module's ``apply`` (or put it under the module's name in a bigger model's params).
+      ``{"layer": {...}}`` for a layer: pass it as ``{"params": params_from_nnx(layer)}`` to
+      the bridged module's ``apply`` (or put it under the module's name in a bigger model's
+      params); for a cell, the linen cell's own params (``{"kernel": …, …}``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -216,19 +317,23 @@ def params_from_nnx(layer: nnx.Module) -> dict[str, Any]:
     """
     if not isinstance(layer, nnx.Module):
         raise TypeError(f"layer must be an NNX module; got {type(layer).__name__}.")
-    return {BRIDGE_NAME: nnx.to_pure_dict(nnx.state(layer, nnx.Param))}
+    pure = nnx.to_pure_dict(nnx.state(layer, nnx.Param))
+    # A cell's linen twin is a native linen cell whose params are the cell's own, unnested.
+    return pure if isinstance(layer, GatedCell) else {BRIDGE_NAME: pure}
 
 
 def params_to_nnx(params: Mapping[str, Any], layer: nnx.Module) -> nnx.Module:
     """Copies the linen ``params`` of a bridged layer into the NNX ``layer`` (in place).
 
     Args:
-      params: the bridged module's ``params`` (``{"layer": {...}}``).
-      layer: an NNX layer of the same type and sizes.
+      params: the bridged module's ``params`` (``{"layer": {...}}``), or a linen cell's.
+      layer: an NNX layer (or cell) of the same type and sizes.
 
     Returns:
       ``layer``, now holding the linen weights.
     """
+    if isinstance(layer, GatedCell) and isinstance(params, Mapping):
+        params = {BRIDGE_NAME: params}
     if not isinstance(params, Mapping) or BRIDGE_NAME not in params:
         raise ValueError(
             f"params must be the params of a bridged gatenets layer, a mapping with key "

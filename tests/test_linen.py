@@ -128,3 +128,81 @@ def test_gated_attention_bridge_matches_the_nnx_layer(gate):
         np.testing.assert_allclose(value, ref_value, atol=1e-6, err_msg=path)
     init = bridged.init(jax.random.key(1), x)["params"]
     assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, params["params"])
+
+
+CELL_PAIRS = {
+    family.cell.__name__: (family.cell, getattr(gl, family.cell.__name__))
+    for family in FAMILIES.values()
+}
+
+
+@pytest.mark.parametrize("name", CELL_PAIRS)
+def test_linen_cells_in_nn_rnn_equal_the_nnx_cell_and_init_with_output_is_consistent(name):
+    nnx_type, linen_type = CELL_PAIRS[name]
+    cell = randomize(nnx_type(I, H, rngs=nnx.Rngs(0)))
+    x = jnp.asarray(inputs())
+    rnn = nn.RNN(linen_type(H))
+    y, variables = rnn.init_with_output(jax.random.key(3), x, seq_lengths=jnp.array([T, 3]))
+    # init_with_output computed y with the params it returned.
+    np.testing.assert_allclose(y, rnn.apply(variables, x, seq_lengths=jnp.array([T, 3])), atol=1e-6)
+    assert set(variables["params"]["cell"]) == set(gl.params_from_nnx(cell))
+    params = {"params": {"cell": gl.params_from_nnx(cell)}}
+    np.testing.assert_allclose(rnn.apply(params, x), gatenets.RNN(cell)(x), atol=1e-6)
+    # And back: linen params into a fresh NNX cell give the same function.
+    fresh = gl.params_to_nnx(variables["params"]["cell"], nnx_type(I, H, rngs=nnx.Rngs(9)))
+    np.testing.assert_allclose(rnn.apply(variables, x), gatenets.RNN(fresh)(x), atol=1e-6)
+
+
+class GreedyDecoder(nn.Module):
+    """A decoder that feeds back its own prediction: the loop nn.RNN cannot express."""
+
+    steps: int
+
+    @nn.compact
+    def __call__(self, carry, first):
+        cell, readout = gl.LSTMCell(H), nn.Dense(I)
+        x, outputs = first, []
+        for _ in range(self.steps):
+            carry, h = cell(carry, x)
+            x = readout(h)
+            outputs.append(x)
+        return jnp.stack(outputs, axis=1)
+
+
+def test_linen_cell_as_a_decoder_step_and_under_nn_scan():
+    decoder = GreedyDecoder(steps=4)
+    carry = gl.LSTMCell(H).initialize_carry(jax.random.key(0), (B, I))
+    first = jnp.ones((B, I))
+    out, variables = decoder.init_with_output(jax.random.key(1), carry, first)
+    assert out.shape == (B, 4, I)
+    np.testing.assert_allclose(decoder.apply(variables, carry, first), out, atol=1e-6)
+    # The same steps by hand with the NNX cell and the same weights.
+    params = variables["params"]
+    cell = gl.params_to_nnx(params["LSTMCell_0"], gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)))
+    kernel, bias = params["Dense_0"]["kernel"], params["Dense_0"]["bias"]
+    c, x = cell.initialize_carry((B, I)), first
+    for t in range(4):
+        c, h = cell(c, x)
+        x = h @ kernel + bias[None]
+        np.testing.assert_allclose(out[:, t], x, atol=1e-5)
+    scanned = nn.scan(
+        gl.GRUCell,
+        variable_broadcast="params",
+        split_rngs={"params": False},
+        in_axes=1,
+        out_axes=1,
+    )(H)
+    xs = jnp.asarray(inputs())
+    h0 = gl.GRUCell(H).initialize_carry(jax.random.key(0), (B, I))
+    (final, ys), scan_vars = scanned.init_with_output(jax.random.key(2), h0, xs)
+    gru = gl.params_to_nnx(scan_vars["params"], gatenets.GRUCell(I, H, rngs=nnx.Rngs(0)))
+    ref_final, ref_ys = gatenets.RNN(gru, return_carry=True)(xs)
+    np.testing.assert_allclose(ys, ref_ys, atol=1e-6)
+    np.testing.assert_allclose(final.h, ref_final.h, atol=1e-6)
+
+
+def test_linen_options_meant_for_the_call_are_named():
+    with pytest.raises(ValueError, match=r"options \['return_carry'\] are not arguments of LSTM"):
+        gl.LSTM(H, options={"return_carry": True}).init(jax.random.key(0), jnp.ones((B, T, I)))
+    with pytest.raises(ValueError, match=r"options \['features'\] are not arguments of GRUCell"):
+        nn.RNN(gl.GRUCell(H, options={"features": 2})).init(jax.random.key(0), jnp.ones((B, T, I)))
