@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 Record = dict[str, Any]
@@ -21,7 +23,44 @@ Record = dict[str, Any]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+    """Training produced a NaN or infinite loss, parameters or optimizer state; the last good
+    checkpoint is left in place."""
+
+
+@jax.jit
+def _finite(leaves: list[Any]) -> Any:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def non_finite_parts(model: nnx.Module | None, optimizer: nnx.Optimizer | None) -> list[str]:
+    """Which of ``"parameters"`` (the model's whole floating-point state) and ``"optimizer
+    state"`` hold a NaN or an infinity; ``[]`` when both are finite (or None).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.train.hooks import non_finite_parts
+      >>> model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+      >>> non_finite_parts(model, optimizer)
+      []
+      >>> model.layers[0].cell.bias[...] = jnp.full((9,), jnp.nan)
+      >>> non_finite_parts(model, optimizer)
+      ['parameters']
+    """
+    parts = []
+    for name, node in (("parameters", model), ("optimizer state", optimizer)):
+        if node is None:
+            continue
+        leaves = [
+            leaf
+            for leaf in jax.tree_util.tree_leaves(nnx.to_pure_dict(nnx.state(node)))
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)
+        ]
+        if leaves and not bool(_finite(leaves)):
+            parts.append(name)
+    return parts
 
 
 class LoopState(NamedTuple):
@@ -87,9 +126,12 @@ class Schedule(NamedTuple):
 
 
 class NonFiniteGuard(Hook):
-    """Stops training at the first NaN or infinite loss, naming the last good checkpoint.
+    """Stops training at the first step that leaves a NaN or an infinity in the loss, the
+    updated parameters or the optimizer state, naming the last good checkpoint.
 
-    Put it first among the hooks, so that nothing logs or saves the step that went bad.
+    The loss is computed before the update, so a finite loss can come with NaN gradients and
+    NaN parameters; checking what the step left behind is what makes every saved step good.
+    Put the guard first among the hooks, so that nothing logs or saves the step that went bad.
 
     Args:
       checkpointer: the :class:`~gatenets.train.Checkpointer` whose latest step the error
@@ -108,8 +150,17 @@ class NonFiniteGuard(Hook):
         self.checkpointer = checkpointer
 
     def after_step(self, state: LoopState) -> None:
-        if math.isfinite(state.loss):
-            return
+        if not math.isfinite(state.loss):
+            what = f"the loss is {state.loss}"
+        else:
+            parts = non_finite_parts(state.model, state.optimizer)
+            if not parts:
+                return
+            verb = "is" if parts == ["optimizer state"] else "are"
+            what = (
+                f"the {' and the '.join(parts)} {verb} not finite after the update (the loss "
+                f"was {state.loss})"
+            )
         kept = None if self.checkpointer is None else self.checkpointer.latest_step()
         where = (
             f"the last good checkpoint, step {kept}, is in {str(self.checkpointer.directory)!r}"
@@ -117,7 +168,7 @@ class NonFiniteGuard(Hook):
             else "no checkpoint was saved"
         )
         raise NonFiniteLossError(
-            f"training stopped: the loss is {state.loss} at step {state.step}; {where}. "
+            f"training stopped: {what} at step {state.step}; {where}. "
             "Try a lower learning rate or gradient clipping."
         )
 

@@ -6,8 +6,11 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
+import gatenets
 from gatenets.tasks import get_task
 from gatenets.train import (
     Hook,
@@ -30,6 +33,11 @@ from gatenets.train import (
 def state(step, loss=1.0, *, seconds=1.0, start=0, steps=10, optimizer_step=None):
     optimizer = SimpleNamespace(step=np.array(step if optimizer_step is None else optimizer_step))
     return LoopState(step, loss, seconds, start, steps, "model", optimizer)
+
+
+def guarded(step, loss):
+    """A loop state with no model or optimizer for the guard to check, only the loss."""
+    return LoopState(step, loss, 1.0, 0, 10, None, None)
 
 
 class FakeCheckpointer:
@@ -76,22 +84,44 @@ def test_schedule_is_due_every_period_and_at_the_end(every, last, due):
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
 def test_guard_raises_on_a_non_finite_loss_naming_the_last_checkpoint(loss):
     with pytest.raises(NonFiniteLossError, match=rf"loss is {loss} at step 7; no checkpoint"):
-        NonFiniteGuard(None).after_step(state(7, loss))
+        NonFiniteGuard(None).after_step(guarded(7, loss))
     with pytest.raises(
         NonFiniteLossError,
         match=r"the last good checkpoint, step 4, is in '/runs/x/checkpoints'\. Try a lower",
     ):
-        NonFiniteGuard(FakeCheckpointer(latest=4)).after_step(state(7, loss))
+        NonFiniteGuard(FakeCheckpointer(latest=4)).after_step(guarded(7, loss))
     # A checkpointer with nothing saved yet: the message says so.
     with pytest.raises(NonFiniteLossError, match="no checkpoint was saved"):
-        NonFiniteGuard(FakeCheckpointer()).after_step(state(1, loss))
+        NonFiniteGuard(FakeCheckpointer()).after_step(guarded(1, loss))
 
 
 def test_guard_lets_finite_losses_pass():
     guard = NonFiniteGuard(FakeCheckpointer(latest=2))
     for loss in (0.0, -3.5, 1e30):
-        guard.after_step(state(3, loss))
+        guard.after_step(guarded(3, loss))
     assert guard.checkpointer.calls == []
+
+
+@pytest.mark.parametrize(
+    ("poison", "message"),
+    [
+        ("parameters", r"the parameters are not finite after the update \(the loss was 0.5\)"),
+        ("optimizer state", r"the optimizer state is not finite after the update"),
+        ("both", r"the parameters and the optimizer state are not finite"),
+    ],
+)
+def test_guard_raises_when_a_finite_loss_left_non_finite_parameters_or_state(poison, message):
+    model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    guard = NonFiniteGuard(FakeCheckpointer(latest=2))
+    guard.after_step(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
+    if poison in ("parameters", "both"):
+        model.layers[0].cell.kernel[...] = model.layers[0].cell.kernel[...].at[0, 0].set(np.inf)
+    if poison in ("optimizer state", "both"):
+        nu = optimizer.opt_state[0].nu["layers"][0]["cell"]["bias"]
+        nu[...] = nu[...].at[1].set(np.nan)
+    with pytest.raises(NonFiniteLossError, match=message + r".* at step 3; the last good "):
+        guard.after_step(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
 
 
 def test_checkpoint_saves_on_schedule_using_the_optimizer_step():

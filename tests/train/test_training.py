@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -152,6 +153,43 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = AddingTask(length=6).make_model("lstm", 8, rngs=nnx.Rngs(5))
     checkpoints.restore(model)
     assert all(np.isfinite(p).all() for p in params_of(model))
+
+
+def nan_update_at(count):
+    """An optax transformation that turns the updates of step ``count`` (counting from 1) NaN:
+    that step's loss, computed before its update, is finite."""
+
+    def update(updates, state, params=None):
+        poison = jnp.where(state + 1 == count, jnp.nan, 1.0)
+        return jax.tree.map(lambda u: u * poison, updates), state + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_a_finite_loss_with_non_finite_updates_is_never_saved_as_good(tmp_path):
+    task = AddingTask(length=6)
+    model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the parameters are not finite after the update \(the "
+        r"loss was [0-9.e-]+\) at step 4; the last good checkpoint, step 2",
+    ):
+        fit(
+            model,
+            optax.chain(optax.adam(1e-2), nan_update_at(4)),
+            task,
+            steps=6,
+            batch_size=8,
+            eval_every=0,
+            out_dir=tmp_path,
+            checkpoint_every=2,
+            progress=False,
+        )
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.all_steps() == [2]
+    restored = task.make_model("lstm", 8, rngs=nnx.Rngs(5))
+    checkpoints.restore(restored)
+    assert all(np.isfinite(p).all() for p in params_of(restored))
 
 
 def test_sharded_training_equals_single_device_training():
