@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatenets.train.checkpoint import deferred_interrupt
+
 Record = dict[str, Any]
 """One line of ``metrics.jsonl``: ``{"step": int, "split": str, name: float, …}``."""
 
@@ -34,7 +36,8 @@ def _finite(leaves: list[Any]) -> Any:
 
 def non_finite_parts(model: nnx.Module | None, optimizer: nnx.Optimizer | None) -> list[str]:
     """Which of ``"parameters"`` (the model's whole floating-point state) and ``"optimizer
-    state"`` hold a NaN or an infinity; ``[]`` when both are finite (or None).
+    state"`` hold a NaN or an infinity; ``[]`` when both are finite. What is not an NNX object
+    (None, a test double) is not checked.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -51,7 +54,7 @@ def non_finite_parts(model: nnx.Module | None, optimizer: nnx.Optimizer | None) 
     """
     parts = []
     for name, node in (("parameters", model), ("optimizer state", optimizer)):
-        if node is None:
+        if not nnx.graph.is_graph_node(node):
             continue
         leaves = [
             leaf
@@ -217,14 +220,20 @@ class PeriodicCheckpoint(Hook):
 
     The step saved is the optimizer's own counter, not the loop's: Ctrl-C usually lands while
     the loop waits for a step's loss, after that step's parameters were already written back.
-    A step already saved is not saved again. :meth:`close` waits for background writes and
-    closes the checkpointer.
+    A step already saved is not saved again. On Ctrl-C the hook first waits for a save in
+    flight to finish, then saves the last step once (unless its parameters or optimizer state
+    are not finite: such a step is never saved) and waits for that save, with further Ctrl-C
+    held back meanwhile. After every step it lets the checkpointer write the checksums of a
+    finished save (``poll``). :meth:`close` waits for background writes and closes the
+    checkpointer.
 
     Args:
       checkpointer: a :class:`~gatenets.train.Checkpointer` (or anything with its ``save``,
-        ``wait``, ``close`` and ``directory``).
+        ``poll``, ``wait``, ``close`` and ``directory``).
       schedule: when to save.
       say: prints a line for the user (the message after Ctrl-C).
+      loop: returns JSON-serialisable state of the loop to save with each step (e.g. the
+        losses of the current logging window), or None.
 
     Example:
       >>> import numpy as np
@@ -232,7 +241,8 @@ class PeriodicCheckpoint(Hook):
       >>> from gatenets.train import LoopState, PeriodicCheckpoint, Schedule
       >>> class Saves(list):
       ...     directory = "ckpt"
-      ...     def save(self, step, model, optimizer): self.append(step)
+      ...     def save(self, step, model, optimizer, *, loop=None): self.append(step)
+      ...     def poll(self): pass
       ...     def wait(self): pass
       ...     def close(self): pass
       >>> saves = Saves()
@@ -246,40 +256,71 @@ class PeriodicCheckpoint(Hook):
       [2, 3]
     """
 
-    def __init__(self, checkpointer: Any, schedule: Schedule, *, say: Callable[[str], None]):
+    def __init__(
+        self,
+        checkpointer: Any,
+        schedule: Schedule,
+        *,
+        say: Callable[[str], None],
+        loop: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.checkpointer = checkpointer
         self.schedule = schedule
         self.say = say
+        self.loop = loop
         self.saved: int | None = None
 
     def save(self, state: LoopState) -> int:
         """Saves the optimizer's step (unless it is saved already) and returns it."""
         done = int(state.optimizer.step[...])
         if done != self.saved:
-            self.checkpointer.save(done, state.model, state.optimizer)
+            loop = None if self.loop is None else self.loop()
+            self.checkpointer.save(done, state.model, state.optimizer, loop=loop)
             self.saved = done
         return done
 
     def after_step(self, state: LoopState) -> None:
         if self.schedule(state.step):
             self.save(state)
+        else:
+            self.checkpointer.poll()
 
     def interrupted(self, state: LoopState) -> None:
-        done = self.save(state)
-        self.checkpointer.wait()
-        self.say(
-            f"interrupted: saved step {done} in {str(self.checkpointer.directory)!r}; "
-            "continue with resume=True (gatenets run … --resume)."
-        )
+        with deferred_interrupt():
+            self.checkpointer.wait()
+            bad = non_finite_parts(state.model, state.optimizer)
+            if bad:
+                self.say(
+                    f"interrupted: the {' and the '.join(bad)} of the last step are not "
+                    f"finite, so it was not saved; the checkpoints are in "
+                    f"{str(self.checkpointer.directory)!r}."
+                )
+                return
+            done = self.save(state)
+            self.checkpointer.wait()
+            self.say(
+                f"interrupted: saved step {done} in {str(self.checkpointer.directory)!r}; "
+                "continue with resume=True (gatenets run … --resume)."
+            )
 
     def close(self) -> None:
         self.checkpointer.wait()
         self.checkpointer.close()
 
 
-def restore_latest(checkpointer: Any, model: nnx.Module, optimizer: nnx.Optimizer) -> int:
-    """Loads the newest checkpoint into ``model`` and ``optimizer``; returns its step (0 and
-    nothing loaded when there is none)."""
+def restore_latest(
+    checkpointer: Any, model: nnx.Module, optimizer: nnx.Optimizer, *, step: int | None = None
+) -> int:
+    """Loads the newest checkpoint (or that of ``step``) into ``model`` and ``optimizer`` and
+    returns its step.
+
+    Raises:
+      FileNotFoundError: when there is no checkpoint to resume from (or none of ``step``),
+        rather than silently starting again from step 0.
+    """
     if checkpointer.latest_step() is None:
-        return 0
-    return checkpointer.restore(model, optimizer)
+        raise FileNotFoundError(
+            f"resume: no checkpoint in {str(checkpointer.directory)!r}, so there is nothing to "
+            "resume; start the run without resume (--resume)."
+        )
+    return checkpointer.restore(model, optimizer, step=step)

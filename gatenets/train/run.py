@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import pathlib
-import tempfile
 import time
 from typing import Any, NamedTuple
 
@@ -14,6 +13,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gatenets._files import atomic_write
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
@@ -115,12 +115,20 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
-    """Writes ``data`` to ``path`` atomically: a crash leaves the old file or the new one."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, sort_keys=True)
-        stream.write("\n")
-    os.replace(tmp, path)
+    """Writes ``data`` to ``path`` atomically (a crash leaves the old file or the new one),
+    as strict JSON: NaN and infinities become null, which every JSON reader accepts."""
+    text = json.dumps(_strict(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text), ".json.tmp")
+
+
+def _strict(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _strict(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_strict(value) for value in data]
+    return data
 
 
 def _build(config: RunConfig, task: Task | None = None) -> tuple[Task, RunConfig, nnx.Module]:

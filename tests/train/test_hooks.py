@@ -49,16 +49,19 @@ class FakeCheckpointer:
         self.calls = []
         self.latest = latest
 
-    def save(self, step, model, optimizer):
+    def save(self, step, model, optimizer, *, loop=None):
         self.calls.append(("save", step, model))
         self.latest = step
+
+    def poll(self):
+        pass
 
     def latest_step(self):
         return self.latest
 
-    def restore(self, model, optimizer):
+    def restore(self, model, optimizer, *, step=None):
         self.calls.append(("restore", model))
-        return self.latest
+        return self.latest if step is None else step
 
     def wait(self):
         self.calls.append(("wait",))
@@ -138,13 +141,13 @@ def test_checkpoint_saves_on_schedule_using_the_optimizer_step():
     assert checkpointer.calls[-2:] == [("wait",), ("close",)]
 
 
-def test_interrupt_saves_once_waits_and_says_where(capsys):
+def test_interrupt_waits_for_a_pending_save_then_saves_once_and_says_where(capsys):
     checkpointer = FakeCheckpointer()
     lines = []
     hook = PeriodicCheckpoint(checkpointer, Schedule(None, 10), say=lines.append)
     hook.after_step(state(1))
     hook.interrupted(state(1))
-    assert checkpointer.calls == [("save", 1, "model"), ("wait",)]
+    assert checkpointer.calls == [("wait",), ("save", 1, "model"), ("wait",)]
     assert lines == [
         "interrupted: saved step 1 in '/runs/x/checkpoints'; continue with resume=True "
         "(gatenets run … --resume)."
@@ -154,16 +157,19 @@ def test_interrupt_saves_once_waits_and_says_where(capsys):
     hook = PeriodicCheckpoint(checkpointer, Schedule(2, 10), say=lines.append)
     hook.after_step(state(2))
     hook.interrupted(state(2))
-    assert checkpointer.calls == [("save", 2, "model"), ("wait",)]
+    assert checkpointer.calls == [("save", 2, "model"), ("wait",), ("wait",)]
     assert lines[-1].startswith("interrupted: saved step 2 in")
 
 
-def test_restore_latest_resumes_from_the_newest_checkpoint_or_starts_at_zero():
+def test_restore_latest_resumes_from_the_newest_or_a_chosen_checkpoint_never_from_nothing():
     empty = FakeCheckpointer()
-    assert restore_latest(empty, "model", "optimizer") == 0 and empty.calls == []
+    with pytest.raises(FileNotFoundError, match="resume: no checkpoint in '/runs/x/checkpoints'"):
+        restore_latest(empty, "model", "optimizer")
+    assert empty.calls == []
     saved = FakeCheckpointer(latest=6)
     assert restore_latest(saved, "model", "optimizer") == 6
-    assert saved.calls == [("restore", "model")]
+    assert restore_latest(saved, "model", "optimizer", step=4) == 4
+    assert saved.calls == [("restore", "model"), ("restore", "model")]
 
 
 def test_evaluation_runs_on_schedule_and_keeps_the_last_metrics():
