@@ -166,6 +166,21 @@ def _restore_into(node: Any, flat: dict[str, Any]) -> None:
     nnx.update(node, state)
 
 
+def saved_steps(directory: str | pathlib.Path) -> list[int]:
+    """The steps of the finished saves in ``directory`` (orbax renames a save into its step's
+    directory only once complete), without opening it with orbax or creating it.
+
+    Example:
+      >>> from gatenets.train.checkpoint import saved_steps
+      >>> saved_steps("/no/such/directory")
+      []
+    """
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 class Checkpointer:
     """Saves and restores ``(model, optimizer)`` under ``directory/<step>/``, verified.
 
