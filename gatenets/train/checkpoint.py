@@ -32,12 +32,16 @@ class CorruptCheckpointError(RuntimeError):
     NaN or infinite values. The message names the step, the file and the intact steps."""
 
 
+_deferring: list[bool] = []
+
+
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Holds back Ctrl-C (SIGINT) for the duration of the block and raises the
     ``KeyboardInterrupt`` when it ends, so that a save or a wait is never cut in half.
 
-    Outside the main thread (where Python cannot install signal handlers) it does nothing.
+    Outside the main thread (where Python cannot install signal handlers) it does nothing;
+    inside another such block it leaves the Ctrl-C to the outer one.
 
     Example:
       >>> import signal
@@ -52,14 +56,17 @@ def deferred_interrupt() -> Iterator[None]:
       >>> done
       ['the block ran to its end', 'then Ctrl-C']
     """
-    if threading.current_thread() is not threading.main_thread():
+    # Nested blocks (a save inside the interrupt handler's block) defer to the outermost.
+    if threading.current_thread() is not threading.main_thread() or _deferring:
         yield
         return
     received = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    _deferring.append(True)
     try:
         yield
     finally:
+        _deferring.pop()
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt

@@ -275,8 +275,11 @@ class PeriodicCheckpoint(Hook):
         done = int(state.optimizer.step[...])
         if done != self.saved:
             loop = None if self.loop is None else self.loop()
-            self.checkpointer.save(done, state.model, state.optimizer, loop=loop)
-            self.saved = done
+            try:
+                self.checkpointer.save(done, state.model, state.optimizer, loop=loop)
+            finally:
+                # Ctrl-C held back during the save surfaces once it returned: it is saved.
+                self.saved = done
         return done
 
     def after_step(self, state: LoopState) -> None:

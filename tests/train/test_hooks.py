@@ -161,6 +161,20 @@ def test_interrupt_waits_for_a_pending_save_then_saves_once_and_says_where(capsy
     assert lines[-1].startswith("interrupted: saved step 2 in")
 
 
+def test_interrupt_never_saves_a_step_that_left_non_finite_parameters():
+    model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    model.layers[0].cell.bias[...] = model.layers[0].cell.bias[...].at[0].set(np.nan)
+    checkpointer, lines = FakeCheckpointer(latest=2), []
+    hook = PeriodicCheckpoint(checkpointer, Schedule(2, 10), say=lines.append)
+    hook.interrupted(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
+    assert checkpointer.calls == [("wait",)]
+    assert lines == [
+        "interrupted: the parameters of the last step are not finite, so it was not saved; "
+        "the checkpoints are in '/runs/x/checkpoints'."
+    ]
+
+
 def test_restore_latest_resumes_from_the_newest_or_a_chosen_checkpoint_never_from_nothing():
     empty = FakeCheckpointer()
     with pytest.raises(FileNotFoundError, match="resume: no checkpoint in '/runs/x/checkpoints'"):
