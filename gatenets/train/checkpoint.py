@@ -121,7 +121,10 @@ def verify_manifest(step_dir: str | pathlib.Path) -> str | None:
     try:
         listed = json.loads((step_dir / MANIFEST).read_text())["files"]
     except FileNotFoundError:
-        return f"it has no {MANIFEST} (its save never completed)"
+        return (
+            f"it has no {MANIFEST} (its save did not finish, or a gatenets without "
+            "manifests wrote it)"
+        )
     except (ValueError, KeyError, TypeError):
         return f"its {MANIFEST} is unreadable"
     present = {path.relative_to(step_dir).as_posix() for path in _step_files(step_dir)}

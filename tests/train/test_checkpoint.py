@@ -103,7 +103,7 @@ def test_a_checkpoint_without_its_manifest_is_refused(saved):
     with Checkpointer(directory) as checkpoints:
         with pytest.raises(
             CorruptCheckpointError,
-            match=rf"step 4 .* is corrupt: it has no {MANIFEST} \(its save never completed\)",
+            match=rf"step 4 .* is corrupt: it has no {MANIFEST} \(its save did not finish",
         ):
             checkpoints.restore(*model_and_optimizer(7))
 
