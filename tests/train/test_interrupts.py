@@ -5,14 +5,12 @@ last completed step is saved once, verified, and a resumed run equals an uninter
 import signal
 import sys
 
-import jax
 import numpy as np
-import optax
 import pytest
-from flax import nnx
+from test_training import params_of, tiny_fit
 
 from gatenets.tasks import AddingTask
-from gatenets.train import Checkpointer, fit
+from gatenets.train import Checkpointer
 
 loop_module = sys.modules["gatenets.train.loop"]
 
@@ -60,26 +58,8 @@ class Watched(Checkpointer):
         self.manager.save, self.manager.wait_until_finished = pressing_save, pressing_wait
 
 
-def params_of(model):
-    return [np.asarray(p) for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
-
-
 def train(task, out_dir, **kwargs):
-    model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
-    fit(
-        model,
-        optax.adam(1e-2),
-        task,
-        steps=6,
-        batch_size=8,
-        eval_every=0,
-        log_every=1,
-        out_dir=out_dir,
-        checkpoint_every=2,
-        progress=False,
-        **kwargs,
-    )
-    return model
+    return tiny_fit(task, out_dir, steps=6, checkpoint_every=2, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -76,16 +76,16 @@ def test_evaluation_weighs_batches_by_their_sequences():
 
 
 class Interrupted(AddingTask):
-    """Adding, with Ctrl-C pressed while the batch of index ``at`` is being made."""
+    """Adding, raising ``error`` (Ctrl-C by default) while the batch of index ``at`` is made."""
 
-    def __init__(self, at, **options):
+    def __init__(self, at, *, error=KeyboardInterrupt, **options):
         super().__init__(**options)
-        self.at = at
+        self.at, self.error = at, error
 
     def batches(self, split, batch_size, *, seed, start=0):
         for index, batch in enumerate(super().batches(split, batch_size, seed=seed, start=start)):
             if split == "train" and start + index == self.at:
-                raise KeyboardInterrupt
+                raise self.error
             yield batch
 
 
@@ -290,20 +290,6 @@ def test_run_config_takes_the_task_defaults():
     assert (adding.model, adding.steps, adding.checkpoint_every) == ("lstm", 7, 250)
 
 
-class Crashed(AddingTask):
-    """Adding, with the process dying (an error, no Ctrl-C save) at the batch of index ``at``."""
-
-    def __init__(self, at, **options):
-        super().__init__(**options)
-        self.at = at
-
-    def batches(self, split, batch_size, *, seed, start=0):
-        for index, batch in enumerate(super().batches(split, batch_size, seed=seed, start=start)):
-            if split == "train" and start + index == self.at:
-                raise RuntimeError("the machine went down")
-            yield batch
-
-
 def records_of(out_dir):
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
     return [(r["step"], r["split"], r["loss"]) for r in map(json.loads, lines)]
@@ -312,7 +298,8 @@ def records_of(out_dir):
 def test_after_a_crash_and_resume_metrics_equal_the_uninterrupted_runs(tmp_path):
     settings = dict(steps=8, checkpoint_every=4, log_every=3)
     tiny_fit(AddingTask(length=6), tmp_path / "whole", **settings)
-    task = Crashed(6, length=6)
+    # The process dies (an error, so no save on Ctrl-C) as batch 6 is made.
+    task = Interrupted(6, error=RuntimeError("the machine went down"), length=6)
     with pytest.raises(RuntimeError, match="went down"):
         tiny_fit(task, tmp_path / "cut", **settings)
     # Step 6 was logged, step 4 is the last checkpoint: resuming takes steps 5 and 6 again.
