@@ -45,7 +45,9 @@ class _MinimalCell(DiagonalCell):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
+        )
         self.use_bias = use_bias
         shape = (in_features, self.num_blocks * hidden_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))

@@ -139,7 +139,9 @@ class RGLRUCell(DiagonalCell):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype
+        )
         if not (isinstance(c, int | float) and np.isfinite(c) and c > 0):
             raise ValueError(f"c must be a positive finite number; got {c!r}.")
         if not (0.0 < min_decay <= max_decay < 1.0):
