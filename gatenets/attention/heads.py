@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -306,29 +307,69 @@ class BinaryHead(nnx.Module):
     ) -> Array:
         """Mean sigmoid binary cross-entropy over valid positions.
 
+        Padded positions are zeroed, inputs and labels alike, before anything is computed from
+        them: NaN, inf or a padding label such as -1 there changes neither the loss nor its
+        gradients.
+
         Args:
           inputs: ``[..., in_features]``.
-          labels: targets in [0, 1], shaped like the logits (``inputs.shape[:-1]``).
+          labels: targets in [0, 1], shaped like the logits (``inputs.shape[:-1]``); checked
+            at valid positions when concrete (under ``jit`` their values are unknown and
+            unchecked).
           mask: ``[batch, time]`` booleans, True at positions that count.
           seq_lengths: ``[batch]`` integers, the alternative to ``mask``.
 
         Returns:
           the scalar mean loss (float32).
-        """
-        logits = self(inputs, mask=mask, seq_lengths=seq_lengths)
+
+        Raises:
+          ValueError: when a valid label is outside [0, 1] or not a number.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from gatenets import BinaryHead
+          >>> head = BinaryHead(2, rngs=nnx.Rngs(0))
+          >>> head.loss(jnp.ones((1, 3, 2)), jnp.array([[1.0, 0.0, 2.0]]))
+          Traceback (most recent call last):
+          ...
+          ValueError: BinaryHead.loss: labels must be in [0, 1] at valid positions; got 2.0 at index (0, 2).
+        """  # noqa: E501
+        where = "BinaryHead.loss"
+        _common.check_feature_inputs(inputs, self.in_features, where)
         labels = jnp.asarray(labels)
+        valid = None
+        if mask is not None or seq_lengths is not None:
+            valid = _trace_mask(inputs, mask, seq_lengths, where)
+            inputs = _common.zero_padding(jnp.asarray(inputs), valid)
+        logits = self(inputs)
         if labels.shape != logits.shape:
             raise ValueError(
-                f"BinaryHead.loss: labels must have the shape of the logits, inputs.shape[:-1] "
+                f"{where}: labels must have the shape of the logits, inputs.shape[:-1] "
                 f"= {logits.shape}; got {labels.shape}."
             )
+        if valid is not None:
+            labels = jnp.where(valid, labels, jnp.zeros((), labels.dtype))
+        _check_labels(labels, where)
         losses = optax.sigmoid_binary_cross_entropy(
             logits.astype(jnp.float32), labels.astype(jnp.float32)
         )
-        valid = None
-        if mask is not None or seq_lengths is not None:
-            valid = _trace_mask(inputs, mask, seq_lengths, "BinaryHead.loss")
         if valid is None:
             return jnp.mean(losses)
         count = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
         return jnp.sum(jnp.where(valid, losses, 0.0)) / count
+
+
+def _check_labels(labels: Array, where: str) -> None:
+    """Raises naming the first label outside [0, 1] (NaN included), when ``labels`` is
+    concrete; traced labels pass unchecked."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels, np.float64)
+    bad = np.argwhere(~((values >= 0.0) & (values <= 1.0)))
+    if bad.size:
+        index = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{where}: labels must be in [0, 1] at valid positions; got {values[index]} at "
+            f"index {index}."
+        )

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
@@ -205,16 +206,39 @@ class SigmoidRouter(nnx.Module):
         Args:
           load: ``[num_experts]`` load per expert (``Routing.load``, or any quantity
             proportional to the tokens each expert received, e.g. summed over several batches).
+
+        Raises:
+          ValueError: when ``load`` has the wrong shape, or (when concrete) holds NaN or inf.
+            Under ``jit`` its values are unknown: a non-finite load then leaves the bias
+            unchanged rather than making it NaN.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from gatenets import SigmoidRouter
+          >>> router = SigmoidRouter(3, 2, top_k=1, rngs=nnx.Rngs(0))
+          >>> router.update_bias(jnp.array([1.0, jnp.nan]))
+          Traceback (most recent call last):
+          ...
+          ValueError: SigmoidRouter.update_bias: load must be finite; got [ 1. nan].
         """
-        load = jnp.asarray(load)
-        if load.shape != (self.num_experts,):
-            raise ValueError(
-                f"SigmoidRouter.update_bias: load must have shape [num_experts] = "
-                f"({self.num_experts},); got {load.shape}."
-            )
+        load = _check_load(load, self.num_experts, "SigmoidRouter.update_bias")
         load = jax.lax.stop_gradient(load.astype(jnp.float32))
         step = self.bias_update_rate * jnp.sign(jnp.mean(load) - load)
+        step = jnp.where(jnp.all(jnp.isfinite(load)), step, 0.0)
         self.expert_bias[...] = self.expert_bias[...] + step
+
+
+def _check_load(load: Any, num_experts: int, where: str) -> Array:
+    """``load`` as an array, after checking its shape and, when concrete, its finiteness."""
+    load = jnp.asarray(load)
+    if load.shape != (num_experts,):
+        raise ValueError(
+            f"{where}: load must have shape [num_experts] = ({num_experts},); got {load.shape}."
+        )
+    if not isinstance(load, jax.core.Tracer) and not np.isfinite(np.asarray(load)).all():
+        raise ValueError(f"{where}: load must be finite; got {np.asarray(load)}.")
+    return load
 
 
 class SigmoidMoE(nnx.Module):
@@ -369,4 +393,4 @@ class SigmoidMoE(nnx.Module):
 
     def update_bias(self, load: Array) -> None:
         """Balancing step of the router: see :meth:`SigmoidRouter.update_bias`."""
-        self.router.update_bias(load)
+        self.router.update_bias(_check_load(load, self.num_experts, "SigmoidMoE.update_bias"))

@@ -46,18 +46,30 @@ def register(subparsers: Any) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """Raises :class:`~gatenets.cli.UsageError` naming the first bad argument, before any work:
+    the counts, the thresholds, ``--run`` (a directory holding a readable run config) and
+    ``--out`` (a directory that can be written)."""
+    from gatenets.cli import UsageError, check_output_dir
+
     for name in ("batches", "batch_size", "steps", "hidden", "length"):
         value = getattr(args, name)
         if value < 1:
             flag = "--" + name.replace("_", "-")
-            raise SystemExit(f"gatenets inspect: {flag} must be >= 1; got {value}.")
+            raise UsageError(f"{flag} must be >= 1; got {value}.")
     if not 0.0 <= args.left <= args.right <= 1.0:
-        raise SystemExit(
-            f"gatenets inspect: need 0 <= --left <= --right <= 1; got --left {args.left} and "
-            f"--right {args.right}."
+        raise UsageError(
+            f"need 0 <= --left <= --right <= 1; got --left {args.left} and --right {args.right}."
         )
-    if args.run is not None and not os.path.isdir(args.run):
-        raise SystemExit(f"gatenets inspect: --run {args.run!r} is not a directory.")
+    if args.run is not None:
+        if not os.path.isdir(args.run):
+            raise UsageError(f"--run {args.run!r} is not a directory; give a run directory.")
+        from gatenets.train.run import read_config
+
+        try:
+            read_config(args.run)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--run: {err}") from None
+    check_output_dir("--out", args.out)
 
 
 def run(args: argparse.Namespace) -> int:

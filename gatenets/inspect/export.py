@@ -16,12 +16,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gatenets._files import atomic_write as _atomic_write
 from gatenets.gates import GateTrace
 from gatenets.inspect.statistics import _check_trace
 from gatenets.registry import FAMILIES
@@ -30,29 +30,6 @@ from gatenets.registry import FAMILIES
 _KNOWN_GATES: dict[str, type] = {
     family.cell.gates_type.__name__: family.cell.gates_type for family in FAMILIES.values()
 }
-
-
-def _make_readable(path: str) -> None:
-    # mkstemp creates files readable by their owner only; exports are meant to be shared.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _atomic_write(path: str, write: Callable[[str], None], suffix: str) -> None:
-    """Runs ``write(tmp)`` on a temporary file beside ``path``, then renames it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-    os.close(handle)
-    try:
-        write(tmp)
-        _make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_trace(trace: GateTrace, path: str | os.PathLike) -> str:

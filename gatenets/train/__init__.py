@@ -6,6 +6,7 @@ a device mesh, and whole runs of the example tasks (``gatenets run``).
 from __future__ import annotations
 
 from gatenets.train.checkpoint import Checkpointer as Checkpointer
+from gatenets.train.checkpoint import CorruptCheckpointError as CorruptCheckpointError
 from gatenets.train.hooks import Hook as Hook
 from gatenets.train.hooks import LoopState as LoopState
 from gatenets.train.hooks import NonFiniteGuard as NonFiniteGuard
@@ -41,6 +42,7 @@ from gatenets.train.steps import make_train_step as make_train_step
 
 __all__ = [
     "Checkpointer",
+    "CorruptCheckpointError",
     "FitHooks",
     "FitResult",
     "Hook",

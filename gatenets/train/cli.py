@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import pathlib
 import sys
 
+from gatenets.cli import UsageError, check_output_dir
 from gatenets.tasks import MODELS, TASKS, get_task, list_tasks
 
 
@@ -61,6 +63,13 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="run directory (default runs/TASK-MODEL)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument(
+        "--resume-step",
+        type=int,
+        metavar="N",
+        help="continue from the checkpoint of step N (when the latest is corrupt); implies "
+        "--resume",
+    )
+    parser.add_argument(
         "--data-parallel", action="store_true", help="split batches over all local devices"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     options = dict(args.option)
     if args.text is not None:
+        _check_text(args.text)
         options["text_file"] = args.text
     try:
         task = get_task(args.task, **options)
@@ -100,20 +110,39 @@ def main(args: argparse.Namespace) -> int:
         print(f"gatenets run: {err}", file=sys.stderr)
         return 2
     out = args.out or f"runs/{args.task}-{config.model}"
+    check_output_dir("--out", out)
     print(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
         f"{config.batch_size}; baseline {task.metric} {task.baseline:.4g} "
         f"({task.baseline_source}); writing {out}"
     )
     try:
-        summary = run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (FileExistsError, ValueError) as err:
-        print(f"gatenets run: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        summary = run(
+            config,
+            out,
+            resume=args.resume,
+            resume_step=args.resume_step,
+            progress=not args.no_progress,
+        )
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
     print(_format_summary(summary))
     return 0
+
+
+def _check_text(path: str) -> None:
+    """Raises :class:`~gatenets.cli.UsageError` naming ``--text`` when the file is not UTF-8
+    text (a missing file is the task's to report)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        return
+    try:
+        file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"--text {path!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}); give a UTF-8 text file."
+        ) from None
 
 
 def _format_summary(summary: dict) -> str:

@@ -14,14 +14,56 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
+
+from gatenets.train.checkpoint import deferred_interrupt
 
 Record = dict[str, Any]
 """One line of ``metrics.jsonl``: ``{"step": int, "split": str, name: float, …}``."""
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+    """Training produced a NaN or infinite loss, parameters or optimizer state; the last good
+    checkpoint is left in place."""
+
+
+@jax.jit
+def _finite(leaves: list[Any]) -> Any:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def non_finite_parts(model: nnx.Module | None, optimizer: nnx.Optimizer | None) -> list[str]:
+    """Which of ``"parameters"`` (the model's whole floating-point state) and ``"optimizer
+    state"`` hold a NaN or an infinity; ``[]`` when both are finite. What is not an NNX object
+    (None, a test double) is not checked.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.train.hooks import non_finite_parts
+      >>> model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+      >>> non_finite_parts(model, optimizer)
+      []
+      >>> model.layers[0].cell.bias[...] = jnp.full((9,), jnp.nan)
+      >>> non_finite_parts(model, optimizer)
+      ['parameters']
+    """
+    parts = []
+    for name, node in (("parameters", model), ("optimizer state", optimizer)):
+        if not nnx.graph.is_graph_node(node):
+            continue
+        leaves = [
+            leaf
+            for leaf in jax.tree_util.tree_leaves(nnx.to_pure_dict(nnx.state(node)))
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)
+        ]
+        if leaves and not bool(_finite(leaves)):
+            parts.append(name)
+    return parts
 
 
 class LoopState(NamedTuple):
@@ -87,9 +129,12 @@ class Schedule(NamedTuple):
 
 
 class NonFiniteGuard(Hook):
-    """Stops training at the first NaN or infinite loss, naming the last good checkpoint.
+    """Stops training at the first step that leaves a NaN or an infinity in the loss, the
+    updated parameters or the optimizer state, naming the last good checkpoint.
 
-    Put it first among the hooks, so that nothing logs or saves the step that went bad.
+    The loss is computed before the update, so a finite loss can come with NaN gradients and
+    NaN parameters; checking what the step left behind is what makes every saved step good.
+    Put the guard first among the hooks, so that nothing logs or saves the step that went bad.
 
     Args:
       checkpointer: the :class:`~gatenets.train.Checkpointer` whose latest step the error
@@ -108,8 +153,17 @@ class NonFiniteGuard(Hook):
         self.checkpointer = checkpointer
 
     def after_step(self, state: LoopState) -> None:
-        if math.isfinite(state.loss):
-            return
+        if not math.isfinite(state.loss):
+            what = f"the loss is {state.loss}"
+        else:
+            parts = non_finite_parts(state.model, state.optimizer)
+            if not parts:
+                return
+            verb = "is" if parts == ["optimizer state"] else "are"
+            what = (
+                f"the {' and the '.join(parts)} {verb} not finite after the update (the loss "
+                f"was {state.loss})"
+            )
         kept = None if self.checkpointer is None else self.checkpointer.latest_step()
         where = (
             f"the last good checkpoint, step {kept}, is in {str(self.checkpointer.directory)!r}"
@@ -117,7 +171,7 @@ class NonFiniteGuard(Hook):
             else "no checkpoint was saved"
         )
         raise NonFiniteLossError(
-            f"training stopped: the loss is {state.loss} at step {state.step}; {where}. "
+            f"training stopped: {what} at step {state.step}; {where}. "
             "Try a lower learning rate or gradient clipping."
         )
 
@@ -166,14 +220,20 @@ class PeriodicCheckpoint(Hook):
 
     The step saved is the optimizer's own counter, not the loop's: Ctrl-C usually lands while
     the loop waits for a step's loss, after that step's parameters were already written back.
-    A step already saved is not saved again. :meth:`close` waits for background writes and
-    closes the checkpointer.
+    A step already saved is not saved again. On Ctrl-C the hook first waits for a save in
+    flight to finish, then saves the last step once (unless its parameters or optimizer state
+    are not finite: such a step is never saved) and waits for that save, with further Ctrl-C
+    held back meanwhile. After every step it lets the checkpointer write the checksums of a
+    finished save (``poll``). :meth:`close` waits for background writes and closes the
+    checkpointer.
 
     Args:
       checkpointer: a :class:`~gatenets.train.Checkpointer` (or anything with its ``save``,
-        ``wait``, ``close`` and ``directory``).
+        ``poll``, ``wait``, ``close`` and ``directory``).
       schedule: when to save.
       say: prints a line for the user (the message after Ctrl-C).
+      loop: returns JSON-serialisable state of the loop to save with each step (e.g. the
+        losses of the current logging window), or None.
 
     Example:
       >>> import numpy as np
@@ -181,7 +241,8 @@ class PeriodicCheckpoint(Hook):
       >>> from gatenets.train import LoopState, PeriodicCheckpoint, Schedule
       >>> class Saves(list):
       ...     directory = "ckpt"
-      ...     def save(self, step, model, optimizer): self.append(step)
+      ...     def save(self, step, model, optimizer, *, loop=None): self.append(step)
+      ...     def poll(self): pass
       ...     def wait(self): pass
       ...     def close(self): pass
       >>> saves = Saves()
@@ -195,40 +256,74 @@ class PeriodicCheckpoint(Hook):
       [2, 3]
     """
 
-    def __init__(self, checkpointer: Any, schedule: Schedule, *, say: Callable[[str], None]):
+    def __init__(
+        self,
+        checkpointer: Any,
+        schedule: Schedule,
+        *,
+        say: Callable[[str], None],
+        loop: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.checkpointer = checkpointer
         self.schedule = schedule
         self.say = say
+        self.loop = loop
         self.saved: int | None = None
 
     def save(self, state: LoopState) -> int:
         """Saves the optimizer's step (unless it is saved already) and returns it."""
         done = int(state.optimizer.step[...])
         if done != self.saved:
-            self.checkpointer.save(done, state.model, state.optimizer)
-            self.saved = done
+            loop = None if self.loop is None else self.loop()
+            try:
+                self.checkpointer.save(done, state.model, state.optimizer, loop=loop)
+            finally:
+                # Ctrl-C held back during the save surfaces once it returned: it is saved.
+                self.saved = done
         return done
 
     def after_step(self, state: LoopState) -> None:
         if self.schedule(state.step):
             self.save(state)
+        else:
+            self.checkpointer.poll()
 
     def interrupted(self, state: LoopState) -> None:
-        done = self.save(state)
-        self.checkpointer.wait()
-        self.say(
-            f"interrupted: saved step {done} in {str(self.checkpointer.directory)!r}; "
-            "continue with resume=True (gatenets run … --resume)."
-        )
+        with deferred_interrupt():
+            self.checkpointer.wait()
+            bad = non_finite_parts(state.model, state.optimizer)
+            if bad:
+                self.say(
+                    f"interrupted: the {' and the '.join(bad)} of the last step are not "
+                    f"finite, so it was not saved; the checkpoints are in "
+                    f"{str(self.checkpointer.directory)!r}."
+                )
+                return
+            done = self.save(state)
+            self.checkpointer.wait()
+            self.say(
+                f"interrupted: saved step {done} in {str(self.checkpointer.directory)!r}; "
+                "continue with resume=True (gatenets run … --resume)."
+            )
 
     def close(self) -> None:
         self.checkpointer.wait()
         self.checkpointer.close()
 
 
-def restore_latest(checkpointer: Any, model: nnx.Module, optimizer: nnx.Optimizer) -> int:
-    """Loads the newest checkpoint into ``model`` and ``optimizer``; returns its step (0 and
-    nothing loaded when there is none)."""
+def restore_latest(
+    checkpointer: Any, model: nnx.Module, optimizer: nnx.Optimizer, *, step: int | None = None
+) -> int:
+    """Loads the newest checkpoint (or that of ``step``) into ``model`` and ``optimizer`` and
+    returns its step.
+
+    Raises:
+      FileNotFoundError: when there is no checkpoint to resume from (or none of ``step``),
+        rather than silently starting again from step 0.
+    """
     if checkpointer.latest_step() is None:
-        return 0
-    return checkpointer.restore(model, optimizer)
+        raise FileNotFoundError(
+            f"resume: no checkpoint in {str(checkpointer.directory)!r}, so there is nothing to "
+            "resume; start the run without resume (--resume)."
+        )
+    return checkpointer.restore(model, optimizer, step=step)

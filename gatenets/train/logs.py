@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from gatenets._files import atomic_write
 from gatenets.train.hooks import Hook, LoopState, Record, Schedule
 
 
@@ -91,6 +92,11 @@ class JsonLinesWriter(Hook):
     """Appends each record as one JSON line to ``path`` (flushed at once, so a crash loses
     nothing written); ``path=None`` writes nothing. As a hook, the loop closes it at the end.
 
+    Args:
+      path: the file, or None.
+      keep_until: first drop the file's records of steps after this one (a run resumed from
+        the checkpoint of that step writes them again); None keeps every record.
+
     Example:
       >>> import pathlib, tempfile
       >>> from gatenets.train import JsonLinesWriter
@@ -101,7 +107,9 @@ class JsonLinesWriter(Hook):
       '{"step": 1, "split": "train", "loss": 0.5}\\n'
     """
 
-    def __init__(self, path: str | pathlib.Path | None):
+    def __init__(self, path: str | pathlib.Path | None, *, keep_until: int | None = None):
+        if path is not None and keep_until is not None:
+            _drop_records_after(pathlib.Path(path), keep_until)
         self.stream = None if path is None else open(path, "a")
 
     def write(self, record: Record) -> None:
@@ -118,6 +126,22 @@ class JsonLinesWriter(Hook):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+    """Rewrites ``path`` (atomically) without its records of steps after ``step``, and without
+    a last line cut short by a crash."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text("".join(kept)), ".jsonl.tmp")
 
 
 class ProgressBar(Hook):

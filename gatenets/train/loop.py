@@ -160,14 +160,19 @@ def fit_hooks(
 ) -> FitHooks:
     """The hooks of :func:`fit` for these settings (same meanings as there).
 
-    Opens ``out_dir/metrics.jsonl`` (nothing when ``out_dir`` is None) and the progress bar;
-    the loop closes them.
+    Opens ``out_dir/metrics.jsonl`` (nothing when ``out_dir`` is None), dropping the records
+    after step ``start`` (those of steps a resumed run takes again), and the progress bar; the
+    loop closes them. Each checkpoint carries the training-loss window, so that a resumed
+    run's records equal an uninterrupted run's.
     """
     progress_bar = ProgressBar(
         steps, initial=start, desc=task.name, window=log_every, enabled=progress
     )
-    writer = JsonLinesWriter(None if out_dir is None else out_dir / "metrics.jsonl")
+    writer = JsonLinesWriter(
+        None if out_dir is None else out_dir / "metrics.jsonl", keep_until=start
+    )
     emit = fan_out([writer, progress_bar])
+    train_log = TrainLossLog(log_every, Schedule(log_every, steps), emit)
     evaluation = PeriodicEvaluation(
         functools.partial(
             evaluate,
@@ -185,12 +190,15 @@ def fit_hooks(
     checkpoint = None
     if checkpointer is not None:
         checkpoint = PeriodicCheckpoint(
-            checkpointer, Schedule(checkpoint_every, steps), say=progress_bar.say
+            checkpointer,
+            Schedule(checkpoint_every, steps),
+            say=progress_bar.say,
+            loop=lambda: {"losses": list(train_log.losses)},
         )
     return FitHooks(
         guard=NonFiniteGuard(checkpointer),
         progress=progress_bar,
-        train_log=TrainLossLog(log_every, Schedule(log_every, steps), emit),
+        train_log=train_log,
         evaluation=evaluation,
         writer=writer,
         checkpoint=checkpoint,
@@ -231,17 +239,51 @@ def _result(state: LoopState, hooks: FitHooks) -> FitResult:
 
 
 def _open_checkpoints(
-    out: pathlib.Path | None, keep: int, resume: bool, model: nnx.Module, optimizer: Any
-) -> tuple[Checkpointer | None, int]:
-    """The checkpointer of ``out/checkpoints`` (None without ``out``) and the step to start
-    from: the latest checkpoint's, restored, when resuming."""
+    out: pathlib.Path | None,
+    keep: int,
+    resume: bool,
+    resume_step: int | None,
+    steps: int,
+    model: nnx.Module,
+    optimizer: Any,
+) -> tuple[Checkpointer | None, int, list[float]]:
+    """The checkpointer of ``out/checkpoints`` (None without ``out``), the step to start
+    from and the loss window to start with: those of the checkpoint restored when resuming
+    (the latest, or ``resume_step``, after which later checkpoints are moved aside)."""
+    resume = resume or resume_step is not None
     if out is None:
         if resume:
             raise ValueError("resume=True needs out_dir, where the checkpoints are.")
-        return None, 0
+        return None, 0, []
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(out / "checkpoints", keep=keep)
-    return checkpointer, restore_latest(checkpointer, model, optimizer) if resume else 0
+    if not resume:
+        return checkpointer, 0, []
+    try:
+        start = restore_latest(checkpointer, model, optimizer, step=resume_step)
+        check_resume_steps(start, steps)
+    except BaseException:
+        checkpointer.close()
+        raise
+    checkpointer.discard_after(start)
+    return checkpointer, start, checkpointer.loop_state(start).get("losses", [])
+
+
+def check_resume_steps(start: int, steps: int) -> None:
+    """Raises unless a run resumed at step ``start`` can train to ``steps``.
+
+    Example:
+      >>> from gatenets.train.loop import check_resume_steps
+      >>> check_resume_steps(4, 3)
+      Traceback (most recent call last):
+      ...
+      ValueError: steps: 3 is below step 4 of the checkpoint being resumed; pass steps >= 4.
+    """
+    if steps < start:
+        raise ValueError(
+            f"steps: {steps} is below step {start} of the checkpoint being resumed; pass "
+            f"steps >= {start}."
+        )
 
 
 def fit(
@@ -259,6 +301,7 @@ def fit(
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 3,
     resume: bool = False,
+    resume_step: int | None = None,
     mesh: Mesh | None = None,
     progress: bool = True,
 ) -> FitResult:
@@ -283,7 +326,11 @@ def fit(
       checkpoint_every: save every this many steps (and always at the end, on Ctrl-C);
         None saves only at the end.
       keep_checkpoints: how many checkpoints to keep.
-      resume: continue from the latest checkpoint in ``out_dir/checkpoints`` if there is one.
+      resume: continue from the latest checkpoint in ``out_dir/checkpoints``; there must be
+        one, and its step must not exceed ``steps``. Records of ``metrics.jsonl`` after that
+        step are dropped, so the file ends as an uninterrupted run's would.
+      resume_step: resume from this earlier checkpoint instead (e.g. when the latest is
+        corrupt); the checkpoints after it are moved to ``out_dir/discarded-checkpoints``.
       mesh: a device mesh for data parallelism (:func:`gatenets.train.data_parallel_mesh`):
         batches are split over its first axis, parameters replicated.
       progress: show a progress bar with the loss and steps per second.
@@ -292,7 +339,12 @@ def fit(
       a :class:`FitResult`.
 
     Raises:
-      NonFiniteLossError: when a loss is NaN or infinite; nothing is saved after that step.
+      NonFiniteLossError: when a loss, the parameters or the optimizer state are NaN or
+        infinite after a step; nothing is saved after that step.
+      FileNotFoundError: when resuming and there is no checkpoint (or none of
+        ``resume_step``).
+      gatenets.train.CorruptCheckpointError: when the checkpoint to resume fails its checksums
+        or holds non-finite values.
       KeyboardInterrupt: after saving a checkpoint of the last completed step.
 
     Example:
@@ -312,7 +364,9 @@ def fit(
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     out = None if out_dir is None else pathlib.Path(out_dir)
-    checkpointer, start = _open_checkpoints(out, keep_checkpoints, resume, model, optimizer)
+    checkpointer, start, losses = _open_checkpoints(
+        out, keep_checkpoints, resume, resume_step, steps, model, optimizer
+    )
     if mesh is not None:
         nnx.update((model, optimizer), replicate(nnx.state((model, optimizer)), mesh))
     hooks = fit_hooks(
@@ -330,6 +384,7 @@ def fit(
         mesh=mesh,
         progress=progress,
     )
+    hooks.train_log.losses.extend(losses)
     state = train_loop(
         make_train_step(task),
         map(batch_placer(mesh), task.batches("train", batch_size, seed=seed, start=start)),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import pathlib
-import tempfile
 import time
 from typing import Any, NamedTuple
 
@@ -14,10 +13,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gatenets._files import atomic_write
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
-from gatenets.train.checkpoint import Checkpointer
-from gatenets.train.loop import FitResult, fit
+from gatenets.train.checkpoint import Checkpointer, saved_steps
+from gatenets.train.loop import FitResult, check_resume_steps, fit
 from gatenets.train.sharding import data_parallel_mesh
 from gatenets.train.steps import evaluate, gate_means
 
@@ -115,12 +115,20 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
-    """Writes ``data`` to ``path`` atomically: a crash leaves the old file or the new one."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, sort_keys=True)
-        stream.write("\n")
-    os.replace(tmp, path)
+    """Writes ``data`` to ``path`` atomically (a crash leaves the old file or the new one),
+    as strict JSON: NaN and infinities become null, which every JSON reader accepts."""
+    text = json.dumps(_strict(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text), ".json.tmp")
+
+
+def _strict(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _strict(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_strict(value) for value in data]
+    return data
 
 
 def _build(config: RunConfig, task: Task | None = None) -> tuple[Task, RunConfig, nnx.Module]:
@@ -139,6 +147,7 @@ def train_model(
     task: Task | None = None,
     out_dir: str | pathlib.Path | None = None,
     resume: bool = False,
+    resume_step: int | None = None,
     progress: bool = True,
 ) -> TrainedModel:
     """Builds the config's model of its task and trains it with :func:`~gatenets.train.fit`.
@@ -151,6 +160,7 @@ def train_model(
       task: the task, if already made (it must be ``config``'s).
       out_dir: where :func:`fit` writes, or None.
       resume: continue from the latest checkpoint in ``out_dir``.
+      resume_step: continue from this earlier checkpoint instead.
       progress: show a progress bar.
 
     Example:
@@ -174,24 +184,72 @@ def train_model(
         checkpoint_every=config.checkpoint_every,
         keep_checkpoints=config.keep_checkpoints,
         resume=resume,
+        resume_step=resume_step,
         mesh=data_parallel_mesh() if config.data_parallel else None,
         progress=progress,
     )
     return TrainedModel(task, model, config, result)
 
 
-def _check_resumable(out: pathlib.Path, config: RunConfig, resume: bool) -> None:
-    """Raises unless ``out`` holds no run, or holds this config's run (``steps`` aside) and
-    ``resume`` is set."""
-    config_path = out / "config.json"
-    if not config_path.exists():
-        return
-    saved = RunConfig(**json.loads(config_path.read_text()))
-    if not resume:
-        raise FileExistsError(
-            f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
-            "continue it or choose another directory."
+def read_config(run_dir: str | pathlib.Path) -> RunConfig:
+    """The :class:`RunConfig` saved in ``run_dir/config.json``.
+
+    Raises:
+      FileNotFoundError: when ``run_dir`` has no ``config.json`` (it is not a run).
+      ValueError: when ``config.json`` is not a run config, naming the file.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> from gatenets.train.run import read_config
+      >>> run_dir = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (run_dir / "config.json").write_text('{"task": "adding", "hiden": 4}')
+      >>> read_config(run_dir)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: .../config.json' is not a run config written by gatenets run (unexpected key 'hiden'); fix it or run again into a new directory.
+    """  # noqa: E501
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"run_dir: no config.json in {str(run_dir)!r}; it is not a run written by gatenets run."
         )
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        unknown = sorted(set(data) - set(RunConfig._fields))
+        if unknown:
+            raise ValueError(f"unexpected key {unknown[0]!r}")
+        if not isinstance(data.get("task"), str):
+            raise ValueError("no task name")
+        return RunConfig(**data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a run config written by gatenets run ({err}); fix it or "
+            "run again into a new directory."
+        ) from None
+
+
+def _check_resumable(
+    out: pathlib.Path, config: RunConfig, resume: bool, resume_step: int | None
+) -> None:
+    """Raises unless ``out`` holds no saved step (a fresh directory, or a run that stopped
+    before its first checkpoint: it starts again), or holds this config's run (``steps``
+    aside) and ``resume`` is set, with a checkpoint at or below ``steps``."""
+    steps = saved_steps(out / "checkpoints")
+    if not resume and resume_step is None:
+        if steps and (out / "config.json").exists():
+            raise FileExistsError(
+                f"out_dir {str(out)!r} already holds a run; pass resume=True (--resume) to "
+                "continue it or choose another directory."
+            )
+        return
+    if not steps:
+        raise FileNotFoundError(
+            f"resume: {str(out)!r} holds no checkpoint to resume; run without resume "
+            "(--resume) to start the run."
+        )
+    saved = read_config(out)
     differing = [
         f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
     ]
@@ -200,6 +258,12 @@ def _check_resumable(out: pathlib.Path, config: RunConfig, resume: bool) -> None
             f"resume: the config differs from the saved run in {differing}; only steps may "
             "change when resuming."
         )
+    if resume_step is not None and resume_step not in steps:
+        raise FileNotFoundError(
+            f"resume_step: no checkpoint of step {resume_step!r} in "
+            f"{str(out / 'checkpoints')!r}; the steps are {steps}."
+        )
+    check_resume_steps(steps[-1] if resume_step is None else resume_step, config.steps)
 
 
 def run(
@@ -207,6 +271,7 @@ def run(
     out_dir: str | pathlib.Path,
     *,
     resume: bool = False,
+    resume_step: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``out_dir`` and returns the summary.
@@ -219,7 +284,9 @@ def run(
       config: the run's settings.
       out_dir: the run directory.
       resume: continue the run in ``out_dir`` from its latest checkpoint; the config must
-        match the saved one except for ``steps``.
+        match the saved one except for ``steps``, which must not be below the checkpoint's.
+        A directory whose run stopped before its first checkpoint is started again without it.
+      resume_step: continue from this earlier checkpoint instead (implies ``resume``).
       progress: show a progress bar.
 
     Example:
@@ -236,12 +303,20 @@ def run(
     out = pathlib.Path(out_dir)
     task = get_task(config.task, **config.options)
     config = config.resolved(task)
-    _check_resumable(out, config, resume)
+    # Every check before the first write: a refused resume leaves config.json as it was.
+    _check_resumable(out, config, resume, resume_step)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config._asdict())
 
     began = time.perf_counter()
-    trained = train_model(config, task=task, out_dir=out, resume=resume, progress=progress)
+    trained = train_model(
+        config,
+        task=task,
+        out_dir=out,
+        resume=resume,
+        resume_step=resume_step,
+        progress=progress,
+    )
     model, result = trained.model, trained.result
     test = evaluate(model, task, "test", batch_size=config.eval_batch_size, seed=config.seed)
     value = test[task.metric]
@@ -291,10 +366,7 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
       ``LoadedRun(model, task, config)`` with the model in evaluation mode.
     """
     run_dir = pathlib.Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"run_dir: no config.json in {str(run_dir)!r}.")
-    config = RunConfig(**json.loads(config_path.read_text()))
+    config = read_config(run_dir)
     task, _, model = _build(config)
     with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
         checkpoints.restore(model)

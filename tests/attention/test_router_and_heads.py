@@ -218,3 +218,59 @@ def test_binary_head_probability_override_sets_the_logit():
         1 - head.probability(x),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_load_is_refused_or_under_jit_leaves_the_bias_unchanged(bad):
+    moe = SigmoidMoE(6, 5, num_experts=4, top_k=2, **moe_inits())
+    load = jnp.array([0.5, bad, 0.25, 0.25])
+    with pytest.raises(ValueError, match=r"SigmoidMoE.update_bias: load must be finite; got"):
+        moe.update_bias(load)
+    with pytest.raises(ValueError, match=r"SigmoidRouter.update_bias: load must be finite"):
+        moe.router.update_bias(load)
+    before = np.asarray(moe.router.expert_bias[...])
+    nnx.jit(lambda m, x: m.update_bias(x))(moe, load)
+    np.testing.assert_array_equal(moe.router.expert_bias[...], before)
+    nnx.jit(lambda m, x: m.update_bias(x))(moe, jnp.array([0.7, 0.1, 0.1, 0.1]))
+    assert np.all(np.isfinite(moe.router.expert_bias[...]))
+    assert not np.array_equal(moe.router.expert_bias[...], before)
+
+
+def test_binary_head_loss_ignores_nan_inputs_and_any_labels_in_padding():
+    head = BinaryHead(6, kernel_init=KERNEL_INIT, rngs=nnx.Rngs(0))
+    x = inputs()
+    labels = (inputs(1, 2, 5, seed=5)[0] > 0).astype(jnp.float32)
+    lengths = jnp.array([2, 4])
+    valid = np.arange(5)[None, :] < np.asarray(lengths)[:, None]
+    clean_x = jnp.where(valid[..., None], x, 0.0)
+    clean_labels = jnp.where(valid, labels, 0.0)
+    poisoned_x = jnp.where(valid[..., None], x, jnp.nan).at[1, 4, 0].set(jnp.inf)
+    poisoned_labels = jnp.where(valid, labels, -1.0).at[0, 3].set(jnp.nan)
+
+    def value_and_grads(inputs_, labels_, **masks):
+        return nnx.value_and_grad(lambda h: h.loss(inputs_, labels_, **masks))(head)
+
+    clean_loss, clean_grads = value_and_grads(clean_x, clean_labels, seq_lengths=lengths)
+    for masks in ({"seq_lengths": lengths}, {"mask": jnp.asarray(valid)}):
+        loss, grads = value_and_grads(poisoned_x, poisoned_labels, **masks)
+        np.testing.assert_allclose(loss, clean_loss, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(clean_grads), strict=True):
+            assert np.all(np.isfinite(a))
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.any(np.asarray(jax.tree.leaves(clean_grads)[0]) != 0)
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, np.nan])
+def test_binary_head_loss_refuses_labels_outside_zero_one(bad):
+    head = BinaryHead(6, kernel_init=KERNEL_INIT, rngs=nnx.Rngs(0))
+    labels = jnp.zeros((2, 5)).at[1, 3].set(bad)
+    with pytest.raises(
+        ValueError,
+        match=rf"labels must be in \[0, 1\] at valid positions; got "
+        rf"{bad} at index \(1, 3\)",
+    ):
+        head.loss(inputs(), labels)
+    with pytest.raises(ValueError, match=r"index \(1, 3\)"):
+        head.loss(inputs(), labels, seq_lengths=jnp.array([5, 4]))
+    # The same label in padding is ignored.
+    assert np.isfinite(head.loss(inputs(), labels, seq_lengths=jnp.array([5, 3])))

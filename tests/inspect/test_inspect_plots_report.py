@@ -209,13 +209,28 @@ def test_inspect_command_writes_the_report(tmp_path, capsys):
     assert 'class="text-heatmap"' in page
 
 
-def test_inspect_command_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit, match="--steps must be >= 1; got 0"):
-        main(["inspect", "--out", str(tmp_path), "--steps", "0"])
-    with pytest.raises(SystemExit, match="need 0 <= --left <= --right <= 1; got --left 0.5"):
-        main(["inspect", "--left", "0.5", "--right", "0.4"])
-    with pytest.raises(SystemExit, match="is not a directory"):
-        main(["inspect", "--run", str(tmp_path / "missing")])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "gatenets inspect: --steps must be >= 1; got 0."),
+        (["--left", "0.5", "--right", "0.4"], "need 0 <= --left <= --right <= 1; got --left 0.5"),
+        (["--run", "{tmp}/missing"], "--run '{tmp}/missing' is not a directory; give a run"),
+        (["--run", "{tmp}"], "--run: run_dir: no config.json in '{tmp}'; it is not a run"),
+        (["--run", "{tmp}/bad"], "--run: '{tmp}/bad/config.json' is not a run config written by"),
+        (["--out", "{tmp}/bad/config.json"], "--out '{tmp}/bad/config.json' is a file, not a"),
+    ],
+)
+def test_inspect_command_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    # Checked before any work: no training starts (it would print its first line).
+    assert main(["inspect", "--out", str(tmp_path / "report"), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"gatenets inspect: {captured.err.split(': ', 1)[1]}"
+    assert message.replace("{tmp}", str(tmp_path)) in captured.err
+    assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err
 
 
 def test_example_writes_the_report(tmp_path, capsys):

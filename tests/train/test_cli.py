@@ -1,10 +1,13 @@
 """``gatenets run`` at tiny settings, and its errors."""
 
 import json
+import os
+import re
 
 import pytest
 
 from gatenets.cli import main
+from gatenets.train import NonFiniteLossError
 
 
 def test_run_list(capsys):
@@ -70,3 +73,74 @@ def test_run_with_an_empty_corpus(tmp_path, capsys):
     empty.write_text("")
     assert main(["run", "charlm", "--text", str(empty)]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+TINY = ["adding", "-o", "length=6", "--hidden", "4", "--batch-size", "4", "--no-progress"]
+
+
+def one_line_error(capsys, prefix="gatenets run: "):
+    """The single line a failed command printed on stderr."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), lines
+    return lines[0]
+
+
+def test_a_diverging_run_fails_with_one_line_and_exit_1(tmp_path, capsys):
+    argv = ["run", *TINY, "--steps", "3", "--lr", "1e30", "--out", str(tmp_path / "run")]
+    assert main(argv) == 1
+    err = one_line_error(capsys)
+    assert err.startswith("gatenets run: training stopped: the ")
+    assert err.endswith(
+        "Try a lower learning rate or gradient clipping. (--debug shows the traceback)"
+    )
+    with pytest.raises(NonFiniteLossError):
+        main([*argv[:-1], str(tmp_path / "again"), "--debug"])
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_out_that_cannot_be_a_directory_is_refused_before_any_work(tmp_path, capsys, where):
+    file = tmp_path / "file"
+    file.write_text("x")
+    out = file if where == "a file" else file / "run"
+    assert main(["run", *TINY, "--steps", "1", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"--out {str(out)!r}" in err and "choose" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only directory")
+def test_a_read_only_out_is_refused_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["run", *TINY, "--steps", "1", "--out", str(locked / "run")]) == 2
+    assert "is not writable" in one_line_error(capsys)
+
+
+def test_a_binary_text_file_is_named(tmp_path, capsys):
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"abc\xff\xfe\x00")
+    assert main(["run", "charlm", "--text", str(binary), "--out", str(tmp_path / "r")]) == 2
+    err = one_line_error(capsys)
+    assert f"--text {str(binary)!r} is not UTF-8 text (byte 0xff at offset 3)" in err
+
+
+def test_a_corrupt_checkpoint_fails_naming_it_and_resume_step_recovers(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", *TINY, "--eval-every", "1", "--out", str(out)]
+    assert main([*argv, "--steps", "2"]) == 0
+    victim = max((out / "checkpoints" / "2").rglob("d/*"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-7])
+    capsys.readouterr()
+    assert main([*argv, "--steps", "3", "--resume"]) == 1
+    err = one_line_error(capsys)
+    assert re.search(r"checkpoint step 2 in .* is corrupt: file '(model|optimizer)/d/\w+' has", err)
+    assert "--resume-step N); the earlier steps are [1]" in err
+    assert main(["inspect", "--run", str(out), "--out", str(tmp_path / "report")]) == 1
+    assert "checkpoint step 2 in" in one_line_error(capsys, "gatenets inspect: ")
+    assert main([*argv, "--steps", "3", "--resume-step", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_resume_with_nothing_to_resume_is_a_usage_error(tmp_path, capsys):
+    assert main(["run", *TINY, "--steps", "1", "--out", str(tmp_path), "--resume"]) == 2
+    err = one_line_error(capsys)
+    assert "holds no checkpoint to resume; run without resume (--resume)" in err

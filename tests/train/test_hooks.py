@@ -6,8 +6,11 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
+import gatenets
 from gatenets.tasks import get_task
 from gatenets.train import (
     Hook,
@@ -32,6 +35,11 @@ def state(step, loss=1.0, *, seconds=1.0, start=0, steps=10, optimizer_step=None
     return LoopState(step, loss, seconds, start, steps, "model", optimizer)
 
 
+def guarded(step, loss):
+    """A loop state with no model or optimizer for the guard to check, only the loss."""
+    return LoopState(step, loss, 1.0, 0, 10, None, None)
+
+
 class FakeCheckpointer:
     """Records what a PeriodicCheckpoint asks of a Checkpointer."""
 
@@ -41,16 +49,19 @@ class FakeCheckpointer:
         self.calls = []
         self.latest = latest
 
-    def save(self, step, model, optimizer):
+    def save(self, step, model, optimizer, *, loop=None):
         self.calls.append(("save", step, model))
         self.latest = step
+
+    def poll(self):
+        pass
 
     def latest_step(self):
         return self.latest
 
-    def restore(self, model, optimizer):
+    def restore(self, model, optimizer, *, step=None):
         self.calls.append(("restore", model))
-        return self.latest
+        return self.latest if step is None else step
 
     def wait(self):
         self.calls.append(("wait",))
@@ -76,22 +87,44 @@ def test_schedule_is_due_every_period_and_at_the_end(every, last, due):
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
 def test_guard_raises_on_a_non_finite_loss_naming_the_last_checkpoint(loss):
     with pytest.raises(NonFiniteLossError, match=rf"loss is {loss} at step 7; no checkpoint"):
-        NonFiniteGuard(None).after_step(state(7, loss))
+        NonFiniteGuard(None).after_step(guarded(7, loss))
     with pytest.raises(
         NonFiniteLossError,
         match=r"the last good checkpoint, step 4, is in '/runs/x/checkpoints'\. Try a lower",
     ):
-        NonFiniteGuard(FakeCheckpointer(latest=4)).after_step(state(7, loss))
+        NonFiniteGuard(FakeCheckpointer(latest=4)).after_step(guarded(7, loss))
     # A checkpointer with nothing saved yet: the message says so.
     with pytest.raises(NonFiniteLossError, match="no checkpoint was saved"):
-        NonFiniteGuard(FakeCheckpointer()).after_step(state(1, loss))
+        NonFiniteGuard(FakeCheckpointer()).after_step(guarded(1, loss))
 
 
 def test_guard_lets_finite_losses_pass():
     guard = NonFiniteGuard(FakeCheckpointer(latest=2))
     for loss in (0.0, -3.5, 1e30):
-        guard.after_step(state(3, loss))
+        guard.after_step(guarded(3, loss))
     assert guard.checkpointer.calls == []
+
+
+@pytest.mark.parametrize(
+    ("poison", "message"),
+    [
+        ("parameters", r"the parameters are not finite after the update \(the loss was 0.5\)"),
+        ("optimizer state", r"the optimizer state is not finite after the update"),
+        ("both", r"the parameters and the optimizer state are not finite"),
+    ],
+)
+def test_guard_raises_when_a_finite_loss_left_non_finite_parameters_or_state(poison, message):
+    model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    guard = NonFiniteGuard(FakeCheckpointer(latest=2))
+    guard.after_step(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
+    if poison in ("parameters", "both"):
+        model.layers[0].cell.kernel[...] = model.layers[0].cell.kernel[...].at[0, 0].set(np.inf)
+    if poison in ("optimizer state", "both"):
+        nu = optimizer.opt_state[0].nu["layers"][0]["cell"]["bias"]
+        nu[...] = nu[...].at[1].set(np.nan)
+    with pytest.raises(NonFiniteLossError, match=message + r".* at step 3; the last good "):
+        guard.after_step(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
 
 
 def test_checkpoint_saves_on_schedule_using_the_optimizer_step():
@@ -108,13 +141,13 @@ def test_checkpoint_saves_on_schedule_using_the_optimizer_step():
     assert checkpointer.calls[-2:] == [("wait",), ("close",)]
 
 
-def test_interrupt_saves_once_waits_and_says_where(capsys):
+def test_interrupt_waits_for_a_pending_save_then_saves_once_and_says_where(capsys):
     checkpointer = FakeCheckpointer()
     lines = []
     hook = PeriodicCheckpoint(checkpointer, Schedule(None, 10), say=lines.append)
     hook.after_step(state(1))
     hook.interrupted(state(1))
-    assert checkpointer.calls == [("save", 1, "model"), ("wait",)]
+    assert checkpointer.calls == [("wait",), ("save", 1, "model"), ("wait",)]
     assert lines == [
         "interrupted: saved step 1 in '/runs/x/checkpoints'; continue with resume=True "
         "(gatenets run … --resume)."
@@ -124,16 +157,33 @@ def test_interrupt_saves_once_waits_and_says_where(capsys):
     hook = PeriodicCheckpoint(checkpointer, Schedule(2, 10), say=lines.append)
     hook.after_step(state(2))
     hook.interrupted(state(2))
-    assert checkpointer.calls == [("save", 2, "model"), ("wait",)]
+    assert checkpointer.calls == [("save", 2, "model"), ("wait",), ("wait",)]
     assert lines[-1].startswith("interrupted: saved step 2 in")
 
 
-def test_restore_latest_resumes_from_the_newest_checkpoint_or_starts_at_zero():
+def test_interrupt_never_saves_a_step_that_left_non_finite_parameters():
+    model = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    model.layers[0].cell.bias[...] = model.layers[0].cell.bias[...].at[0].set(np.nan)
+    checkpointer, lines = FakeCheckpointer(latest=2), []
+    hook = PeriodicCheckpoint(checkpointer, Schedule(2, 10), say=lines.append)
+    hook.interrupted(LoopState(3, 0.5, 1.0, 0, 10, model, optimizer))
+    assert checkpointer.calls == [("wait",)]
+    assert lines == [
+        "interrupted: the parameters of the last step are not finite, so it was not saved; "
+        "the checkpoints are in '/runs/x/checkpoints'."
+    ]
+
+
+def test_restore_latest_resumes_from_the_newest_or_a_chosen_checkpoint_never_from_nothing():
     empty = FakeCheckpointer()
-    assert restore_latest(empty, "model", "optimizer") == 0 and empty.calls == []
+    with pytest.raises(FileNotFoundError, match="resume: no checkpoint in '/runs/x/checkpoints'"):
+        restore_latest(empty, "model", "optimizer")
+    assert empty.calls == []
     saved = FakeCheckpointer(latest=6)
     assert restore_latest(saved, "model", "optimizer") == 6
-    assert saved.calls == [("restore", "model")]
+    assert restore_latest(saved, "model", "optimizer", step=4) == 4
+    assert saved.calls == [("restore", "model"), ("restore", "model")]
 
 
 def test_evaluation_runs_on_schedule_and_keeps_the_last_metrics():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -16,6 +17,7 @@ from flax import nnx
 from gatenets.tasks import AddingTask, get_task
 from gatenets.train import (
     Checkpointer,
+    CorruptCheckpointError,
     NonFiniteLossError,
     RunConfig,
     evaluate,
@@ -24,6 +26,7 @@ from gatenets.train import (
     make_train_step,
     run,
 )
+from gatenets.train.run import _write_json as write_json
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 
@@ -73,16 +76,16 @@ def test_evaluation_weighs_batches_by_their_sequences():
 
 
 class Interrupted(AddingTask):
-    """Adding, with Ctrl-C pressed while the batch of index ``at`` is being made."""
+    """Adding, raising ``error`` (Ctrl-C by default) while the batch of index ``at`` is made."""
 
-    def __init__(self, at, **options):
+    def __init__(self, at, *, error=KeyboardInterrupt, **options):
         super().__init__(**options)
-        self.at = at
+        self.at, self.error = at, error
 
     def batches(self, split, batch_size, *, seed, start=0):
         for index, batch in enumerate(super().batches(split, batch_size, seed=seed, start=start)):
             if split == "train" and start + index == self.at:
-                raise KeyboardInterrupt
+                raise self.error
             yield batch
 
 
@@ -100,7 +103,7 @@ class Poisoned(AddingTask):
             yield batch
 
 
-def tiny_fit(task, out_dir, *, steps=6, resume=False, **kwargs):
+def tiny_fit(task, out_dir, *, steps=6, resume=False, log_every=1, **kwargs):
     model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
     fit(
         model,
@@ -109,7 +112,7 @@ def tiny_fit(task, out_dir, *, steps=6, resume=False, **kwargs):
         steps=steps,
         batch_size=8,
         eval_every=0,
-        log_every=1,
+        log_every=log_every,
         out_dir=out_dir,
         resume=resume,
         progress=False,
@@ -152,6 +155,43 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model = AddingTask(length=6).make_model("lstm", 8, rngs=nnx.Rngs(5))
     checkpoints.restore(model)
     assert all(np.isfinite(p).all() for p in params_of(model))
+
+
+def nan_update_at(count):
+    """An optax transformation that turns the updates of step ``count`` (counting from 1) NaN:
+    that step's loss, computed before its update, is finite."""
+
+    def update(updates, state, params=None):
+        poison = jnp.where(state + 1 == count, jnp.nan, 1.0)
+        return jax.tree.map(lambda u: u * poison, updates), state + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_a_finite_loss_with_non_finite_updates_is_never_saved_as_good(tmp_path):
+    task = AddingTask(length=6)
+    model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the parameters are not finite after the update \(the "
+        r"loss was [0-9.e-]+\) at step 4; the last good checkpoint, step 2",
+    ):
+        fit(
+            model,
+            optax.chain(optax.adam(1e-2), nan_update_at(4)),
+            task,
+            steps=6,
+            batch_size=8,
+            eval_every=0,
+            out_dir=tmp_path,
+            checkpoint_every=2,
+            progress=False,
+        )
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.all_steps() == [2]
+    restored = task.make_model("lstm", 8, rngs=nnx.Rngs(5))
+    checkpoints.restore(restored)
+    assert all(np.isfinite(p).all() for p in params_of(restored))
 
 
 def test_sharded_training_equals_single_device_training():
@@ -248,3 +288,97 @@ def test_run_config_takes_the_task_defaults():
     assert (copying.model, copying.hidden, copying.options) == ("gru", 128, {"delay": 50})
     adding = RunConfig("adding", steps=7).resolved(get_task("adding"))
     assert (adding.model, adding.steps, adding.checkpoint_every) == ("lstm", 7, 250)
+
+
+def records_of(out_dir):
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["split"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def test_after_a_crash_and_resume_metrics_equal_the_uninterrupted_runs(tmp_path):
+    settings = dict(steps=8, checkpoint_every=4, log_every=3)
+    tiny_fit(AddingTask(length=6), tmp_path / "whole", **settings)
+    # The process dies (an error, so no save on Ctrl-C) as batch 6 is made.
+    task = Interrupted(6, error=RuntimeError("the machine went down"), length=6)
+    with pytest.raises(RuntimeError, match="went down"):
+        tiny_fit(task, tmp_path / "cut", **settings)
+    # Step 6 was logged, step 4 is the last checkpoint: resuming takes steps 5 and 6 again.
+    assert [r[0] for r in records_of(tmp_path / "cut")] == [3, 6]
+    task.at = None
+    tiny_fit(task, tmp_path / "cut", resume=True, **settings)
+    whole, cut = records_of(tmp_path / "whole"), records_of(tmp_path / "cut")
+    assert [r[:2] for r in cut] == [(3, "train"), (6, "train"), (8, "train")]
+    # Step 6's window (steps 4-6) and step 8's (6-8) span the resume: the window was saved.
+    np.testing.assert_allclose([r[2] for r in cut], [r[2] for r in whole], rtol=1e-6)
+
+
+def test_resume_without_a_checkpoint_or_below_the_saved_step_is_an_error(tmp_path):
+    task = AddingTask(length=6)
+    with pytest.raises(FileNotFoundError, match="resume: no checkpoint in .*nothing to resume"):
+        tiny_fit(task, tmp_path, resume=True)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    tiny_fit(task, tmp_path, steps=4)
+    with pytest.raises(ValueError, match=r"steps: 3 is below step 4 of the checkpoint being"):
+        tiny_fit(task, tmp_path, steps=3, resume=True)
+    assert [r[0] for r in records_of(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_resume_step_continues_from_an_earlier_step_when_the_latest_is_corrupt(tmp_path):
+    task = AddingTask(length=6)
+    whole = tiny_fit(task, tmp_path / "whole", steps=6, checkpoint_every=2)
+    tiny_fit(task, tmp_path / "cut", steps=6, checkpoint_every=2)
+    kernel_files = sorted((tmp_path / "cut" / "checkpoints" / "6").rglob("d/*"))
+    kernel_files[0].write_bytes(kernel_files[0].read_bytes()[:-1] + b"\0")
+    with pytest.raises(CorruptCheckpointError, match=r"step 6 .* the earlier steps are \[2, 4\]"):
+        tiny_fit(task, tmp_path / "cut", steps=6, resume=True)
+    resumed = tiny_fit(task, tmp_path / "cut", steps=6, resume_step=4, checkpoint_every=2)
+    for a, b in zip(params_of(whole), params_of(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in (tmp_path / "cut" / "discarded-checkpoints").iterdir()] == ["6"]
+    assert Checkpointer(tmp_path / "cut" / "checkpoints").all_steps() == [2, 4, 6]
+
+
+def test_a_run_that_failed_before_its_first_step_can_be_run_again(tmp_path, monkeypatch):
+    config = RunConfig("adding", {"length": 6}, hidden=4, steps=2, batch_size=4, eval_every=0)
+
+    def fail(*args, **kwargs):
+        raise ValueError("batch_size 4 is not divisible by the 3 devices")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["gatenets.train.run"], "train_model", fail)
+        with pytest.raises(ValueError, match="not divisible"):
+            run(config, tmp_path, progress=False)
+    assert (tmp_path / "config.json").exists()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint to resume; run without"):
+        run(config, tmp_path, resume=True, progress=False)
+    fixed = config._replace(batch_size=6)
+    assert run(fixed, tmp_path, progress=False)["steps"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 6
+
+
+def test_a_refused_resume_leaves_config_json_and_summary_is_strict_json(tmp_path):
+    config = RunConfig("adding", {"length": 6}, hidden=4, steps=3, batch_size=4, eval_every=0)
+    run(config, tmp_path, progress=False)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="steps: 2 is below step 3"):
+        run(config._replace(steps=2), tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 1 .* the steps are \[3\]"):
+        run(config._replace(steps=5), tmp_path, resume_step=1, progress=False)
+    assert (tmp_path / "config.json").read_text() == before
+    write_json(tmp_path / "summary.json", {"loss": float("nan"), "valid": {"x": [float("inf")]}})
+    text = (tmp_path / "summary.json").read_text()
+    assert json.loads(text, parse_constant=pytest.fail) == {"loss": None, "valid": {"x": [None]}}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_the_library_writes_follow_the_umask(tmp_path, umask):
+    config = RunConfig("adding", {"length": 6}, hidden=4, steps=1, batch_size=4, eval_every=0)
+    previous = os.umask(umask)
+    try:
+        run(config, tmp_path, progress=False)
+    finally:
+        os.umask(previous)
+    for path in [tmp_path / "config.json", tmp_path / "summary.json", tmp_path / "metrics.jsonl"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    manifest = next((tmp_path / "checkpoints").rglob("gatenets-manifest.json"))
+    assert manifest.stat().st_mode & 0o777 == 0o666 & ~umask
