@@ -7,6 +7,7 @@ import pytest
 from gatenets.cli import main
 from gatenets.registry import FAMILIES
 from gatenets.tasks import list_tasks
+from gatenets.train import evaluate, load_run
 
 
 def test_run_list(capsys):
@@ -91,3 +92,8 @@ def test_run_trains_the_attention_model(tmp_path, capsys):
     assert summary["model"] == config["model"] == "attention" and summary["steps"] == 2
     assert set(summary["gate_means"]) == {"block0/attention/output", "block0/feed_forward/hidden"}
     assert all(0.0 < value < 1.0 for value in summary["gate_means"].values())
+    # The checkpoint reloads into the same model: its test metric is the summary's.
+    loaded = load_run(tmp_path)
+    assert loaded.model.transformer is not None and loaded.model.rnn is None
+    test = evaluate(loaded.model, loaded.task, "test", batch_size=config["eval_batch_size"])
+    assert test[summary["metric"]] == pytest.approx(summary["value"], rel=1e-5)
