@@ -1,22 +1,24 @@
 """minGRU, minLSTM and RG-LRU learn the adding problem, trained with the parallel scan.
 
 Each sequence holds random values in [0, 1] and two markers; the target is the sum of the two
-marked values. Predicting the mean (1.0) gives MSE 1/6 ≈ 0.167. Every model is a two-layer
-stack of one cell kind (``loop="auto"``) with a linear head on the last step, trained with
-Adam; the script prints the test MSE of each against that baseline.
+marked values. Predicting the mean (1.0) gives MSE 1/6 ≈ 0.167. Every model is the adding
+task's own model built on one cell family (``task.make_model(family, …)``: a stack run with
+``loop="auto"``, which picks the parallel scan for these cells, and a linear head on the last
+step), trained by ``gatenets.train.fit`` with Adam; the script prints the test MSE of each
+against that baseline. Any name of ``gatenets.tasks.list_models()`` works in ``--models``
+(``lstm``, ``gru``, ``attention``, …; case does not matter).
 
     python examples/min_rnn_adding.py --steps 600 --length 100
+    python examples/min_rnn_adding.py --models gru,attention
 """
 
 import argparse
-import time
 
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-import gatenets
+from gatenets.tasks import get_task, list_models
+from gatenets.train import evaluate, fit
 
 # Settings (each can be overridden on the command line).
 STEPS = 600
@@ -26,65 +28,34 @@ HIDDEN = 32
 LAYERS = 2
 LEARNING_RATE = 3e-3
 SEED = 0
-MODELS = "MinGRU,MinLSTM,RGLRU"
+MODELS = "mingru,minlstm,rglru"
 BASELINE = 1.0 / 6.0
 
 
-def adding_batch(rng: np.random.Generator, batch: int, length: int):
-    """Inputs [batch, length, 2] (value, marker) and targets [batch]."""
-    values = rng.uniform(0.0, 1.0, (batch, length))
-    first = rng.integers(0, length // 2, batch)
-    second = rng.integers(length // 2, length, batch)
-    markers = np.zeros((batch, length))
-    markers[np.arange(batch), first] = 1.0
-    markers[np.arange(batch), second] = 1.0
-    inputs = np.stack([values, markers], axis=-1).astype(np.float32)
-    targets = (values * markers).sum(axis=1).astype(np.float32)
-    return jnp.asarray(inputs), jnp.asarray(targets)
+def model_name(name: str) -> str:
+    """The registered model name of ``name``, whatever its case (``"MinGRU"`` -> ``"mingru"``)."""
+    models = {model.lower(): model for model in list_models()}
+    if name.lower() not in models:
+        raise ValueError(f"--models: unknown model {name!r}; the models are {list(models)}.")
+    return models[name.lower()]
 
 
-class Regressor(nnx.Module):
-    def __init__(self, layer_type, hidden: int, layers: int, *, rngs: nnx.Rngs):
-        self.rnn = layer_type(2, hidden, num_layers=layers, rngs=rngs)
-        self.head = nnx.Linear(hidden, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.head(self.rnn(x)[:, -1])[:, 0]
-
-
-@nnx.jit
-def train_step(model, optimizer, inputs, targets):
-    def loss_fn(model):
-        return jnp.mean((model(inputs) - targets) ** 2)
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-
-@nnx.jit
-def evaluate(model, inputs, targets):
-    return jnp.mean((model(inputs) - targets) ** 2)
-
-
-def train(layer_name, *, steps, length, batch, hidden, layers, learning_rate, seed):
-    """Trains one model; returns (first loss, test MSE, ms per step)."""
-    rng = np.random.default_rng(seed)
-    model = Regressor(getattr(gatenets, layer_name), hidden, layers, rngs=nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
-    first = None
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        loss = float(train_step(model, optimizer, *adding_batch(rng, batch, length)))
-        first = loss if first is None else first
-        if step == 1:
-            start = time.perf_counter()  # leave the compile out of ms/step
-        if step % max(1, steps // 6) == 0 or step == steps:
-            ms = (time.perf_counter() - start) * 1e3 / max(1, step - 1)
-            print(f"{layer_name} step {step}: loss {loss:.4f} ({ms:.1f} ms/step)")
-    ms = (time.perf_counter() - start) * 1e3 / max(1, steps - 1)
-    test_mse = float(evaluate(model, *adding_batch(np.random.default_rng(seed + 1), 1000, length)))
-    return first, test_mse, ms
+def train(name, *, steps, length, batch, hidden, layers, learning_rate, seed, progress):
+    """Trains one model; returns (test MSE before training, test MSE after, steps/s)."""
+    task = get_task("adding", length=length)
+    model = task.make_model(model_name(name), hidden, num_layers=layers, rngs=nnx.Rngs(seed))
+    untrained = evaluate(model, task, "test", seed=seed)["mse"]
+    result = fit(
+        model,
+        optax.adam(learning_rate),
+        task,
+        steps=steps,
+        batch_size=batch,
+        seed=seed,
+        eval_every=0,
+        progress=progress,
+    )
+    return untrained, evaluate(model, task, "test", seed=seed)["mse"], result.steps_per_second
 
 
 def main(
@@ -96,11 +67,12 @@ def main(
     learning_rate=LEARNING_RATE,
     seed=SEED,
     models=MODELS,
+    progress=True,
 ):
-    """Trains every model in ``models``; returns ``{name: (first loss, test MSE)}``."""
+    """Trains every model in ``models``; returns ``{name: (untrained test MSE, test MSE)}``."""
     results = {}
     for name in models.split(","):
-        first, test_mse, ms = train(
+        untrained, test_mse, steps_per_second = train(
             name,
             steps=steps,
             length=length,
@@ -109,11 +81,12 @@ def main(
             layers=layers,
             learning_rate=learning_rate,
             seed=seed,
+            progress=progress,
         )
-        results[name] = (first, test_mse)
+        results[name] = (untrained, test_mse)
         print(
-            f"{name}: test MSE {test_mse:.4f} after {steps} steps, T={length} "
-            f"(baseline {BASELINE:.3f}; {ms:.1f} ms/step)"
+            f"{name}: test MSE {test_mse:.4f} after {steps} steps, T={length} (untrained "
+            f"{untrained:.3f}, baseline {BASELINE:.3f}; {steps_per_second:.1f} steps/s)"
         )
     return results
 
@@ -127,5 +100,5 @@ if __name__ == "__main__":
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--models", default=MODELS, help="comma-separated gatenets layer names")
+    parser.add_argument("--models", default=MODELS, help="comma-separated model names")
     main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})

@@ -57,3 +57,25 @@ def test_readme_code_runs():
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert blocks
     exec(compile("\n".join(blocks), "README.md", "exec"), {})
+
+
+def test_readme_run_commands_parse_and_name_registered_models():
+    """Every `gatenets run …` command the README shows is one the CLI accepts, on a real task
+    and a real model: the results table's commands keep reproducing their rows."""
+    import re
+    import shlex
+
+    from gatenets.cli import build_parser
+    from gatenets.tasks import list_models, list_tasks
+
+    # Lower-case task names only: `gatenets run TASK` is a template, not a command.
+    text = (ROOT / "README.md").read_text()
+    commands = re.findall(r"`(gatenets run (?:--list|[a-z][a-z0-9_]*)[^`]*)`", text)
+    assert len(commands) >= 2 * len(list_models())
+    models = set()
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.list or args.task in list_tasks(), command
+        assert args.model is None or args.model in list_models(), command
+        models.add(args.model or "lstm")
+    assert models >= set(list_models()), sorted(set(list_models()) - models)

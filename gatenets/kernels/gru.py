@@ -104,40 +104,17 @@ def _gates(config, values):
     return values[..., : 2 * values.shape[-1] // 4] if config.return_gates else None
 
 
+# The operands, in order: xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid,
+# recurrent_mask (see gru_sequence).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gru(
-    config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
-):
-    h_last, hs, values = _forward(
-        config,
-        xs,
-        input_kernel,
-        bias,
-        recurrent_kernel,
-        recurrent_bias,
-        h0,
-        valid,
-        recurrent_mask,
-        False,
-    )
+def _gru(config, *operands):
+    h_last, hs, values = _forward(config, *operands, False)
     return h_last, hs, _gates(config, values)
 
 
-def _gru_fwd(
-    config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
-):
-    h_last, hs, values = _forward(
-        config,
-        xs,
-        input_kernel,
-        bias,
-        recurrent_kernel,
-        recurrent_bias,
-        h0,
-        valid,
-        recurrent_mask,
-        True,
-    )
+def _gru_fwd(config, *operands):
+    h_last, hs, values = _forward(config, *operands, True)
+    xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask = operands
     keep_xs = config.remat or input_kernel is not None
     residuals = (
         xs if keep_xs else None,

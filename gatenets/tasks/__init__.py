@@ -20,11 +20,23 @@ from gatenets.tasks.charlm import CharLMTask as CharLMTask
 from gatenets.tasks.copying import CopyingTask as CopyingTask
 from gatenets.tasks.mnist1d import MNIST1DTask as MNIST1DTask
 from gatenets.tasks.temporal_order import TemporalOrderTask as TemporalOrderTask
+from gatenets.tasks.transformer import GatedTransformer as GatedTransformer
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
     for task in (AddingTask, CharLMTask, CopyingTask, MNIST1DTask, TemporalOrderTask)
 }
+
+
+def list_models() -> list[str]:
+    """Names a task model can be built on: the registered cell families, then ``"attention"``.
+
+    Example:
+      >>> from gatenets.tasks import list_models
+      >>> list_models()[:2], list_models()[-1]
+      (['lstm', 'gru'], 'attention')
+    """
+    return list(MODELS)
 
 
 def list_tasks() -> list[str]:
@@ -50,10 +62,12 @@ __all__ = [
     "Batch",
     "CharLMTask",
     "CopyingTask",
+    "GatedTransformer",
     "MNIST1DTask",
     "SequenceModel",
     "Task",
     "TemporalOrderTask",
     "get_task",
+    "list_models",
     "list_tasks",
 ]

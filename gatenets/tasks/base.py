@@ -1,6 +1,6 @@
 """What every task shares: the :class:`Batch`, the :class:`Task` interface, and
-:class:`SequenceModel`, the recurrent model (embedding or not, a gatenets stack, a linear head)
-every task builds by default.
+:class:`SequenceModel`, the model (embedding or not, a recurrent stack of any registered family or
+a small gated transformer, a linear head) every task builds.
 
 Data are made from a seed and a batch index, so batch ``k`` of a run is the same whether the
 run was interrupted or not: resuming at step ``k`` needs no replay of the first ``k`` batches.
@@ -8,7 +8,7 @@ run was interrupted or not: resuming at step ``k`` needs no replay of the first 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -17,10 +17,16 @@ import numpy as np
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.recurrent import GRU, LSTM, RecurrentStack
+from gatenets.registry import FAMILIES
+from gatenets.tasks.transformer import GatedTransformer
 
-MODELS: dict[str, type[RecurrentStack]] = {"lstm": LSTM, "gru": GRU}
-"""Recurrent stacks a task model can be built on, by name."""
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    **{name: family.layer for name, family in FAMILIES.items()},
+    "attention": GatedTransformer,
+}
+"""The sequence layers a task model can be built on, by name: every registered recurrent family
+(:data:`gatenets.registry.FAMILIES`) and ``"attention"``, a :class:`GatedTransformer`. Each is
+called as ``layer(in_features, hidden_features, num_layers=…, rngs=…, **kwargs)``."""
 
 SPLITS = ("train", "valid", "test")
 
@@ -57,26 +63,31 @@ def batch_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 class SequenceModel(nnx.Module):
-    """A recurrent stack with an optional token embedding and a linear head.
+    """A recurrent stack or a causal transformer, with an optional token embedding and a linear
+    head.
 
     .. math::
         h_{1:T} = \\mathrm{RNN}(e(x_{1:T})), \\qquad
         y = W h_{T'} + b \\ (\\text{readout "last"}), \\quad y_t = W h_t + b \\ (\\text{"all"})
 
-    where :math:`T'` is each sequence's last valid step when a mask is given.
+    where :math:`T'` is each sequence's last valid step when a mask is given, and RNN is the
+    stack of a registered cell family or, for ``model="attention"``, a
+    :class:`GatedTransformer` (whose step :math:`t` sees steps :math:`\\le t` only).
 
     Args:
       in_features: size of each input step, or the vocabulary size when ``embed_features``
         is set (inputs are then ``[batch, time]`` integer tokens).
-      hidden_features: size of each recurrent layer's state.
+      hidden_features: size of each recurrent layer's state (the width of the transformer).
       out_features: size of the head's output.
-      model: ``"lstm"`` or ``"gru"``.
-      num_layers: stacked recurrent layers.
+      model: a name in :data:`MODELS`: a registered cell family (``"lstm"``, ``"gru"``, …)
+        or ``"attention"``.
+      num_layers: stacked recurrent layers (transformer blocks for ``"attention"``).
       embed_features: size of the token embedding, or None for float inputs.
       readout: ``"last"`` (one output per sequence, at its last valid step) or ``"all"`` (one
         output per step).
       rngs: random streams for parameter initialisation.
-      **rnn_kwargs: passed to the recurrent stack (``forget_bias``, ``chrono_init``, …).
+      **rnn_kwargs: passed to the stack (``forget_bias``, ``chrono_init``, … for a recurrent
+        family; ``num_heads``, ``positions``, … for ``"attention"``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,6 +97,10 @@ class SequenceModel(nnx.Module):
       >>> y, trace = model(jnp.ones((3, 5, 2)), return_gates=True)
       >>> y.shape, sorted(trace.gates)
       ((3, 1), ['layer0/forward'])
+      >>> model = SequenceModel(2, 8, 1, model="attention", rngs=nnx.Rngs(0))
+      >>> y, trace = model(jnp.ones((3, 5, 2)), return_gates=True)
+      >>> y.shape, sorted(trace.gates)
+      ((3, 1), ['block0/attention', 'block0/feed_forward'])
     """
 
     def __init__(
@@ -102,7 +117,7 @@ class SequenceModel(nnx.Module):
         **rnn_kwargs,
     ):
         if model not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}; got {model!r}.")
+            raise ValueError(f"model must be one of {list(MODELS)}; got {model!r}.")
         if readout not in ("last", "all"):
             raise ValueError(f"readout must be 'last' or 'all'; got {readout!r}.")
         check_positive_int("hidden", hidden_features)
@@ -116,10 +131,19 @@ class SequenceModel(nnx.Module):
         else:
             self.embed = None
             rnn_in = in_features
-        self.rnn = MODELS[model](
+        stack = MODELS[model](
             rnn_in, hidden_features, num_layers=num_layers, rngs=rngs, **rnn_kwargs
         )
-        self.head = nnx.Linear(self.rnn.out_features, out_features, rngs=rngs)
+        # Recurrent stacks keep the attribute name ``rnn`` that saved runs' checkpoints use.
+        self.rnn = stack if self.recurrent else None
+        self.transformer = None if self.recurrent else stack
+        self.head = nnx.Linear(stack.out_features, out_features, rngs=rngs)
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the model carries a state from step to step (``initial_carry`` and
+        ``return_carry`` then work); False for ``"attention"``."""
+        return self.kind != "attention"
 
     def __call__(
         self,
@@ -136,10 +160,12 @@ class SequenceModel(nnx.Module):
         Args:
           inputs: ``[batch, time, features]`` floats, or ``[batch, time]`` tokens.
           mask: ``[batch, time]`` booleans, True at valid steps.
-          initial_carry: per-layer carries of the recurrent stack (for step-by-step sampling).
-          return_carry: also return the final carries (first element of the result).
-          return_gates: also return the :class:`~gatenets.GateTrace` of the recurrent stack.
-          gate_overrides: as for :class:`~gatenets.LSTM`.
+          initial_carry: per-layer carries of the recurrent stack (for step-by-step sampling);
+            None for ``"attention"``.
+          return_carry: also return the final carries (first element of the result; None for
+            ``"attention"``).
+          return_gates: also return the :class:`~gatenets.GateTrace` of the stack.
+          gate_overrides: as for :class:`~gatenets.LSTM`, or :class:`GatedTransformer`.
 
         Returns:
           ``outputs`` — ``[batch, out]`` (readout "last") or ``[batch, time, out]`` — preceded
@@ -154,7 +180,8 @@ class SequenceModel(nnx.Module):
                     f"{x.shape} and dtype {x.dtype}."
                 )
             x = self.embed(x)
-        out = self.rnn(
+        stack = self.rnn if self.recurrent else self.transformer
+        out = stack(
             x,
             mask=mask,
             initial_carry=initial_carry,

@@ -1,8 +1,9 @@
-"""``gatenets run``: train a task's default model and write checkpoints, metrics and a summary.
+"""``gatenets run``: train a task's model and write checkpoints, metrics and a summary.
 
 gatenets run --list
 gatenets run adding
 gatenets run mnist1d --model gru --steps 3000 --out runs/mnist1d-gru
+gatenets run adding --model attention --layers 2
 gatenets run charlm --text my.txt --option seq_len=64
 gatenets run copying --option delay=100 --resume --out runs/copying-lstm
 """
@@ -16,7 +17,8 @@ import pathlib
 import sys
 
 from gatenets.cli import UsageError, check_output_dir
-from gatenets.tasks import MODELS, TASKS, get_task, list_tasks
+from gatenets.registry import FAMILIES
+from gatenets.tasks import TASKS, get_task, list_models, list_tasks
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -39,13 +41,15 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("task", nargs="?", help=f"one of {', '.join(list_tasks())}")
-    parser.add_argument("--list", action="store_true", help="list the tasks and exit")
+    parser.add_argument("--list", action="store_true", help="list the tasks and models and exit")
     parser.add_argument(
-        "--model", help=f"one of {', '.join(sorted(MODELS))} (task default if omitted)"
+        "--model", help=f"one of {', '.join(list_models())} (task default if omitted)"
     )
     parser.add_argument("--steps", type=int, help="training steps (task default if omitted)")
-    parser.add_argument("--hidden", type=int, help="recurrent state size")
-    parser.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
+    parser.add_argument("--hidden", type=int, help="recurrent state size (attention: width)")
+    parser.add_argument(
+        "--layers", type=int, default=1, help="stacked recurrent layers (attention: blocks)"
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0)
@@ -80,9 +84,12 @@ def main(args: argparse.Namespace) -> int:
     from gatenets.train.run import RunConfig, run
 
     if args.list:
+        print("tasks:")
         for name in list_tasks():
-            task_type = TASKS[name]
-            print(f"{name:15s} {task_type.description}")
+            print(f"  {name:15s} {TASKS[name].description}")
+        print("models (--model):")
+        for name in list_models():
+            print(f"  {name:15s} {describe_model(name)}")
         return 0
     if args.task is None:
         print("gatenets run: give a TASK or --list", file=sys.stderr)
@@ -143,6 +150,15 @@ def _check_text(path: str) -> None:
             f"--text {path!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
             f"{err.start}); give a UTF-8 text file."
         ) from None
+
+
+def describe_model(name: str) -> str:
+    """One line about the model ``name`` of :func:`gatenets.tasks.list_models`."""
+    if name in FAMILIES:
+        return (
+            f"recurrent stack of {FAMILIES[name].cell.__name__} ({FAMILIES[name].layer.__name__})"
+        )
+    return "causal transformer: pre-norm GatedAttention + GatedFeedForward blocks"
 
 
 def _format_summary(summary: dict) -> str:

@@ -28,9 +28,9 @@ class RunConfig(NamedTuple):
     Attributes:
       task: task name.
       options: the task's options (``{"length": 100}``, ``{"text_file": "x.txt"}``, …).
-      model: ``"lstm"`` or ``"gru"`` (the task's default if None).
-      hidden: recurrent state size.
-      num_layers: stacked recurrent layers.
+      model: a name of :func:`gatenets.tasks.list_models` (the task's default if None).
+      hidden: recurrent state size (the width of ``"attention"``).
+      num_layers: stacked recurrent layers (blocks of ``"attention"``).
       steps: training steps.
       batch_size: sequences per training batch.
       learning_rate: Adam's learning rate.
@@ -63,7 +63,7 @@ class RunConfig(NamedTuple):
         """The config with the task's defaults filled in, validated."""
         model = task.defaults.get("model", "lstm") if self.model is None else self.model
         if model not in MODELS:
-            raise ValueError(f"model: unknown model {model!r}; the models are {sorted(MODELS)}.")
+            raise ValueError(f"model: unknown model {model!r}; the models are {list(MODELS)}.")
         filled = self._replace(
             model=model,
             options=dict(task.options),

@@ -1,48 +1,146 @@
-"""Task data against independent constructions, baselines against direct computation."""
+"""Task data against independent constructions, baselines against direct computation, and the
+generic tests every registered task and every model family gets for free."""
 
 import collections
 import math
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from gatenets.tasks import SequenceModel, get_task, list_tasks
+from gatenets.registry import FAMILIES
+from gatenets.tasks import TASKS, SequenceModel, get_task, list_models, list_tasks
 from gatenets.tasks.base import cross_entropy
 from gatenets.tasks.charlm import STDLIB_FILES, stdlib_corpus
 from gatenets.tasks.copying import DELIMITER
 from gatenets.tasks.temporal_order import END, START, X, Y, expected_calibration_error
+from gatenets.train import evaluate, fit, make_train_step
+
+
+class Small(NamedTuple):
+    """Settings that keep a task's generic tests quick (the optax ``alias_test`` pattern: the
+    tests iterate :data:`TASKS`, so a new task gets them with ``Small()`` unless a row here
+    makes it smaller)."""
+
+    options: dict[str, Any] = {}
+    hidden: int = 8
+    batch_size: int = 16
+    learning_rate: float = 1e-2
+    steps: int = 30
+    # The largest allowed ratio of validation loss after ``steps`` to before.
+    max_ratio: float = 0.99
+
+
+SMALL = {
+    "adding": Small({"length": 8}, max_ratio=0.9),
+    "copying": Small({"delay": 3}, hidden=16, max_ratio=0.9),
+    # MNIST-1D starts slowly at this size: 60 steps take the loss down by about 1.6%.
+    "mnist1d": Small({"num_samples": 500}, 16, 32, 3e-2, 60),
+    "charlm": Small({"seq_len": 16}, hidden=16, max_ratio=0.9),
+    "temporal_order": Small({"min_length": 12, "max_length": 14}, 8, 32, 3e-2),
+}
+
+
+def small(name):
+    """The task ``name`` at its small options, and its settings."""
+    settings = SMALL.get(name, Small())
+    return get_task(name, **settings.options), settings
 
 
 def first(task, split="train", batch_size=8, seed=0):
     return next(task.batches(split, batch_size, seed=seed))
 
 
+def first_at(task, index, seed):
+    return next(task.batches("train", 8, seed=seed, start=index))
+
+
+def params_of(model):
+    return [np.asarray(p) for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
+
+
 def test_registry_names_and_contract_attributes():
-    assert list_tasks() == ["adding", "charlm", "copying", "mnist1d", "temporal_order"]
+    assert list_tasks() == sorted(TASKS) and len(TASKS) >= 5
+    assert list_models() == [*FAMILIES, "attention"]
     for name in list_tasks():
-        task = get_task(name, seq_len=16) if name == "charlm" else get_task(name)
-        assert task.name == name and task.description
-        assert isinstance(task.baseline, float) and isinstance(task.metric, str)
+        task, _ = small(name)
+        assert task.name == name and task.description and task.metric
+        assert isinstance(task.baseline, float) and isinstance(task.target, float)
+        assert task.baseline_source and {"steps", "batch_size", "hidden"} <= set(task.defaults)
 
 
-@pytest.mark.parametrize("name", ["adding", "copying", "temporal_order"])
-def test_synthetic_data_is_a_function_of_seed_and_index(name):
-    task = get_task(name)
+@pytest.mark.parametrize("name", list_tasks())
+def test_training_data_is_a_function_of_seed_and_index(name):
+    task, _ = small(name)
     a, b, c = first(task, seed=3), first(task, seed=3), first(task, seed=4)
     np.testing.assert_array_equal(a.inputs, b.inputs)
+    np.testing.assert_array_equal(a.targets, b.targets)
     assert not np.array_equal(a.inputs, c.inputs)
     stream = task.batches("train", 8, seed=3)
     next(stream)
     second = next(stream)
     np.testing.assert_array_equal(second.inputs, first_at(task, 1, seed=3).inputs)
+    np.testing.assert_array_equal(second.targets, first_at(task, 1, seed=3).targets)
     # Evaluation sets never share a batch with the training stream.
     assert not np.array_equal(first(task, "valid", seed=3).inputs, a.inputs)
 
 
-def first_at(task, index, seed):
-    return next(task.batches("train", 8, seed=seed, start=index))
+@pytest.mark.parametrize("name", list_tasks())
+def test_shapes_and_a_finite_loss_and_metrics_of_the_default_model(name):
+    task, settings = small(name)
+    batch = first(task, batch_size=4)
+    assert np.shape(batch.inputs)[0] == np.shape(batch.targets)[0] == 4
+    if batch.mask is not None:
+        assert batch.mask.shape == np.shape(batch.inputs)[:2] and batch.mask.dtype == bool
+    model = task.make_model(task.defaults.get("model", "lstm"), settings.hidden, rngs=nnx.Rngs(0))
+    outputs = model(jnp.asarray(batch.inputs), mask=batch.mask)
+    loss = float(task.loss(outputs, batch))
+    metrics = {k: float(v) for k, v in task.metrics(outputs, batch).items()}
+    assert task.metric in metrics and np.isfinite(loss) and loss > 0
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_a_few_steps_lower_the_validation_loss(name):
+    task, settings = small(name)
+    model = task.make_model(task.defaults.get("model", "lstm"), settings.hidden, rngs=nnx.Rngs(0))
+    before = evaluate(model, task, "valid", batch_size=1024)
+    fit(
+        model,
+        optax.adam(settings.learning_rate),
+        task,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        eval_every=0,
+        progress=False,
+    )
+    after = evaluate(model, task, "valid", batch_size=1024)
+    assert after["loss"] < settings.max_ratio * before["loss"], (before, after)
+    assert set(after) >= {"loss", task.metric}
+
+
+@pytest.mark.parametrize("model_name", list_models())
+def test_every_model_builds_and_takes_a_train_step(model_name):
+    task = get_task("adding", length=6)
+    model = task.make_model(model_name, 4, rngs=nnx.Rngs(0))
+    batch = first(task, batch_size=8)
+    expected = float(task.loss(model(jnp.asarray(batch.inputs)), batch))
+    before = params_of(model)
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    loss = float(make_train_step(task)(model, optimizer, batch))
+    # The step reports the loss of the parameters it started from, and moves every matrix.
+    assert loss == pytest.approx(expected, rel=1e-5) and np.isfinite(loss)
+    after = params_of(model)
+    assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
+    _, trace = model(jnp.asarray(batch.inputs), return_gates=True)
+    assert trace.gates and trace.mask.shape == (8, 6)
+    for path, gate in trace.items():
+        assert gate.shape[:2] == (8, 6), path
+        assert 0.0 <= float(gate.min()) and float(gate.max()) <= 1.0, path
 
 
 def test_adding_data_markers_and_targets():
@@ -259,5 +357,7 @@ def test_bad_batch_arguments():
         first(task, "validation")
     with pytest.raises(ValueError, match="batch_size must be an int >= 1; got 0"):
         first(task, batch_size=0)
-    with pytest.raises(ValueError, match="model must be one of \\['gru', 'lstm'\\]; got 'rnn'"):
+    with pytest.raises(
+        ValueError, match="model must be one of \\['lstm', 'gru', .*'attention'\\]; got 'rnn'"
+    ):
         task.make_model("rnn", 4, rngs=nnx.Rngs(0))

@@ -37,3 +37,14 @@ def test_charlm_example_samples_text(capsys):
     out = capsys.readouterr().out
     assert "bits/char" in out and sample.startswith("import ") and len(sample) == 307
     assert valid["bits_per_char"] > 0
+
+
+def test_min_rnn_adding_takes_every_model_name_in_any_case():
+    example = load_example("min_rnn_adding")
+    assert [example.model_name(n) for n in ("MinGRU", "RGLRU", "attention")] == [
+        "mingru",
+        "rglru",
+        "attention",
+    ]
+    with pytest.raises(ValueError, match=r"--models: unknown model 'GRUCell'; the models are \["):
+        example.model_name("GRUCell")
