@@ -18,8 +18,9 @@ Variants of the gatenets layer (``--variants``): ``plain`` (``loop="auto"``); ``
 trace returned; in training a small penalty on the forget/update gate so the gates are
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
 ``scan`` / ``fused`` / ``cudnn`` (that loop forced); ``before`` (input matmul before the loop);
-``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32 cell state). On a GPU,
-PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
+``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32 cell state);
+``two_pass`` (a bidirectional layer's directions one after the other, not in one loop). On a
+GPU, PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
 
 Example:
   gatenets bench --quick
@@ -61,6 +62,7 @@ VARIANTS = (
     "fused_before",
     "remat",
     "bf16",
+    "two_pass",
 )
 LEARNING_RATE = 1e-3
 BLOCKS = {"lstm": 4, "gru": 3}
@@ -161,7 +163,11 @@ def gatenets_module(point: Point, variant: str) -> nnx.Module:
         kwargs["precompute_inputs"] = True
     if variant == "bf16":
         kwargs["dtype"] = jnp.bfloat16
-    return layer(point.features, point.hidden, rngs=nnx.Rngs(0), **kwargs)
+    module = layer(point.features, point.hidden, rngs=nnx.Rngs(0), **kwargs)
+    if variant == "two_pass":
+        for stacked in module.layers:
+            stacked.one_loop = False
+    return module
 
 
 def gatenets_call(point: Point, variant: str) -> Callable:
