@@ -1,0 +1,52 @@
+"""`gatenets bench`: one tiny point end to end, the load warning, the table, bad options."""
+
+import json
+
+import pytest
+
+from gatenets import bench
+from gatenets.cli import main
+
+
+def test_bench_times_gatenets_against_every_installed_peer_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "gru", "--sizes", "2,3,2,4", "--modes", "forward"]
+    argv += ["--variants", "plain,two_pass", "--bidirectional", "--repeats", "2", "--warmup", "0"]
+    assert main([*argv, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "load average" in printed and "share" in printed
+    data = json.loads(out.read_text())
+    assert len(data["environment"]["load_average_before"]) == 3
+    rows = data["rows"]
+    assert [row["variant"] for row in rows] == ["plain", "two_pass"]
+    for row in rows:
+        assert set(row["peers_ms"]) == {"flax", "torch1", "torch2"}
+        fastest = min(row["peers_ms"].values())
+        assert row["x_fastest_peer"] == pytest.approx(fastest / row["gatenets_ms"])
+        assert row["x_flax"] == pytest.approx(row["peers_ms"]["flax"] / row["gatenets_ms"])
+        assert row["bound_share"] == pytest.approx(row["matmul_bound_ms"] / row["gatenets_ms"])
+        assert len(row["times_ms"]) == 2
+    # Matmul FLOPs of a 1-layer bidirectional GRU forward: 2 * B * T * (I + H) * 3H per direction.
+    assert bench.Point("gru", 2, 3, 2, 4, "forward", 1, True).flops() == 2 * (2 * 2 * 3 * 6 * 12)
+    assert main(["bench", "--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| model | mode | layers |") and "forward (two_pass)" in table
+
+
+def test_load_warning_only_above_half_the_cores():
+    assert bench.load_warning(0.9, 2) is None
+    assert "WARNING: load average 1.20 exceeds half of the 2 cores" in bench.load_warning(1.2, 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "rnn"], "--models: unknown 'rnn'"),
+        (["--variants", "fast"], "--variants: unknown 'fast'"),
+        (["--sizes", "1,2,3"], "--sizes: each point is B,T,I,H"),
+        (["--layers", "0"], "--layers and --repeats must be >= 1"),
+    ],
+)
+def test_bench_bad_options_are_one_line_with_exit_2(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
