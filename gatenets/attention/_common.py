@@ -271,6 +271,7 @@ class MultiHeadSelfAttention(nnx.Module):
     def _attend_call(
         self,
         inputs: Any,
+        *,
         mask: Any,
         seq_lengths: Any,
         causal: Any,
@@ -278,11 +279,10 @@ class MultiHeadSelfAttention(nnx.Module):
         return_attention_weights: Any,
         gate_overrides: Any,
     ) -> Any:
-        """The whole call, its arguments in the order of ``__call__``'s: checks, masks (padded
-        inputs zeroed), projections (keys and values repeated to every query head),
-        :meth:`_attend`, the output projection (zero at padded queries), and the result:
-        ``output``, then the trace with ``return_gates`` and the weights with
-        ``return_attention_weights``."""
+        """The whole call, with ``__call__``'s arguments: checks, masks (padded inputs
+        zeroed), projections (keys and values repeated to every query head), :meth:`_attend`,
+        the output projection (zero at padded queries), and the result: ``output``, then the
+        trace with ``return_gates`` and the weights with ``return_attention_weights``."""
         batch, time = check_sequence_call(
             self,
             inputs,

@@ -189,7 +189,13 @@ class GatedAttention(_common.MultiHeadSelfAttention):
           are appended: ``(output, weights)`` or ``(output, trace, weights)``.
         """
         return self._attend_call(
-            inputs, mask, seq_lengths, causal, return_gates, return_attention_weights, gate_overrides
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            causal=causal,
+            return_gates=return_gates,
+            return_attention_weights=return_attention_weights,
+            gate_overrides=gate_overrides,
         )
 
     def _gate_names_in_use(self) -> tuple[str, ...]:

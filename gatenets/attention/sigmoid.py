@@ -153,7 +153,13 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
           ``(output, trace)``; with ``return_attention_weights`` the weights are appended.
         """
         return self._attend_call(
-            inputs, mask, seq_lengths, causal, return_gates, return_attention_weights, gate_overrides
+            inputs,
+            mask=mask,
+            seq_lengths=seq_lengths,
+            causal=causal,
+            return_gates=return_gates,
+            return_attention_weights=return_attention_weights,
+            gate_overrides=gate_overrides,
         )
 
     def _attend(
