@@ -72,29 +72,22 @@ def check_feature_inputs(inputs: Any, in_features: int, where: str) -> None:
         raise TypeError(f"{where}: inputs must hold floats; got dtype {inputs.dtype}.")
 
 
-def linear_factory(
-    cls: type[nnx.Module],
-    use_bias: bool,
-    kernel_init: Any,
-    bias_init: Any,
-    dtype: Any,
-    param_dtype: Any,
-    precision: Any,
-    rngs: nnx.Rngs,
-) -> Callable[..., Any]:
-    """``cls`` (``nnx.Linear`` or ``nnx.LinearGeneral``) with a layer's projection settings
-    bound, so that every projection of the layer is made alike: call it with the sizes (and
-    ``axis``). The settings come in the order the layers' signatures list them."""
-    return functools.partial(
-        cls,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        precision=precision,
-        rngs=rngs,
-    )
+class LinearSettings(NamedTuple):
+    """How a layer makes its projections: the arguments of ``nnx.Linear`` and
+    ``nnx.LinearGeneral`` other than the sizes, given once, in the order the layers'
+    signatures list them."""
+
+    use_bias: bool
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any
+    param_dtype: Any
+    precision: Any
+    rngs: nnx.Rngs
+
+    def factory(self, cls: type[nnx.Module]) -> Callable[..., Any]:
+        """``cls`` with these settings bound: call it with the sizes (and ``axis``)."""
+        return functools.partial(cls, **self._asdict())
 
 
 class HeadLayout(NamedTuple):
@@ -231,14 +224,7 @@ class MultiHeadSelfAttention(nnx.Module):
         head_dim: int | None,
         num_kv_heads: int | None,
         out_features: int | None,
-        *,
-        use_bias: bool,
-        kernel_init: Any,
-        bias_init: Any,
-        dtype: Any,
-        param_dtype: Any,
-        precision: Any,
-        rngs: nnx.Rngs,
+        settings: LinearSettings,
     ) -> Callable[[tuple[int, ...]], nnx.LinearGeneral]:
         """Checks the sizes, makes ``query``, ``key``, ``value`` and ``out``, and returns the
         factory of further ``in_features -> features`` projections (a gate, say)."""
@@ -252,12 +238,10 @@ class MultiHeadSelfAttention(nnx.Module):
         self.num_heads = layout.num_heads
         self.num_kv_heads = layout.num_kv_heads
         self.head_dim = layout.head_dim
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
-        linear = linear_factory(
-            nnx.LinearGeneral, use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
-        )
+        self.dtype = settings.dtype
+        self.param_dtype = settings.param_dtype
+        self.precision = settings.precision
+        linear = settings.factory(nnx.LinearGeneral)
 
         def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
             return linear(in_features, features)

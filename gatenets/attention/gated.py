@@ -141,19 +141,11 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             raise ValueError(
                 f"{type(self).__name__}: gate must be one of {GATE_KINDS} or None; got {gate!r}."
             )
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        )
         project = self._build_heads(
-            in_features,
-            num_heads,
-            head_dim,
-            num_kv_heads,
-            out_features,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            rngs=rngs,
+            in_features, num_heads, head_dim, num_kv_heads, out_features, settings
         )
         self.gate_kind = gate
         gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}

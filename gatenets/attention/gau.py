@@ -134,9 +134,9 @@ class GatedAttentionUnit(nnx.Module):
         self.dtype = dtype
         self.precision = precision
 
-        dense = _common.linear_factory(
-            nnx.Linear, use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
-        )
+        dense = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        ).factory(nnx.Linear)
         self.uvz = dense(in_features, 2 * expansion_features + qk_features)
         # Row 0 makes the query, row 1 the key; the small scale follows the paper's init.
         self.gamma = nnx.Param(

@@ -141,9 +141,9 @@ class GatedFeedForward(nnx.Module):
         self.out_features = out_features
         self.activation = activation
 
-        dense = _common.linear_factory(
-            nnx.Linear, use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
-        )
+        dense = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        ).factory(nnx.Linear)
         self.gate = dense(in_features, hidden_features)
         self.up = dense(in_features, hidden_features)
         self.down = dense(hidden_features, out_features)
@@ -240,10 +240,10 @@ class BinaryHead(nnx.Module):
         _common.check_positive_int(in_features, "in_features", type(self).__name__)
         self.in_features = in_features
         # nnx.Linear's default precision (None): the head has no precision argument.
-        linear = _common.linear_factory(
-            nnx.Linear, use_bias, kernel_init, bias_init, dtype, param_dtype, None, rngs
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, None, rngs
         )
-        self.linear = linear(in_features, 1)
+        self.linear = settings.factory(nnx.Linear)(in_features, 1)
 
     def __call__(
         self,

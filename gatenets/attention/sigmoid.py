@@ -107,20 +107,10 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
                 f"{type(self).__name__}: attention_bias must be None (for -log of the number "
                 f"of attended keys) or a finite float; got {attention_bias!r}."
             )
-        self._build_heads(
-            in_features,
-            num_heads,
-            head_dim,
-            num_kv_heads,
-            out_features,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            rngs=rngs,
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
+        self._build_heads(in_features, num_heads, head_dim, num_kv_heads, out_features, settings)
         self.attention_bias = None if attention_bias is None else float(attention_bias)
 
     def __call__(
