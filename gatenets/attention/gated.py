@@ -191,7 +191,8 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         )
 
     def _gate_names_in_use(self) -> tuple[str, ...]:
-        return self.gate_names if self.gate else ()
+        # gate=None leaves nothing to override: any name in gate_overrides is an error.
+        return self.gate_names if self.gate is not None else ()
 
     def _attend(
         self,
