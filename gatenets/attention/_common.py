@@ -6,6 +6,7 @@ anything is compiled, with a message naming the argument, what arrived and what 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.gates import check_gate_names, check_static_flag, sequence_mask
+from gatenets.gates import GateTrace, check_gate_names, check_static_flag, sequence_mask
 
 # Module-level initialisers, shared as argument defaults (Flax's own defaults).
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -44,6 +45,20 @@ def check_sequence_inputs(inputs: Any, in_features: int, where: str) -> tuple[in
     return shape[0], shape[1]
 
 
+def check_sequence_call(
+    layer: Any, inputs: Any, gate_overrides: Any, gate_names: tuple[str, ...], **flags: Any
+) -> tuple[int, int]:
+    """The checks a sequence layer's call starts with, in this order: the static ``flags``
+    (by name), ``inputs`` against ``layer.in_features``, and the names in ``gate_overrides``
+    against ``gate_names``. Returns ``(batch, time)``."""
+    where = type(layer).__name__
+    for name, value in flags.items():
+        check_static_flag(value, name, where)
+    batch, time = check_sequence_inputs(inputs, layer.in_features, where)
+    check_gate_names(gate_overrides, gate_names, where)
+    return batch, time
+
+
 def check_feature_inputs(inputs: Any, in_features: int, where: str) -> None:
     """Checks ``inputs`` is ``[..., in_features]`` (position-wise layers accept any batch rank)."""
     shape = getattr(inputs, "shape", None)
@@ -55,6 +70,24 @@ def check_feature_inputs(inputs: Any, in_features: int, where: str) -> None:
         )
     if not jnp.issubdtype(inputs.dtype, jnp.floating):
         raise TypeError(f"{where}: inputs must hold floats; got dtype {inputs.dtype}.")
+
+
+class LinearSettings(NamedTuple):
+    """How a layer makes its projections: the arguments of ``nnx.Linear`` and
+    ``nnx.LinearGeneral`` other than the sizes, given once, in the order the layers'
+    signatures list them."""
+
+    use_bias: bool
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any
+    param_dtype: Any
+    precision: Any
+    rngs: nnx.Rngs
+
+    def factory(self, cls: type[nnx.Module]) -> Callable[..., Any]:
+        """``cls`` with these settings bound: call it with the sizes (and ``axis``)."""
+        return functools.partial(cls, **self._asdict())
 
 
 class HeadLayout(NamedTuple):
@@ -151,6 +184,18 @@ def attended_key_counts(masks: Masks, batch: int, time: int) -> Array:
     return jnp.maximum(counts, 1.0)
 
 
+def gate_trace(gates: dict[str, Any], valid: Array | None, batch: int, time: int) -> GateTrace:
+    """The :class:`~gatenets.GateTrace` of a call: ``gates`` by path, and the ``[batch, time]``
+    mask of valid steps (every step when ``valid`` is None)."""
+    return GateTrace(gates, valid if valid is not None else jnp.ones((batch, time), bool))
+
+
+def float32_logits(spec: str, query: Array, key: Array, precision: Any) -> Array:
+    """``jnp.einsum(spec, query, key)`` accumulated and returned in float32 whatever the
+    compute dtype: attention logits are small differences that bfloat16 would round away."""
+    return jnp.einsum(spec, query, key, precision=precision, preferred_element_type=jnp.float32)
+
+
 def compute_dtype(dtype: Any, *arrays: Any) -> Any:
     """The dtype a layer computes in: ``dtype`` if given, else the promotion of its inputs."""
     if dtype is not None:
@@ -164,9 +209,13 @@ def masked_fill_value(dtype: Any) -> float:
 
 
 class MultiHeadSelfAttention(nnx.Module):
-    """The query, key, value and output projections of multi-head self-attention, and the
-    checks and masking every such layer starts its call with (base of ``GatedAttention`` and
-    ``SigmoidAttention``)."""
+    """The query, key, value and output projections of multi-head self-attention, and the call
+    every such layer makes around its own attention (base of ``GatedAttention`` and
+    ``SigmoidAttention``).
+
+    A subclass makes its projections with :meth:`_build_heads` and implements :meth:`_attend`
+    and :meth:`_returned_weights`; its ``__call__`` hands its arguments to :meth:`_attend_call`.
+    """
 
     def _build_heads(
         self,
@@ -175,14 +224,7 @@ class MultiHeadSelfAttention(nnx.Module):
         head_dim: int | None,
         num_kv_heads: int | None,
         out_features: int | None,
-        *,
-        use_bias: bool,
-        kernel_init: Any,
-        bias_init: Any,
-        dtype: Any,
-        param_dtype: Any,
-        precision: Any,
-        rngs: nnx.Rngs,
+        settings: LinearSettings,
     ) -> Callable[[tuple[int, ...]], nnx.LinearGeneral]:
         """Checks the sizes, makes ``query``, ``key``, ``value`` and ``out``, and returns the
         factory of further ``in_features -> features`` projections (a gate, say)."""
@@ -196,31 +238,21 @@ class MultiHeadSelfAttention(nnx.Module):
         self.num_heads = layout.num_heads
         self.num_kv_heads = layout.num_kv_heads
         self.head_dim = layout.head_dim
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
-        settings = dict(
-            use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            precision=precision,
-            rngs=rngs,
-        )
+        self.dtype = settings.dtype
+        self.param_dtype = settings.param_dtype
+        self.precision = settings.precision
+        linear = settings.factory(nnx.LinearGeneral)
 
         def project(features: tuple[int, ...]) -> nnx.LinearGeneral:
-            return nnx.LinearGeneral(in_features, features, **settings)
+            return linear(in_features, features)
 
         self.query = project((self.num_heads, self.head_dim))
         self.key = project((self.num_kv_heads, self.head_dim))
         self.value = project((self.num_kv_heads, self.head_dim))
-        self.out = nnx.LinearGeneral(
-            (self.num_heads, self.head_dim), out_features, axis=(-2, -1), **settings
-        )
+        self.out = linear((self.num_heads, self.head_dim), out_features, axis=(-2, -1))
         return project
 
-    def _prepare(
+    def _attend_call(
         self,
         inputs: Any,
         *,
@@ -230,19 +262,56 @@ class MultiHeadSelfAttention(nnx.Module):
         return_gates: Any,
         return_attention_weights: Any,
         gate_overrides: Any,
-        gate_names: tuple[str, ...],
-    ) -> tuple[int, int, Masks, Array, Array, Array, Array]:
-        """Validates a call and returns ``(batch, time, masks, inputs with padding zeroed,
-        query, key, value)``, keys and values repeated to every query head."""
-        where = type(self).__name__
-        check_static_flag(causal, "causal", where)
-        check_static_flag(return_gates, "return_gates", where)
-        check_static_flag(return_attention_weights, "return_attention_weights", where)
-        batch, time = check_sequence_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, gate_names, where)
+    ) -> Any:
+        """The whole call, with ``__call__``'s arguments: checks, masks (padded inputs
+        zeroed), projections (keys and values repeated to every query head), :meth:`_attend`,
+        the output projection (zero at padded queries), and the result: ``output``, then the
+        trace with ``return_gates`` and the weights with ``return_attention_weights``."""
+        batch, time = check_sequence_call(
+            self,
+            inputs,
+            gate_overrides,
+            self._gate_names_in_use(),
+            causal=causal,
+            return_gates=return_gates,
+            return_attention_weights=return_attention_weights,
+        )
         masks = attention_masks(batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal)
         inputs = zero_padding(inputs, masks.valid)
         query = self.query(inputs)
         key = repeat_kv(self.key(inputs), self.num_heads)
         value = repeat_kv(self.value(inputs), self.num_heads)
-        return batch, time, masks, inputs, query, key, value
+        heads, gates, weights = self._attend(inputs, masks, query, key, value, gate_overrides)
+        output = zero_invalid_queries(self.out(heads), masks.valid)
+        if not (return_gates or return_attention_weights):
+            return output
+        results: tuple[Any, ...] = (output,)
+        if return_gates:
+            results += (gate_trace(gates, masks.valid, batch, time),)
+        if return_attention_weights:
+            results += (self._returned_weights(weights, masks),)
+        return results
+
+    def _gate_names_in_use(self) -> tuple[str, ...]:
+        """The names ``gate_overrides`` may use."""
+        return self.gate_names
+
+    def _attend(
+        self,
+        inputs: Array,
+        masks: Masks,
+        query: Array,
+        key: Array,
+        value: Array,
+        gate_overrides: Any,
+    ) -> tuple[Array, dict[str, Any], Array]:
+        """The layer's attention: ``([batch, time, heads, head_dim]`` heads before the output
+        projection, the gates of the trace by path, the weights for :meth:`_returned_weights`).
+
+        ``inputs`` are ``[batch, time, in_features]`` with padding zeroed; ``query``, ``key``
+        and ``value`` are ``[batch, time, heads, head_dim]``."""
+        raise NotImplementedError
+
+    def _returned_weights(self, weights: Array, masks: Masks) -> Array:
+        """The ``[batch, heads, query, key]`` weights ``return_attention_weights`` returns."""
+        raise NotImplementedError

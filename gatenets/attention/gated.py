@@ -12,7 +12,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides
+from gatenets.gates import GateOverride, apply_overrides
 
 GATE_KINDS = ("elementwise", "headwise")
 
@@ -46,10 +46,7 @@ def softmax_attention(
     # Logits and softmax in float32 whatever the compute dtype: in bfloat16 a row of
     # near-equal logits loses the differences that the softmax exists to amplify.
     scale = 1.0 / math.sqrt(query.shape[-1])
-    logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", query, key, precision=precision, preferred_element_type=jnp.float32
-    )
-    logits = logits * scale
+    logits = _common.float32_logits("bqhd,bkhd->bhqk", query, key, precision) * scale
     if allowed is not None:
         logits = jnp.where(allowed, logits, _common.masked_fill_value(jnp.float32))
     weights = jax.nn.softmax(logits, axis=-1)
@@ -144,19 +141,11 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             raise ValueError(
                 f"{type(self).__name__}: gate must be one of {GATE_KINDS} or None; got {gate!r}."
             )
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        )
         project = self._build_heads(
-            in_features,
-            num_heads,
-            head_dim,
-            num_kv_heads,
-            out_features,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            rngs=rngs,
+            in_features, num_heads, head_dim, num_kv_heads, out_features, settings
         )
         self.gate_kind = gate
         gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
@@ -191,7 +180,7 @@ class GatedAttention(_common.MultiHeadSelfAttention):
           ``return_attention_weights``, the ``[batch, heads, query, key]`` float32 weights
           are appended: ``(output, weights)`` or ``(output, trace, weights)``.
         """
-        batch, time, masks, inputs, query, key, value = self._prepare(
+        return self._attend_call(
             inputs,
             mask=mask,
             seq_lengths=seq_lengths,
@@ -199,27 +188,30 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             return_gates=return_gates,
             return_attention_weights=return_attention_weights,
             gate_overrides=gate_overrides,
-            gate_names=self.gate_names if self.gate else (),
         )
+
+    def _gate_names_in_use(self) -> tuple[str, ...]:
+        # gate=None leaves nothing to override: any name in gate_overrides is an error.
+        return self.gate_names if self.gate is not None else ()
+
+    def _attend(
+        self,
+        inputs: Array,
+        masks: _common.Masks,
+        query: Array,
+        key: Array,
+        value: Array,
+        gate_overrides: Mapping[str, GateOverride] | None,
+    ) -> tuple[Array, dict[str, Any], Array]:
         heads, weights = softmax_attention(query, key, value, masks.allowed, self.precision)
+        if self.gate is None:
+            return heads, {}, weights
+        gates = GatedAttentionGates(jax.nn.sigmoid(self.gate(inputs)))
+        gates = apply_overrides(gates, gate_overrides)
+        gate = gates.output if self.gate_kind == "elementwise" else gates.output[..., None]
+        return heads * gate.astype(heads.dtype), {"attention": gates}, weights
 
-        gates = None
-        if self.gate is not None:
-            gates = GatedAttentionGates(jax.nn.sigmoid(self.gate(inputs)))
-            gates = apply_overrides(gates, gate_overrides)
-            gate = gates.output if self.gate_kind == "elementwise" else gates.output[..., None]
-            heads = heads * gate.astype(heads.dtype)
-
-        output = _common.zero_invalid_queries(self.out(heads), masks.valid)
-        if not (return_gates or return_attention_weights):
-            return output
-        results: tuple[Any, ...] = (output,)
-        if return_gates:
-            trace_gates = {} if gates is None else {"attention": gates}
-            valid = masks.valid if masks.valid is not None else jnp.ones((batch, time), bool)
-            results += (GateTrace(trace_gates, valid),)
-        if return_attention_weights:
-            if masks.valid is not None:
-                weights = jnp.where(masks.valid[:, None, :, None], weights, 0.0)
-            results += (weights,)
-        return results
+    def _returned_weights(self, weights: Array, masks: _common.Masks) -> Array:
+        if masks.valid is not None:
+            weights = jnp.where(masks.valid[:, None, :, None], weights, 0.0)
+        return weights

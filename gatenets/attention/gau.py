@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names
+from gatenets.gates import GateOverride, apply_overrides
 
 U_GATE_KINDS = ("silu", "sigmoid")
 
@@ -134,19 +134,9 @@ class GatedAttentionUnit(nnx.Module):
         self.dtype = dtype
         self.precision = precision
 
-        def dense(n_in: int, n_out: int) -> nnx.Linear:
-            return nnx.Linear(
-                n_in,
-                n_out,
-                use_bias=use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                precision=precision,
-                rngs=rngs,
-            )
-
+        dense = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        ).factory(nnx.Linear)
         self.uvz = dense(in_features, 2 * expansion_features + qk_features)
         # Row 0 makes the query, row 1 the key; the small scale follows the paper's init.
         self.gamma = nnx.Param(
@@ -185,11 +175,9 @@ class GatedAttentionUnit(nnx.Module):
         Returns:
           ``[batch, time, out_features]`` (zero at padded steps), or ``(output, trace)``.
         """
-        where = type(self).__name__
-        _common.check_static_flag(causal, "causal", where)
-        _common.check_static_flag(return_gates, "return_gates", where)
-        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names, where)
+        batch, time = _common.check_sequence_call(
+            self, inputs, gate_overrides, self.gate_names, causal=causal, return_gates=return_gates
+        )
         masks = _common.attention_masks(
             batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
         )
@@ -208,13 +196,8 @@ class GatedAttentionUnit(nnx.Module):
         key = z * gamma[1] + beta[1]
 
         # The kernel in float32: squaring doubles the exponent range a bfloat16 logit needs.
-        logits = jnp.einsum(
-            "bqs,bks->bqk",
-            query,
-            key,
-            precision=self.precision,
-            preferred_element_type=jnp.float32,
-        ) / math.sqrt(self.qk_features)
+        logits = _common.float32_logits("bqs,bks->bqk", query, key, self.precision)
+        logits = logits / math.sqrt(self.qk_features)
         if self.relative_bias is not None:
             logits = logits + self._relative_bias(time)[None]
         kernel = jnp.square(jax.nn.relu(logits))
@@ -225,8 +208,7 @@ class GatedAttentionUnit(nnx.Module):
         output = _common.zero_invalid_queries(self.out(u * attended), masks.valid)
         if not return_gates:
             return output
-        valid = masks.valid if masks.valid is not None else jnp.ones((batch, time), bool)
-        return output, GateTrace({"gau": gates}, valid)
+        return output, _common.gate_trace({"gau": gates}, masks.valid, batch, time)
 
     def _relative_bias(self, time: int) -> Array:
         """``[query, key]`` learned bias of the clipped distance ``query - key``."""

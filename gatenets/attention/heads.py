@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names, sequence_mask
+from gatenets.gates import GateOverride, apply_overrides, check_gate_names, sequence_mask
 
 ACTIVATIONS = ("silu", "sigmoid")
 
@@ -36,6 +36,25 @@ class BinaryHeadGates(NamedTuple):
     """
 
     probability: Array
+
+
+def _check_position_wise_call(
+    layer: Any,
+    inputs: Any,
+    mask: Array | None,
+    seq_lengths: Array | None,
+    return_gates: Any,
+    gate_overrides: Any,
+) -> Array | None:
+    """The checks a position-wise layer's call starts with; returns the ``[batch, time]``
+    mask of valid steps when gates or a mask are asked for, else None."""
+    where = type(layer).__name__
+    _common.check_static_flag(return_gates, "return_gates", where)
+    _common.check_feature_inputs(inputs, layer.in_features, where)
+    check_gate_names(gate_overrides, layer.gate_names, where)
+    if return_gates or mask is not None or seq_lengths is not None:
+        return _trace_mask(inputs, mask, seq_lengths, where)
+    return None
 
 
 def _trace_mask(
@@ -122,19 +141,9 @@ class GatedFeedForward(nnx.Module):
         self.out_features = out_features
         self.activation = activation
 
-        def dense(n_in: int, n_out: int) -> nnx.Linear:
-            return nnx.Linear(
-                n_in,
-                n_out,
-                use_bias=use_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                precision=precision,
-                rngs=rngs,
-            )
-
+        dense = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
+        ).factory(nnx.Linear)
         self.gate = dense(in_features, hidden_features)
         self.up = dense(in_features, hidden_features)
         self.down = dense(hidden_features, out_features)
@@ -163,13 +172,9 @@ class GatedFeedForward(nnx.Module):
         Returns:
           ``[..., out_features]``, or ``(output, trace)``.
         """
-        where = type(self).__name__
-        _common.check_static_flag(return_gates, "return_gates", where)
-        _common.check_feature_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names, where)
-        valid = None
-        if return_gates or mask is not None or seq_lengths is not None:
-            valid = _trace_mask(inputs, mask, seq_lengths, where)
+        valid = _check_position_wise_call(
+            self, inputs, mask, seq_lengths, return_gates, gate_overrides
+        )
 
         pre_gate = self.gate(inputs)
         gates = apply_overrides(GatedFeedForwardGates(jax.nn.sigmoid(pre_gate)), gate_overrides)
@@ -178,9 +183,7 @@ class GatedFeedForward(nnx.Module):
         output = self.down(activated * self.up(inputs))
         if not return_gates:
             return output
-        if valid is None:
-            valid = jnp.ones(inputs.shape[:2], bool)
-        return output, GateTrace({"feed_forward": gates}, valid)
+        return output, _common.gate_trace({"feed_forward": gates}, valid, *inputs.shape[:2])
 
 
 class BinaryHead(nnx.Module):
@@ -236,16 +239,11 @@ class BinaryHead(nnx.Module):
     ):
         _common.check_positive_int(in_features, "in_features", type(self).__name__)
         self.in_features = in_features
-        self.linear = nnx.Linear(
-            in_features,
-            1,
-            use_bias=use_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            rngs=rngs,
+        # nnx.Linear's default precision (None): the head has no precision argument.
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, None, rngs
         )
+        self.linear = settings.factory(nnx.Linear)(in_features, 1)
 
     def __call__(
         self,
@@ -270,13 +268,9 @@ class BinaryHead(nnx.Module):
         Returns:
           ``[...]`` logits (the feature axis removed), or ``(logits, trace)``.
         """
-        where = type(self).__name__
-        _common.check_static_flag(return_gates, "return_gates", where)
-        _common.check_feature_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names, where)
-        valid = None
-        if return_gates or mask is not None or seq_lengths is not None:
-            valid = _trace_mask(inputs, mask, seq_lengths, where)
+        valid = _check_position_wise_call(
+            self, inputs, mask, seq_lengths, return_gates, gate_overrides
+        )
         logits = self.linear(inputs)[..., 0]
         if not (return_gates or gate_overrides):
             return logits
@@ -286,9 +280,7 @@ class BinaryHead(nnx.Module):
             logits = jnp.log(probability) - jnp.log1p(-probability)
         if not return_gates:
             return logits
-        if valid is None:
-            valid = jnp.ones(inputs.shape[:2], bool)
-        return logits, GateTrace({"head": gates}, valid)
+        return logits, _common.gate_trace({"head": gates}, valid, *inputs.shape[:2])
 
     def probability(self, inputs: Array, **kwargs: Any) -> Array:
         """:math:`\\sigma(z)`: the probability of the positive class, ``[...]``.

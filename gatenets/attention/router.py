@@ -14,7 +14,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides, check_gate_names, sequence_mask
+from gatenets.gates import GateOverride, apply_overrides, sequence_mask
 
 # Fan-in per expert: axis 0 indexes experts and must not count towards the fan-in.
 _EXPERT_KERNEL_INIT = nnx.initializers.lecun_normal(batch_axis=(0,))
@@ -168,10 +168,9 @@ class SigmoidRouter(nnx.Module):
         Returns:
           a :class:`Routing`, or ``(routing, trace)``.
         """
-        where = type(self).__name__
-        _common.check_static_flag(return_gates, "return_gates", where)
-        batch, time = _common.check_sequence_inputs(inputs, self.in_features, where)
-        check_gate_names(gate_overrides, self.gate_names, where)
+        batch, time = _common.check_sequence_call(
+            self, inputs, gate_overrides, self.gate_names, return_gates=return_gates
+        )
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
         inputs = _common.zero_padding(inputs, valid).astype(jnp.float32)
 
@@ -196,8 +195,7 @@ class SigmoidRouter(nnx.Module):
         routing = Routing(weights, experts.astype(jnp.int32), scores, load)
         if not return_gates:
             return routing
-        trace_valid = valid if valid is not None else jnp.ones((batch, time), bool)
-        return routing, GateTrace({"router": gates}, trace_valid)
+        return routing, _common.gate_trace({"router": gates}, valid, batch, time)
 
     def update_bias(self, load: Array) -> None:
         r"""Auxiliary-loss-free balancing step: :math:`b_i \mathrel{+}= \gamma\,

@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
-from gatenets.gates import GateOverride, GateTrace, apply_overrides
+from gatenets.gates import GateOverride, apply_overrides
 
 
 class SigmoidAttentionGates(NamedTuple):
@@ -107,20 +107,10 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
                 f"{type(self).__name__}: attention_bias must be None (for -log of the number "
                 f"of attended keys) or a finite float; got {attention_bias!r}."
             )
-        self._build_heads(
-            in_features,
-            num_heads,
-            head_dim,
-            num_kv_heads,
-            out_features,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            rngs=rngs,
+        settings = _common.LinearSettings(
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
+        self._build_heads(in_features, num_heads, head_dim, num_kv_heads, out_features, settings)
         self.attention_bias = None if attention_bias is None else float(attention_bias)
 
     def __call__(
@@ -152,7 +142,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
           ``[batch, time, out_features]`` (zero at padded steps); with ``return_gates``,
           ``(output, trace)``; with ``return_attention_weights`` the weights are appended.
         """
-        batch, time, masks, inputs, query, key, value = self._prepare(
+        return self._attend_call(
             inputs,
             mask=mask,
             seq_lengths=seq_lengths,
@@ -160,17 +150,22 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
             return_gates=return_gates,
             return_attention_weights=return_attention_weights,
             gate_overrides=gate_overrides,
-            gate_names=self.gate_names,
         )
+
+    def _attend(
+        self,
+        inputs: Array,
+        masks: _common.Masks,
+        query: Array,
+        key: Array,
+        value: Array,
+        gate_overrides: Mapping[str, GateOverride] | None,
+    ) -> tuple[Array, dict[str, Any], Array]:
         # Gate layout [batch, query, heads, key]: batch and time first, as every gate trace.
-        logits = jnp.einsum(
-            "bqhd,bkhd->bqhk",
-            query,
-            key,
-            precision=self.precision,
-            preferred_element_type=jnp.float32,
-        ) / math.sqrt(self.head_dim)
+        logits = _common.float32_logits("bqhd,bkhd->bqhk", query, key, self.precision)
+        logits = logits / math.sqrt(self.head_dim)
         if self.attention_bias is None:
+            batch, time = inputs.shape[:2]
             counts = jnp.swapaxes(_common.attended_key_counts(masks, batch, time), 1, 2)
             logits = logits - jnp.log(counts)
         else:
@@ -186,13 +181,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         heads = jnp.einsum(
             "bqhk,bkhd->bqhd", weights.astype(value.dtype), value, precision=self.precision
         )
-        output = _common.zero_invalid_queries(self.out(heads), masks.valid)
-        if not (return_gates or return_attention_weights):
-            return output
-        results: tuple[Any, ...] = (output,)
-        if return_gates:
-            valid = masks.valid if masks.valid is not None else jnp.ones((batch, time), bool)
-            results += (GateTrace({"attention": gates}, valid),)
-        if return_attention_weights:
-            results += (jnp.transpose(weights, (0, 2, 1, 3)),)
-        return results
+        return heads, {"attention": gates}, weights
+
+    def _returned_weights(self, weights: Array, masks: _common.Masks) -> Array:
+        return jnp.transpose(weights, (0, 2, 1, 3))

@@ -62,6 +62,24 @@ def batch_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
+def endless_batches(
+    seed: int, start: int, make: Callable[[np.random.Generator], Batch]
+) -> Iterator[Batch]:
+    """The training stream of a task that overrides :meth:`Task.batches`: batch ``k`` is
+    ``make(batch_rng(seed, "train", k))``, for ``k = start, start + 1, …`` without end."""
+    index = check_positive_int("start", start, minimum=0)
+    while True:
+        yield make(batch_rng(seed, "train", index))
+        index += 1
+
+
+def in_order(count: int, batch_size: int) -> Iterator[slice]:
+    """Slices of ``batch_size`` consecutive rows of ``range(count)`` (the last may be shorter):
+    how an evaluation split of fixed rows is read."""
+    for begin in range(0, count, batch_size):
+        yield slice(begin, begin + batch_size)
+
+
 class SequenceModel(nnx.Module):
     """A recurrent stack or a causal transformer, with an optional token embedding and a linear
     head.

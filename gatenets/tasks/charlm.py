@@ -18,10 +18,11 @@ from gatenets.tasks.base import (
     Batch,
     SequenceModel,
     Task,
-    batch_rng,
     check_positive_int,
     check_split,
     cross_entropy,
+    endless_batches,
+    in_order,
 )
 
 STDLIB_FILES = (
@@ -170,22 +171,18 @@ class CharLMTask(Task):
         check_positive_int("batch_size", batch_size)
         ids, window = self._splits[split], self.options["seq_len"] + 1
         if split == "train":
-            index = check_positive_int("start", start, minimum=0)
-            while True:
-                starts = batch_rng(seed, split, index).integers(
-                    0, len(ids) - window + 1, batch_size
-                )
-                chunk = ids[starts[:, None] + np.arange(window)[None, :]]
-                yield Batch(chunk[:, :-1], chunk[:, 1:], None)
-                index += 1
+
+            def draw(rng: np.random.Generator) -> Batch:
+                return _windows(ids, rng.integers(0, len(ids) - window + 1, batch_size), window)
+
+            yield from endless_batches(seed, start, draw)
+            return
         # Consecutive windows overlapping by one character, so every character but the first
         # is predicted exactly once (up to the last partial window, which is dropped).
         count = (len(ids) - 1) // (window - 1)
         starts = np.arange(count) * (window - 1)
-        for begin in range(0, count, batch_size):
-            rows = starts[begin : begin + batch_size]
-            chunk = ids[rows[:, None] + np.arange(window)[None, :]]
-            yield Batch(chunk[:, :-1], chunk[:, 1:], None)
+        for rows in in_order(count, batch_size):
+            yield _windows(ids, starts[rows], window)
 
     def loss(self, outputs: Array, batch: Batch) -> Array:
         return cross_entropy(outputs, batch.targets, batch.mask)
@@ -252,6 +249,13 @@ def _window(ids: np.ndarray, window: int) -> tuple[Array, Array]:
     tokens = np.zeros((1, window), np.int32)
     tokens[0, : len(ids)] = ids
     return jnp.asarray(tokens), jnp.asarray(len(ids) - 1)
+
+
+def _windows(ids: np.ndarray, starts: np.ndarray, window: int) -> Batch:
+    """The batch of the ``window``-character windows of ``ids`` at ``starts``: inputs are each
+    window's first ``window - 1`` characters, targets its last ``window - 1``."""
+    chunk = ids[starts[:, None] + np.arange(window)[None, :]]
+    return Batch(chunk[:, :-1], chunk[:, 1:], None)
 
 
 @nnx.jit

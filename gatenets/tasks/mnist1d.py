@@ -14,10 +14,11 @@ from gatenets.tasks.base import (
     Batch,
     SequenceModel,
     Task,
-    batch_rng,
     check_positive_int,
     check_split,
     cross_entropy,
+    endless_batches,
+    in_order,
 )
 
 # Generating the 5000 sequences takes a second or more; a process makes each dataset once.
@@ -128,13 +129,15 @@ class MNIST1DTask(Task):
                 raise ValueError(
                     f"batch_size must be at most the {len(x)} training sequences; got {batch_size}."
                 )
-            index = check_positive_int("start", start, minimum=0)
-            while True:
-                rows = batch_rng(seed, split, index).choice(len(x), batch_size, replace=False)
-                yield Batch(x[rows], y[rows], None)
-                index += 1
-        for begin in range(0, len(x), batch_size):
-            yield Batch(x[begin : begin + batch_size], y[begin : begin + batch_size], None)
+
+            def draw(rng: np.random.Generator) -> Batch:
+                rows = rng.choice(len(x), batch_size, replace=False)
+                return Batch(x[rows], y[rows], None)
+
+            yield from endless_batches(seed, start, draw)
+            return
+        for rows in in_order(len(x), batch_size):
+            yield Batch(x[rows], y[rows], None)
 
     def loss(self, outputs: Array, batch: Batch) -> Array:
         return cross_entropy(outputs, batch.targets)
