@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
 from gatenets.gates import GateOverride, apply_overrides
@@ -130,8 +131,8 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         gate: str | None = "elementwise",
         out_features: int | None = None,
         use_bias: bool = True,
-        kernel_init: Initializer = _common.default_kernel_init,
-        bias_init: Initializer = _common.default_bias_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
+        bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
@@ -141,7 +142,7 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             raise ValueError(
                 f"{type(self).__name__}: gate must be one of {GATE_KINDS} or None; got {gate!r}."
             )
-        settings = _common.LinearSettings(
+        settings = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
         project = self._build_heads(

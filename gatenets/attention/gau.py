@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
 from gatenets.gates import GateOverride, apply_overrides
@@ -105,26 +106,26 @@ class GatedAttentionUnit(nnx.Module):
         u_gate: str = "silu",
         max_relative_distance: int | None = None,
         use_bias: bool = True,
-        kernel_init: Initializer = _common.default_kernel_init,
-        bias_init: Initializer = _common.default_bias_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
+        bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _common.check_positive_int(in_features, "in_features", where)
+        _layers.check_positive_int(in_features, "in_features", where)
         if expansion_features is None:
             expansion_features = 2 * in_features
         if out_features is None:
             out_features = in_features
-        _common.check_positive_int(expansion_features, "expansion_features", where)
-        _common.check_positive_int(qk_features, "qk_features", where)
-        _common.check_positive_int(out_features, "out_features", where)
+        _layers.check_positive_int(expansion_features, "expansion_features", where)
+        _layers.check_positive_int(qk_features, "qk_features", where)
+        _layers.check_positive_int(out_features, "out_features", where)
         if u_gate not in U_GATE_KINDS:
             raise ValueError(f"{where}: u_gate must be one of {U_GATE_KINDS}; got {u_gate!r}.")
         if max_relative_distance is not None:
-            _common.check_positive_int(max_relative_distance, "max_relative_distance", where)
+            _layers.check_positive_int(max_relative_distance, "max_relative_distance", where)
         self.in_features = in_features
         self.expansion_features = expansion_features
         self.qk_features = qk_features
@@ -134,7 +135,7 @@ class GatedAttentionUnit(nnx.Module):
         self.dtype = dtype
         self.precision = precision
 
-        dense = _common.LinearSettings(
+        dense = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         ).factory(nnx.Linear)
         self.uvz = dense(in_features, 2 * expansion_features + qk_features)
@@ -175,13 +176,13 @@ class GatedAttentionUnit(nnx.Module):
         Returns:
           ``[batch, time, out_features]`` (zero at padded steps), or ``(output, trace)``.
         """
-        batch, time = _common.check_sequence_call(
+        batch, time = _layers.check_sequence_call(
             self, inputs, gate_overrides, self.gate_names, causal=causal, return_gates=return_gates
         )
         masks = _common.attention_masks(
             batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
         )
-        inputs = _common.zero_padding(inputs, masks.valid)
+        inputs = _layers.zero_padding(inputs, masks.valid)
 
         e = self.expansion_features
         pre_u, pre_v, pre_z = jnp.split(self.uvz(inputs), [e, 2 * e], axis=-1)
@@ -208,7 +209,7 @@ class GatedAttentionUnit(nnx.Module):
         output = _common.zero_invalid_queries(self.out(u * attended), masks.valid)
         if not return_gates:
             return output
-        return output, _common.gate_trace({"gau": gates}, masks.valid, batch, time)
+        return output, _layers.gate_trace({"gau": gates}, masks.valid, batch, time)
 
     def _relative_bias(self, time: int) -> Array:
         """``[query, key]`` learned bias of the clipped distance ``query - key``."""

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common
 from gatenets.gates import GateOverride, apply_overrides
@@ -91,8 +92,8 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         attention_bias: float | None = None,
         out_features: int | None = None,
         use_bias: bool = True,
-        kernel_init: Initializer = _common.default_kernel_init,
-        bias_init: Initializer = _common.default_bias_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
+        bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
@@ -107,7 +108,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
                 f"{type(self).__name__}: attention_bias must be None (for -log of the number "
                 f"of attended keys) or a finite float; got {attention_bias!r}."
             )
-        settings = _common.LinearSettings(
+        settings = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
         self._build_heads(in_features, num_heads, head_dim, num_kv_heads, out_features, settings)

@@ -10,7 +10,8 @@ import numpy as np
 from flax import nnx
 
 from gatenets._typing import Array
-from gatenets.attention import GatedAttention, GatedFeedForward
+from gatenets.attention import GatedAttention
+from gatenets.blocks import GatedFeedForward
 from gatenets.gates import merge_traces, resolve_overrides
 
 POSITIONS = ("sinusoidal", "learned")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.attention import _common
 from gatenets.gates import GateOverride, apply_overrides, sequence_mask
 
 # Fan-in per expert: axis 0 indexes experts and must not count towards the fan-in.
@@ -114,14 +114,14 @@ class SigmoidRouter(nnx.Module):
         routed_scaling_factor: float = 1.0,
         normalize: bool = True,
         bias_update_rate: float = 1e-3,
-        kernel_init: Initializer = _common.default_kernel_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _common.check_positive_int(in_features, "in_features", where)
-        _common.check_positive_int(num_experts, "num_experts", where)
-        _common.check_positive_int(top_k, "top_k", where)
+        _layers.check_positive_int(in_features, "in_features", where)
+        _layers.check_positive_int(num_experts, "num_experts", where)
+        _layers.check_positive_int(top_k, "top_k", where)
         if top_k > num_experts:
             raise ValueError(
                 f"{where}: top_k must be at most num_experts = {num_experts}; got top_k={top_k}."
@@ -134,7 +134,7 @@ class SigmoidRouter(nnx.Module):
                 raise TypeError(f"{where}: {name} must be a float; got {value!r}.")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{where}: {name} must be finite and >= 0; got {value!r}.")
-        _common.check_static_flag(normalize, "normalize", where)
+        _layers.check_static_flag(normalize, "normalize", where)
         self.in_features = in_features
         self.num_experts = num_experts
         self.top_k = top_k
@@ -168,11 +168,11 @@ class SigmoidRouter(nnx.Module):
         Returns:
           a :class:`Routing`, or ``(routing, trace)``.
         """
-        batch, time = _common.check_sequence_call(
+        batch, time = _layers.check_sequence_call(
             self, inputs, gate_overrides, self.gate_names, return_gates=return_gates
         )
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
-        inputs = _common.zero_padding(inputs, valid).astype(jnp.float32)
+        inputs = _layers.zero_padding(inputs, valid).astype(jnp.float32)
 
         logits = inputs @ self.kernel[...].astype(jnp.float32)
         gates = apply_overrides(RouterGates(jax.nn.sigmoid(logits)), gate_overrides)
@@ -195,7 +195,7 @@ class SigmoidRouter(nnx.Module):
         routing = Routing(weights, experts.astype(jnp.int32), scores, load)
         if not return_gates:
             return routing
-        return routing, _common.gate_trace({"router": gates}, valid, batch, time)
+        return routing, _layers.gate_trace({"router": gates}, valid, batch, time)
 
     def update_bias(self, load: Array) -> None:
         r"""Auxiliary-loss-free balancing step: :math:`b_i \mathrel{+}= \gamma\,
@@ -296,16 +296,16 @@ class SigmoidMoE(nnx.Module):
         normalize: bool = True,
         bias_update_rate: float = 1e-3,
         kernel_init: Initializer = _EXPERT_KERNEL_INIT,
-        router_kernel_init: Initializer = _common.default_kernel_init,
+        router_kernel_init: Initializer = _layers.default_kernel_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _common.check_positive_int(hidden_features, "hidden_features", where)
+        _layers.check_positive_int(hidden_features, "hidden_features", where)
         if out_features is None:
             out_features = in_features
-        _common.check_positive_int(out_features, "out_features", where)
+        _layers.check_positive_int(out_features, "out_features", where)
         self.router = SigmoidRouter(
             in_features,
             num_experts,
@@ -355,9 +355,9 @@ class SigmoidMoE(nnx.Module):
           ``(output, trace)``; with ``return_routing`` the routing is appended.
         """
         where = type(self).__name__
-        _common.check_static_flag(return_gates, "return_gates", where)
-        _common.check_static_flag(return_routing, "return_routing", where)
-        _common.check_sequence_inputs(inputs, self.in_features, where)
+        _layers.check_static_flag(return_gates, "return_gates", where)
+        _layers.check_static_flag(return_routing, "return_routing", where)
+        _layers.check_sequence_inputs(inputs, self.in_features, where)
         routing, trace = self.router(
             inputs,
             mask=mask,
@@ -365,10 +365,10 @@ class SigmoidMoE(nnx.Module):
             return_gates=True,
             gate_overrides=gate_overrides,
         )
-        dtype = _common.compute_dtype(self.dtype, inputs, self.gate_kernel[...])
+        dtype = _layers.compute_dtype(self.dtype, inputs, self.gate_kernel[...])
         x = inputs.astype(dtype)
         if mask is not None or seq_lengths is not None:
-            x = _common.zero_padding(x, trace.mask)
+            x = _layers.zero_padding(x, trace.mask)
         gate = jnp.einsum("btf,efh->bteh", x, self.gate_kernel[...].astype(dtype))
         up = jnp.einsum("btf,efh->bteh", x, self.up_kernel[...].astype(dtype))
         expert_out = jnp.einsum(

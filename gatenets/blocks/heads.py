@@ -11,8 +11,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.attention import _common
 from gatenets.gates import GateOverride, apply_overrides, check_gate_names, sequence_mask
 
 ACTIVATIONS = ("silu", "sigmoid")
@@ -49,8 +49,8 @@ def _check_position_wise_call(
     """The checks a position-wise layer's call starts with; returns the ``[batch, time]``
     mask of valid steps when gates or a mask are asked for, else None."""
     where = type(layer).__name__
-    _common.check_static_flag(return_gates, "return_gates", where)
-    _common.check_feature_inputs(inputs, layer.in_features, where)
+    _layers.check_static_flag(return_gates, "return_gates", where)
+    _layers.check_feature_inputs(inputs, layer.in_features, where)
     check_gate_names(gate_overrides, layer.gate_names, where)
     if return_gates or mask is not None or seq_lengths is not None:
         return _trace_mask(inputs, mask, seq_lengths, where)
@@ -119,19 +119,19 @@ class GatedFeedForward(nnx.Module):
         out_features: int | None = None,
         activation: str = "silu",
         use_bias: bool = False,
-        kernel_init: Initializer = _common.default_kernel_init,
-        bias_init: Initializer = _common.default_bias_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
+        bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _common.check_positive_int(in_features, "in_features", where)
-        _common.check_positive_int(hidden_features, "hidden_features", where)
+        _layers.check_positive_int(in_features, "in_features", where)
+        _layers.check_positive_int(hidden_features, "hidden_features", where)
         if out_features is None:
             out_features = in_features
-        _common.check_positive_int(out_features, "out_features", where)
+        _layers.check_positive_int(out_features, "out_features", where)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"{where}: activation must be one of {ACTIVATIONS}; got {activation!r}."
@@ -141,7 +141,7 @@ class GatedFeedForward(nnx.Module):
         self.out_features = out_features
         self.activation = activation
 
-        dense = _common.LinearSettings(
+        dense = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         ).factory(nnx.Linear)
         self.gate = dense(in_features, hidden_features)
@@ -183,7 +183,7 @@ class GatedFeedForward(nnx.Module):
         output = self.down(activated * self.up(inputs))
         if not return_gates:
             return output
-        return output, _common.gate_trace({"feed_forward": gates}, valid, *inputs.shape[:2])
+        return output, _layers.gate_trace({"feed_forward": gates}, valid, *inputs.shape[:2])
 
 
 class BinaryHead(nnx.Module):
@@ -231,16 +231,16 @@ class BinaryHead(nnx.Module):
         in_features: int,
         *,
         use_bias: bool = True,
-        kernel_init: Initializer = _common.default_kernel_init,
-        bias_init: Initializer = _common.default_bias_init,
+        kernel_init: Initializer = _layers.default_kernel_init,
+        bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        _common.check_positive_int(in_features, "in_features", type(self).__name__)
+        _layers.check_positive_int(in_features, "in_features", type(self).__name__)
         self.in_features = in_features
         # nnx.Linear's default precision (None): the head has no precision argument.
-        settings = _common.LinearSettings(
+        settings = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, None, rngs
         )
         self.linear = settings.factory(nnx.Linear)(in_features, 1)
@@ -280,7 +280,7 @@ class BinaryHead(nnx.Module):
             logits = jnp.log(probability) - jnp.log1p(-probability)
         if not return_gates:
             return logits
-        return logits, _common.gate_trace({"head": gates}, valid, *inputs.shape[:2])
+        return logits, _layers.gate_trace({"head": gates}, valid, *inputs.shape[:2])
 
     def probability(self, inputs: Array, **kwargs: Any) -> Array:
         """:math:`\\sigma(z)`: the probability of the positive class, ``[...]``.
@@ -328,12 +328,12 @@ class BinaryHead(nnx.Module):
           ValueError: BinaryHead.loss: labels must be in [0, 1] at valid positions; got 2.0 at index (0, 2).
         """  # noqa: E501
         where = "BinaryHead.loss"
-        _common.check_feature_inputs(inputs, self.in_features, where)
+        _layers.check_feature_inputs(inputs, self.in_features, where)
         labels = jnp.asarray(labels)
         valid = None
         if mask is not None or seq_lengths is not None:
             valid = _trace_mask(inputs, mask, seq_lengths, where)
-            inputs = _common.zero_padding(jnp.asarray(inputs), valid)
+            inputs = _layers.zero_padding(jnp.asarray(inputs), valid)
         logits = self(inputs)
         if labels.shape != logits.shape:
             raise ValueError(
