@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from gatenets.tasks.base import Batch, Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
+from gatenets.train.distributed import is_main_process
 from gatenets.train.hooks import (
     Hook,
     LoopState,
@@ -163,11 +164,13 @@ def fit_hooks(
     Opens ``out_dir/metrics.jsonl`` (nothing when ``out_dir`` is None) and the progress bar;
     the loop closes them.
     """
+    # With several processes, only process 0 prints and writes metrics.jsonl.
+    main = is_main_process()
     progress_bar = ProgressBar(
-        steps, initial=start, desc=task.name, window=log_every, enabled=progress
+        steps, initial=start, desc=task.name, window=log_every, enabled=progress and main
     )
-    writer = JsonLinesWriter(None if out_dir is None else out_dir / "metrics.jsonl")
-    emit = fan_out([writer, progress_bar])
+    writer = JsonLinesWriter(None if out_dir is None or not main else out_dir / "metrics.jsonl")
+    emit = fan_out([writer, progress_bar] if main else [])
     evaluation = PeriodicEvaluation(
         functools.partial(
             evaluate,
@@ -185,7 +188,9 @@ def fit_hooks(
     checkpoint = None
     if checkpointer is not None:
         checkpoint = PeriodicCheckpoint(
-            checkpointer, Schedule(checkpoint_every, steps), say=progress_bar.say
+            checkpointer,
+            Schedule(checkpoint_every, steps),
+            say=progress_bar.say if main else lambda text: None,
         )
     return FitHooks(
         guard=NonFiniteGuard(checkpointer),
