@@ -12,6 +12,7 @@ files (:func:`is_main_process`).
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -109,3 +110,44 @@ def is_main_process() -> bool:
       True
     """
     return jax.process_index() == 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--distributed``, ``--coordinator``, ``--num-processes`` and ``--process-id`` to a
+    command's ``parser`` (read back by :func:`initialize_from_arguments`)."""
+    group = parser.add_argument_group(
+        "several processes or hosts",
+        "Start the same command once per process. Any of these (or GATENETS_COORDINATOR_ADDRESS, "
+        "GATENETS_NUM_PROCESSES, GATENETS_PROCESS_ID) joins a jax.distributed run; --distributed "
+        "alone lets JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU). Batches are split "
+        "over the devices of all processes; only process 0 prints and writes logs.",
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a jax.distributed run (implies --data-parallel)",
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+
+
+def initialize_from_arguments(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Initializes ``jax.distributed`` when ``args`` (from :func:`add_arguments`) or the
+    environment ask for it; returns whether they did.
+
+    Raises:
+      ValueError: naming a bad flag or variable.
+    """
+    environ = os.environ if environ is None else environ
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    asked = (
+        args.distributed
+        or any(value is not None for value in flags)
+        or any(environ.get(name) for name in ENVIRONMENT.values())
+    )
+    if asked:
+        initialize(distributed_settings(*flags, environ=environ))
+    return bool(asked)

@@ -17,6 +17,7 @@ from flax import nnx
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
+from gatenets.train.distributed import is_main_process
 from gatenets.train.loop import FitResult, fit
 from gatenets.train.sharding import data_parallel_mesh
 from gatenets.train.steps import evaluate, gate_means
@@ -115,7 +116,10 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
-    """Writes ``data`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    """Writes ``data`` to ``path`` atomically: a crash leaves the old file or the new one.
+    With several processes, only process 0 writes."""
+    if not is_main_process():
+        return
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream, indent=2, sort_keys=True)

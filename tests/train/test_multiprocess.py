@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 WORKER = ROOT / "tests" / "train" / "multiprocess_fit.py"
@@ -112,3 +113,51 @@ def test_two_processes_train_checkpoint_and_resume_like_one(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["loss"] == reports["process_0"]["train_loss"]
     assert "adding:" in results["process_0"][2] and "adding:" not in results["process_1"][2]
+
+
+def test_settings_come_from_flags_then_environment_and_are_checked(monkeypatch):
+    from gatenets.train.distributed import DistributedSettings, distributed_settings
+
+    environ = {
+        "GATENETS_COORDINATOR_ADDRESS": "host0:1234",
+        "GATENETS_NUM_PROCESSES": "4",
+        "GATENETS_PROCESS_ID": "3",
+    }
+    assert distributed_settings(environ=environ) == DistributedSettings("host0:1234", 4, 3)
+    assert distributed_settings("other:1", None, 0, environ=environ) == DistributedSettings(
+        "other:1", 4, 0
+    )
+    assert distributed_settings(environ={}) == DistributedSettings()
+    with pytest.raises(ValueError, match="GATENETS_NUM_PROCESSES must be an integer; got 'two'"):
+        distributed_settings(environ={"GATENETS_NUM_PROCESSES": "two"})
+    with pytest.raises(ValueError, match="process_id must be below num_processes = 2; got 2"):
+        distributed_settings(num_processes=2, process_id=2, environ={})
+    with pytest.raises(ValueError, match="num_processes must be an int >= 1; got 0"):
+        distributed_settings(num_processes=0, environ={})
+
+
+def test_cli_names_a_bad_process_flag_before_starting_anything(capsys, monkeypatch):
+    from gatenets.cli import main
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    args = ["run", "adding", "--num-processes", "2", "--process-id", "2", "--no-progress"]
+    assert main(args) == 2
+    assert "process_id must be below num_processes = 2; got 2" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_cli_passes_its_flags_to_jax_distributed(capsys, monkeypatch):
+    from gatenets.cli import main
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    # --steps 0 stops the run right after initialisation, at the config check.
+    args = ["run", "adding", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"]
+    assert main([*args, "--steps", "0"]) == 2
+    assert "steps must be" in capsys.readouterr().err
+    assert calls == [{"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}]
+    calls.clear()
+    # --distributed alone leaves everything to JAX's detection (SLURM, TPU pods, …).
+    assert main(["run", "adding", "--distributed", "--steps", "0"]) == 2
+    assert calls == [{"coordinator_address": None, "num_processes": None, "process_id": None}]
