@@ -73,4 +73,8 @@ def test_bad_meshes_and_axes_are_named():
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh; got list"):
         with gatenets.sequence_parallel(jax.devices(), "time"):
             pass
+    with pytest.raises(ValueError, match="mesh axis 'time' must be of type Auto"):
+        explicit = jax.make_mesh((1,), ("time",), axis_types=(jax.sharding.AxisType.Explicit,))
+        with gatenets.sequence_parallel(explicit, "time"):
+            pass
     assert gatenets.kernels.sequence_parallel.active_sequence_sharding() is None

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
@@ -99,6 +99,7 @@ def sequence_parallel(
             )
     if batch_axis == axis_name:
         raise ValueError(f"batch_axis must differ from axis_name; both are {axis_name!r}.")
+    _check_auto(mesh, axis_name, batch_axis)
     previous = getattr(_ACTIVE, "sharding", None)
     _ACTIVE.sharding = SequenceSharding(mesh, axis_name, batch_axis)
     try:
@@ -106,6 +107,19 @@ def sequence_parallel(
             yield _ACTIVE.sharding
     finally:
         _ACTIVE.sharding = previous
+
+
+def _check_auto(mesh: Mesh, *axes: str | None) -> None:
+    """Raises unless the named axes of ``mesh`` are Auto: under Explicit axes (the default of
+    ``jax.make_mesh``) the layer around the split recurrence would have to be explicit too."""
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    for axis in axes:
+        if axis is not None and types[axis] != AxisType.Auto:
+            raise ValueError(
+                f"mesh axis {axis!r} must be of type Auto for sequence parallelism; got "
+                f"{types[axis]}. Make the mesh with jax.sharding.Mesh(devices, names) or "
+                "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * rank)."
+            )
 
 
 def active_sequence_sharding() -> SequenceSharding | None:
@@ -166,6 +180,7 @@ def sharded_linear_recurrence(
         raise ValueError(
             f"axis_name must be one of the mesh axes {mesh.axis_names}; got {axis_name!r}."
         )
+    _check_auto(mesh, axis_name, batch_axis)
     devices = mesh.shape[axis_name]
     if b.shape[0] % devices:
         raise ValueError(
@@ -207,12 +222,13 @@ def sharded_linear_recurrence(
         return h[::-1] if reverse else h
 
     steps = PartitionSpec(axis_name, batch_axis)
-    return jax.shard_map(
-        chunk,
-        mesh=mesh,
-        in_specs=(steps, steps, PartitionSpec(batch_axis)),
-        out_specs=steps,
-    )(log_a, b, h0)
+    in_specs = (steps, steps, PartitionSpec(batch_axis))
+    # Placed first, so that inputs laid out otherwise (eagerly, under jax.set_mesh) are split.
+    log_a, b, h0 = (
+        jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        for x, spec in zip((log_a, b, h0), in_specs, strict=True)
+    )
+    return jax.shard_map(chunk, mesh=mesh, in_specs=in_specs, out_specs=steps)(log_a, b, h0)
 
 
 def run_linear_recurrence(log_a: Array, b: Array, h0: Array, **options) -> Array:
