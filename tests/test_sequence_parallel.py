@@ -30,7 +30,7 @@ def test_split_layers_equal_unsplit_layers_on_four_devices():
             "PYTHONPATH": str(ROOT),
             "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
         },
-        timeout=120,
+        timeout=50,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
