@@ -44,6 +44,11 @@ from gatenets.inspect.statistics import GateAccumulator as GateAccumulator
 from gatenets.inspect.statistics import GateStatistics as GateStatistics
 from gatenets.kernels.gru import gru_sequence as gru_sequence
 from gatenets.kernels.lstm import lstm_sequence as lstm_sequence
+from gatenets.kernels.sequence_parallel import SequenceSharding as SequenceSharding
+from gatenets.kernels.sequence_parallel import sequence_parallel as sequence_parallel
+from gatenets.kernels.sequence_parallel import (
+    sharded_linear_recurrence as sharded_linear_recurrence,
+)
 from gatenets.loop import Loop as Loop
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
@@ -104,6 +109,7 @@ __all__ = [
     "RNN",
     "RecurrentStack",
     "RouterGates",
+    "SequenceSharding",
     "Routing",
     "SigmoidAttention",
     "SigmoidAttentionGates",
@@ -114,5 +120,7 @@ __all__ = [
     "inspect",
     "linen",
     "lstm_sequence",
+    "sequence_parallel",
+    "sharded_linear_recurrence",
     "with_checks",
 ]

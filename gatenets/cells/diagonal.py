@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from gatenets._typing import Array
 from gatenets.cells.base import GatedCell, compute_dtype, recurrent_input, state_dtype
 from gatenets.gates import GateOverride, zero_invalid
-from gatenets.kernels.parallel_scan import linear_recurrence
+from gatenets.kernels.sequence_parallel import run_linear_recurrence
 from gatenets.loop import Loop
 
 
@@ -40,6 +40,12 @@ class DiagonalCell(GatedCell):
     ``"auto"`` picks on CPU, where it is the faster
     (:func:`gatenets.kernels.parallel_scan.linear_recurrence`). :meth:`step` runs one step, as
     ``__call__`` and ``flax.nnx.RNN`` use it.
+
+    Sequence parallelism: inside a :func:`gatenets.sequence_parallel` block naming a mesh axis
+    for time, the recurrence of a whole sequence is split over that axis's devices (each scans
+    its chunk with the chosen loop, the chunks' summaries are all-gathered and a correction pass
+    fixes each chunk; :mod:`gatenets.kernels.sequence_parallel`). Values and gradients equal the
+    unsplit layer up to rounding; the loop choice is unchanged.
     """
 
     carry_type = DiagonalCarry
@@ -106,7 +112,7 @@ class DiagonalCell(GatedCell):
             positive = scale > 0
             log_scale = jnp.log(jnp.where(positive, scale, jnp.ones((), scale.dtype)))
             log_a = jnp.where(positive, log_a + log_scale, -jnp.inf)
-        h = linear_recurrence(
+        h = run_linear_recurrence(
             log_a,
             b,
             carry.h.astype(jnp.float32),

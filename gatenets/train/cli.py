@@ -6,6 +6,7 @@ gatenets run mnist1d --model gru --steps 3000 --out runs/mnist1d-gru
 gatenets run adding --model attention --layers 2
 gatenets run charlm --text my.txt --option seq_len=64
 gatenets run copying --option delay=100 --resume --out runs/copying-lstm
+gatenets run adding --coordinator host0:1234 --num-processes 2 --process-id 0   (and 1)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 from gatenets.cli import UsageError, check_output_dir
 from gatenets.registry import FAMILIES
 from gatenets.tasks import TASKS, get_task, list_models, list_tasks
+from gatenets.train.distributed import add_arguments as add_distributed_arguments
+from gatenets.train.distributed import initialize_from_arguments, is_main_process
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -77,6 +80,7 @@ def register(subparsers) -> None:
         "--data-parallel", action="store_true", help="split batches over all local devices"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_arguments(parser)
     parser.set_defaults(func=main)
 
 
@@ -99,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
         _check_text(args.text)
         options["text_file"] = args.text
     try:
+        # Before anything touches a device: with several processes, jax.devices() spans them.
+        distributed = initialize_from_arguments(args)
         task = get_task(args.task, **options)
         config = RunConfig(
             task=args.task,
@@ -111,14 +117,15 @@ def main(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             seed=args.seed,
             eval_every=args.eval_every,
-            data_parallel=args.data_parallel,
+            data_parallel=args.data_parallel or distributed,
         ).resolved(task)
     except (ValueError, FileNotFoundError) as err:
         print(f"gatenets run: {err}", file=sys.stderr)
         return 2
     out = args.out or f"runs/{args.task}-{config.model}"
     check_output_dir("--out", out)
-    print(
+    say = print if is_main_process() else lambda text: None
+    say(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
         f"{config.batch_size}; baseline {task.metric} {task.baseline:.4g} "
         f"({task.baseline_source}); writing {out}"
@@ -133,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
-    print(_format_summary(summary))
+    say(_format_summary(summary))
     return 0
 
 

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from gatenets.tasks.base import Batch, Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
+from gatenets.train.distributed import is_main_process
 from gatenets.train.hooks import (
     Hook,
     LoopState,
@@ -165,13 +166,14 @@ def fit_hooks(
     loop closes them. Each checkpoint carries the training-loss window, so that a resumed
     run's records equal an uninterrupted run's.
     """
+    # With several processes, only process 0 prints and writes metrics.jsonl.
+    main = is_main_process()
     progress_bar = ProgressBar(
-        steps, initial=start, desc=task.name, window=log_every, enabled=progress
+        steps, initial=start, desc=task.name, window=log_every, enabled=progress and main
     )
-    writer = JsonLinesWriter(
-        None if out_dir is None else out_dir / "metrics.jsonl", keep_until=start
-    )
-    emit = fan_out([writer, progress_bar])
+    metrics = None if out_dir is None or not main else out_dir / "metrics.jsonl"
+    writer = JsonLinesWriter(metrics, keep_until=start)
+    emit = fan_out([writer, progress_bar] if main else [])
     train_log = TrainLossLog(log_every, Schedule(log_every, steps), emit)
     evaluation = PeriodicEvaluation(
         functools.partial(
@@ -192,7 +194,7 @@ def fit_hooks(
         checkpoint = PeriodicCheckpoint(
             checkpointer,
             Schedule(checkpoint_every, steps),
-            say=progress_bar.say,
+            say=progress_bar.say if main else lambda text: None,
             loop=lambda: {"losses": list(train_log.losses)},
         )
     return FitHooks(

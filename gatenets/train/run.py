@@ -17,6 +17,7 @@ from gatenets._files import atomic_write
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer, saved_steps
+from gatenets.train.distributed import is_main_process
 from gatenets.train.loop import FitResult, check_resume_steps, fit
 from gatenets.train.sharding import data_parallel_mesh
 from gatenets.train.steps import evaluate, gate_means
@@ -116,7 +117,10 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
     """Writes ``data`` to ``path`` atomically (a crash leaves the old file or the new one),
-    as strict JSON: NaN and infinities become null, which every JSON reader accepts."""
+    as strict JSON: NaN and infinities become null, which every JSON reader accepts. With
+    several processes, only process 0 writes."""
+    if not is_main_process():
+        return
     text = json.dumps(_strict(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text), ".json.tmp")
 

@@ -39,12 +39,31 @@ def data_parallel_mesh(devices: Sequence[Any] | None = None, *, axis_name: str =
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` with every array copied to every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """``tree`` with every array copied to every device of ``mesh``.
+
+    With several processes, each passes its own copy (the same values: the same seed made
+    them) and fills the devices it can address.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda leaf: _replicated_across_processes(leaf, sharding), tree)
+
+
+def _replicated_across_processes(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """One process's part of a replicated global array, from its local copy ``leaf``."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _replicated_across_processes(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     """``batch`` with its leading (batch) axis split over the mesh's first axis.
+
+    Every process passes the same global batch (a task's batch depends only on the seed and the
+    step); each copies only the rows of its own devices.
 
     Raises:
       ValueError: if the batch size does not divide evenly over the mesh's devices.
@@ -58,7 +77,14 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
             f"{axis!r} for data parallelism; got {size}."
         )
     sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return jax.tree_util.tree_map(lambda leaf: jax.device_put(leaf, sharding), batch)
+
+    def place(leaf: Any) -> jax.Array:
+        # Each process copies only the rows of its own devices: with several processes, each
+        # feeds its share of the global batch.
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+
+    return jax.tree_util.tree_map(place, batch)
 
 
 def batch_placer(mesh: Mesh | None, *, replicate_uneven: bool = False) -> Callable[[Batch], Batch]:
