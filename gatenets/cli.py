@@ -17,6 +17,7 @@ import gatenets
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gatenets.train.cli",
     "gatenets.inspect.cli",
+    "gatenets.train.plot_cli",
     "gatenets.bench",
 )
 

@@ -453,8 +453,9 @@ def inspect_model(
         )
         explorer_path = write_explorer(directory, page)
         fragments = {
-            "Interactive explorer": '<p><a href="explorer.html">explorer.html</a>: choose a '
-            "gate, click units, hover the heatmap (one offline page beside this one).</p>",
+            # Named, not linked: the report references nothing outside itself.
+            "Interactive explorer": "<p>Open <code>explorer.html</code>, beside this page, to "
+            "choose a gate, click units and hover the heatmap (offline, like this page).</p>",
             **fragments,
         }
     files = write_report(

@@ -64,6 +64,17 @@ def register(subparsers) -> None:
         "--data-parallel", action="store_true", help="split batches over all local devices"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--watch-gates",
+        type=int,
+        nargs="?",
+        const=50,
+        metavar="N",
+        help="every N steps (default 50) write gate statistics to metrics.jsonl",
+    )
+    parser.add_argument(
+        "--tensorboard", metavar="DIR", help="also write TensorBoard events (needs tensorboardX)"
+    )
     parser.set_defaults(func=main)
 
 
@@ -106,8 +117,15 @@ def main(args: argparse.Namespace) -> int:
         f"({task.baseline_source}); writing {out}"
     )
     try:
-        summary = run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (FileExistsError, ValueError) as err:
+        summary = run(
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            gate_stats_every=args.watch_gates,
+            tensorboard_dir=args.tensorboard,
+        )
+    except (FileExistsError, ValueError, ImportError) as err:
         print(f"gatenets run: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

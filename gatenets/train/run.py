@@ -140,6 +140,7 @@ def train_model(
     out_dir: str | pathlib.Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    **watch: Any,
 ) -> TrainedModel:
     """Builds the config's model of its task and trains it with :func:`~gatenets.train.fit`.
 
@@ -152,6 +153,7 @@ def train_model(
       out_dir: where :func:`fit` writes, or None.
       resume: continue from the latest checkpoint in ``out_dir``.
       progress: show a progress bar.
+      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
 
     Example:
       >>> from gatenets.train import RunConfig, train_model
@@ -176,6 +178,7 @@ def train_model(
         resume=resume,
         mesh=data_parallel_mesh() if config.data_parallel else None,
         progress=progress,
+        **watch,
     )
     return TrainedModel(task, model, config, result)
 
@@ -208,6 +211,7 @@ def run(
     *,
     resume: bool = False,
     progress: bool = True,
+    **watch: Any,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``out_dir`` and returns the summary.
 
@@ -221,6 +225,7 @@ def run(
       resume: continue the run in ``out_dir`` from its latest checkpoint; the config must
         match the saved one except for ``steps``.
       progress: show a progress bar.
+      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
 
     Example:
       >>> import tempfile
@@ -241,7 +246,7 @@ def run(
     _write_json(out / "config.json", config._asdict())
 
     began = time.perf_counter()
-    trained = train_model(config, task=task, out_dir=out, resume=resume, progress=progress)
+    trained = train_model(config, task=task, out_dir=out, resume=resume, progress=progress, **watch)
     model, result = trained.model, trained.result
     test = evaluate(model, task, "test", batch_size=config.eval_batch_size, seed=config.seed)
     value = test[task.metric]

@@ -152,7 +152,7 @@ def isolated_unit(stats, name) -> int:
 def test_report_links_the_explorer_and_the_wheel_ships_its_files(text_report):
     path, _, _, _, files = text_report
     assert path.name == "explorer.html" and path.parent == pathlib.Path(files.html).parent
-    assert 'href="explorer.html"' in pathlib.Path(files.html).read_text()
+    assert "<code>explorer.html</code>" in pathlib.Path(files.html).read_text()
     page = path.read_text()
     # Self-contained: the script is inlined, nothing is fetched.
     assert "window.gatenetsExplorer" in page and "<script src" not in page
