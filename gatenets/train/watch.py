@@ -3,8 +3,8 @@
 :class:`GateStatsHook` is one more hook of :func:`~gatenets.train.train_loop`: every N steps it
 runs the model on a fixed probe batch with ``return_gates=True`` and emits a record
 ``{"step", "split": "gates", "gates": {name: {...}}, "bin_edges": [...]}`` with each gate's
-mask-aware mean, left and right saturation and histogram (the statistics of
-:mod:`gatenets.inspect`, counting valid steps only). :class:`TensorBoardWriter` receives the
+mask-aware mean, left and right saturation and histogram (as :mod:`gatenets.inspect` defines
+them, counting valid steps only, but reduced on the device). :class:`TensorBoardWriter` receives the
 loop's records like :class:`~gatenets.train.JsonLinesWriter` and writes them as TensorBoard
 scalars and histograms through ``tensorboardX``. :func:`read_metrics` and
 :func:`plot_training` draw a run's loss and gate saturation over training
@@ -13,6 +13,7 @@ scalars and histograms through ``tensorboardX``. :func:`read_metrics` and
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -20,57 +21,104 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from gatenets.inspect.statistics import accumulate, finalize, run_with_gates
 from gatenets.tasks.base import Batch
 from gatenets.train.hooks import Hook, LoopState, Record, Schedule
 
 _SUMMARY = ("mean", "left_saturated", "right_saturated")
 
 
-def gate_record(trace: Any, *, left: float = 0.1, right: float = 0.9, bins: int = 20) -> dict:
-    """The gate part of a ``"gates"`` record: per gate, over its units and valid steps, the
-    mean, the fractions below ``left`` and above ``right``, the histogram of values over
-    ``bins`` equal bins of [0, 1] and the moments TensorBoard's histograms use.
+@functools.partial(nnx.jit, static_argnames=("left", "right", "bins"))
+def _summaries(model, inputs, mask, *, left: float, right: float, bins: int) -> dict:
+    """Per gate, over units and valid steps, the sums a ``"gates"`` record needs, computed
+    where the model runs: only a few numbers per gate leave the device."""
+    _, trace = model(inputs, mask=mask, return_gates=True)
+    edges = jnp.linspace(0.0, 1.0, bins + 1)
+    out = {}
+    for position, (name, gate) in enumerate(trace.items()):
+        gate = gate.astype(jnp.float32).reshape(gate.shape[0], gate.shape[1], -1)
+        valid = jnp.broadcast_to(trace.mask[:, :, None], gate.shape)
+        weight = valid.astype(jnp.float32)
+        # Bins as np.histogram's: half-open, the last one closed at 1.
+        index = jnp.clip(jnp.searchsorted(edges, gate, side="right") - 1, 0, bins - 1)
+        # Outputs come back as a dict sorted by key: the position keeps the trace's order.
+        out[f"{position:04d}:{name}"] = {
+            "count": valid.sum(),
+            "sum": (gate * weight).sum(),
+            "sum_squares": (gate * gate * weight).sum(),
+            "min": jnp.where(valid, gate, jnp.inf).min(),
+            "max": jnp.where(valid, gate, -jnp.inf).max(),
+            "left": (valid & (gate < left)).sum(),
+            "right": (valid & (gate > right)).sum(),
+            "histogram": jnp.zeros(bins, jnp.int32)
+            .at[index.ravel()]
+            .add(valid.ravel().astype(jnp.int32)),
+        }
+    return out
+
+
+def gate_record(
+    model: nnx.Module, batch: Batch, *, left: float = 0.1, right: float = 0.9, bins: int = 20
+) -> dict:
+    """The gate part of a ``"gates"`` record: per gate of ``model`` on ``batch``, over its
+    units and valid steps, the mean, the fractions below ``left`` and above ``right``, the
+    histogram over ``bins`` equal bins of [0, 1] (as :func:`numpy.histogram`), and the count,
+    sum, sum of squares, min and max that TensorBoard's histograms hold.
+
+    The statistics are computed on the device under ``nnx.jit`` (one compile per model and
+    batch shape); the ``[batch, time, units]`` gates never reach the host.
 
     Example:
-      >>> import numpy as np
-      >>> from gatenets import GateTrace, GRUGates
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gatenets.tasks import Batch, SequenceModel
       >>> from gatenets.train.watch import gate_record
-      >>> g = GRUGates(np.array([[[0.05], [0.5], [0.95]]]), np.array([[[0.2], [0.4], [1.0]]]))
-      >>> trace = GateTrace({"forward": g}, np.array([[True, True, False]]))
-      >>> r = gate_record(trace, bins=2)["gates"]["forward/reset"]
-      >>> r["mean"], r["left_saturated"], r["right_saturated"], r["histogram"], r["count"]
-      (0.275, 0.5, 0.0, [1, 1], 2)
+      >>> model = SequenceModel(2, 3, 1, model="gru", rngs=nnx.Rngs(0))
+      >>> mask = jnp.array([[True, True, True], [True, False, False]])
+      >>> record = gate_record(model, Batch(jnp.ones((2, 3, 2)), jnp.zeros((2, 1)), mask))
+      >>> reset = record["gates"]["layer0/forward/reset"]
+      >>> reset["count"], sum(reset["histogram"]), len(record["bin_edges"])
+      (12, 12, 21)
+      >>> 0 <= reset["left_saturated"] <= 1 and reset["min"] <= reset["mean"] <= reset["max"]
+      True
     """
-    accumulators = accumulate(None, trace, left=left, right=right, bins=bins)
-    stats = finalize(accumulators)
-    mask = np.asarray(trace.mask, bool)
+    mask = batch.mask
+    if mask is None:
+        mask = jnp.ones(jnp.shape(batch.inputs)[:2], bool)
+    sums = jax.device_get(
+        _summaries(model, batch.inputs, mask, left=float(left), right=float(right), bins=bins)
+    )
     gates = {}
-    for name, value in trace.items():
-        values = np.asarray(value, np.float64)[mask]
-        s = stats[name]
+    for key, s in sorted(sums.items()):
+        name = key.split(":", 1)[1]
+        count = int(s["count"])
+        if count == 0:
+            raise ValueError("batch: its mask is False everywhere; no valid step to summarise.")
         gates[name] = {
-            "mean": float(np.mean(s.mean)),
-            "left_saturated": float(np.mean(s.left_saturated)),
-            "right_saturated": float(np.mean(s.right_saturated)),
-            "histogram": [int(c) for c in s.histogram.sum(axis=0)],
-            "count": int(values.size),
-            "min": float(values.min()),
-            "max": float(values.max()),
-            "sum": float(values.sum()),
-            "sum_squares": float(np.square(values).sum()),
+            "mean": float(s["sum"]) / count,
+            "left_saturated": int(s["left"]) / count,
+            "right_saturated": int(s["right"]) / count,
+            "histogram": [int(c) for c in s["histogram"]],
+            "count": count,
+            "min": float(s["min"]),
+            "max": float(s["max"]),
+            "sum": float(s["sum"]),
+            "sum_squares": float(s["sum_squares"]),
         }
-    edges = next(iter(stats.values())).bin_edges
+    edges = np.linspace(0.0, 1.0, bins + 1)
     return {"gates": gates, "bin_edges": [float(e) for e in edges]}
 
 
 class GateStatsHook(Hook):
     """Every ``schedule`` step, the gate statistics of the model on a fixed probe batch.
 
-    The model runs in evaluation mode (no dropout) under ``nnx.jit`` (one compile), and
-    goes back to training mode. :attr:`seconds` adds up the time spent, so its cost can be
+    The model runs in evaluation mode (no dropout) under ``nnx.jit`` (one compile), the
+    statistics are reduced on the device (:func:`gate_record`), and the model goes back to
+    training mode. :attr:`seconds` adds up the time spent, so its cost can be
     set beside the steps'.
 
     Args:
@@ -123,10 +171,11 @@ class GateStatsHook(Hook):
         model = state.model
         model.eval()
         try:
-            _, trace = run_with_gates(model, self.batch.inputs, self.batch.mask)
+            record = gate_record(
+                model, self.batch, left=self.left, right=self.right, bins=self.bins
+            )
         finally:
             model.train()
-        record = gate_record(trace, left=self.left, right=self.right, bins=self.bins)
         self.seconds += time.perf_counter() - began
         self.emit({"step": state.step, "split": "gates", **record})
 
