@@ -22,6 +22,7 @@ from flax import nnx
 
 from gatenets.tasks import get_task
 from gatenets.train import GateStatsHook, LoopState, Schedule, make_train_step, train_loop
+from gatenets.train.watch import PROBE_BATCH_SIZE
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--every", type=int, default=50, help="gate_stats_every")
@@ -40,7 +41,7 @@ def main() -> None:
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     step_fn = make_train_step(task)
     batches = task.batches("train", args.batch_size, seed=0)
-    probe = next(task.batches("valid", 64, seed=0))
+    probe = next(task.batches("valid", PROBE_BATCH_SIZE, seed=0))  # as fit() watches
     records: list[dict] = []
     hook = GateStatsHook(probe, Schedule(args.every, None), records.append)
     done = 0

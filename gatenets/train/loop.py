@@ -51,7 +51,7 @@ from gatenets.train.hooks import (
 from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog, fan_out
 from gatenets.train.sharding import batch_placer, replicate
 from gatenets.train.steps import evaluate, make_eval_step, make_train_step
-from gatenets.train.watch import GateStatsHook, TensorBoardWriter
+from gatenets.train.watch import PROBE_BATCH_SIZE, GateStatsHook, TensorBoardWriter
 
 __all__ = ["FitHooks", "FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
 
@@ -179,7 +179,7 @@ def fit_hooks(
     emit = fan_out([w for w in (writer, progress_bar, tensorboard) if w is not None])
     gate_stats = None
     if gate_stats_every:
-        probe = next(task.batches("valid", min(eval_batch_size, 64), seed=seed))
+        probe = next(task.batches("valid", min(eval_batch_size, PROBE_BATCH_SIZE), seed=seed))
         gate_stats = GateStatsHook(
             batch_placer(mesh, replicate_uneven=True)(probe),
             Schedule(gate_stats_every, steps),

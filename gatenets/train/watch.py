@@ -31,6 +31,11 @@ from gatenets.train.hooks import Hook, LoopState, Record, Schedule
 
 _SUMMARY = ("mean", "left_saturated", "right_saturated")
 
+PROBE_BATCH_SIZE = 32
+"""Sequences in the probe batch that :func:`~gatenets.train.fit` watches (fewer when its
+``eval_batch_size`` is smaller): enough steps for a histogram per gate, few enough that
+watching every 50 steps costs about 1% of training."""
+
 
 @functools.partial(nnx.jit, static_argnames=("left", "right", "bins"))
 def _summaries(model, inputs, mask, *, left: float, right: float, bins: int) -> dict:
@@ -43,8 +48,11 @@ def _summaries(model, inputs, mask, *, left: float, right: float, bins: int) -> 
         gate = gate.astype(jnp.float32).reshape(gate.shape[0], gate.shape[1], -1)
         valid = jnp.broadcast_to(trace.mask[:, :, None], gate.shape)
         weight = valid.astype(jnp.float32)
-        # Bins as np.histogram's: half-open, the last one closed at 1.
-        index = jnp.clip(jnp.searchsorted(edges, gate, side="right") - 1, 0, bins - 1)
+        # Bins as np.histogram's: half-open, the last one closed at 1. The bin from floor(),
+        # moved by one where rounding put a value beside an edge: several times faster on
+        # CPU than searchsorted.
+        index = jnp.clip(jnp.floor(gate * bins).astype(jnp.int32), 0, bins - 1)
+        index = index - (gate < edges[index]) + ((gate >= edges[index + 1]) & (index < bins - 1))
         # Outputs come back as a dict sorted by key: the position keeps the trace's order.
         out[f"{position:04d}:{name}"] = {
             "count": valid.sum(),

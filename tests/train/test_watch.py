@@ -18,6 +18,7 @@ from gatenets.inspect import gate_statistics
 from gatenets.inspect.statistics import run_with_gates
 from gatenets.tasks import get_task
 from gatenets.train import fit, plot_training, read_metrics
+from gatenets.train.watch import PROBE_BATCH_SIZE
 
 
 def read_events(logdir: pathlib.Path) -> list:
@@ -51,7 +52,7 @@ def watched_fit(tmp_path_factory):
         steps=4,
         batch_size=8,
         eval_every=0,
-        eval_batch_size=16,
+        eval_batch_size=64,
         log_every=2,
         out_dir=out,
         gate_stats_every=2,
@@ -67,7 +68,7 @@ def test_gate_records_equal_the_statistics_of_the_model(watched_fit):
     gates = [r for r in records if r["split"] == "gates"]
     assert [r["step"] for r in gates] == [2, 4]
     # The last record describes the trained model on the first validation batch.
-    probe = next(task.batches("valid", 16, seed=0))
+    probe = next(task.batches("valid", PROBE_BATCH_SIZE, seed=0))
     model.eval()
     _, trace = run_with_gates(model, probe.inputs, probe.mask)
     model.train()
