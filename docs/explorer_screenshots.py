@@ -53,7 +53,10 @@ def main() -> None:
         units = page.evaluate("window.gatenetsExplorer.state.units")
         for k, unit in enumerate(units):
             point = page.evaluate(f"window.gatenetsExplorer.scatterPoint({unit})")
-            page.mouse.click(point["x"], point["y"], modifiers=["Shift"] if k else [])
+            if k:
+                page.keyboard.down("Shift")
+            page.mouse.click(point["x"], point["y"])
+            page.keyboard.up("Shift")
         page.evaluate(f"window.gatenetsExplorer.selectUnits({units})")
         heatmap = page.locator("#heatmap")
         box = heatmap.bounding_box()
@@ -65,13 +68,15 @@ def main() -> None:
         heatmap.scroll_into_view_if_needed()
         box = heatmap.bounding_box()
         page.mouse.move(box["x"] + 44 + 14 * 20.5, box["y"] + 10 * units[0] + 5)
+        scrolled = page.evaluate("window.scrollY")  # full-page clips are in page coordinates
         page.screenshot(
             path=str(IMAGES / "explorer_heatmap.png"),
+            full_page=True,
             clip={
                 "x": box["x"] - 10,
-                "y": box["y"] - 10,
+                "y": box["y"] + scrolled - 10,
                 "width": min(box["width"], 1240) + 20,
-                "height": box["height"] + 44,
+                "height": box["height"] + 64,
             },
         )
         browser.close()
