@@ -280,3 +280,33 @@ def test_large_trace_stays_fast(browser, tmp_path):
         assert abs(float(readout.rsplit(" ", 1)[1]) - gates.reset[0, 999, 511]) <= READOUT_TOLERANCE
     finally:
         page.close()
+
+
+def test_layer_and_direction_menus_choose_the_gate(browser, tmp_path):
+    rng = np.random.default_rng(3)
+    mask = np.ones((1, 7), bool)
+    gates = {
+        f"layer{layer}/{direction}": GRUGates(*(rng.random((1, 7, 5)) for _ in range(2)))
+        for layer in (0, 1)
+        for direction in ("forward", "backward")
+    }
+    trace = GateTrace(gates, mask)
+    data = explorer_data(trace, gate_statistics(trace), np.ones((1, 7, 2), np.float32))
+    page = Page(browser, pathlib.Path(write_explorer(tmp_path, data)))
+    try:
+        # No forget gate here: the page opens on the first update gate.
+        current = "window.gatenetsExplorer.gates[window.gatenetsExplorer.state.gate]"
+        assert page.js(current) == "layer0/backward/update"
+        page.page.select_option("#layer", "layer1")
+        page.page.select_option("#direction", "forward")
+        page.page.select_option("#gate", "reset")
+        assert page.js(current) == "layer1/forward/reset"
+        assert page.page.locator("#direction option").all_inner_texts() == ["backward", "forward"]
+        page.page.locator("#unit-list").select_option(["2", "4"])
+        series = page.js("window.gatenetsExplorer.timelineSeries()")
+        for unit in (2, 4):
+            np.testing.assert_allclose(
+                series[str(unit)], gates["layer1/forward"].reset[0, :, unit], atol=QUANTUM
+            )
+    finally:
+        page.close()

@@ -17,7 +17,7 @@ from gatenets.cli import main
 from gatenets.inspect import gate_statistics
 from gatenets.inspect.statistics import run_with_gates
 from gatenets.tasks import get_task
-from gatenets.train import fit, plot_training, read_metrics
+from gatenets.train import Schedule, fit, fit_hooks, plot_training, read_metrics
 from gatenets.train.watch import PROBE_BATCH_SIZE
 
 
@@ -168,3 +168,26 @@ def test_run_watch_gates_then_plot(tmp_path, capsys):
     assert image.shape[0] > 300 and image[..., :3].std() > 0.01
     assert main(["plot", str(tmp_path / "missing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_fit_hooks_add_the_watch_last(tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed (.[dev])")
+    task = get_task("adding", length=6)
+    hooks = fit_hooks(
+        "model",
+        task,
+        steps=10,
+        eval_batch_size=8,
+        gate_stats_every=5,
+        tensorboard_dir=tmp_path / "tb",
+        progress=False,
+    )
+    assert type(hooks.gate_stats).__name__ == "GateStatsHook"
+    assert hooks.gate_stats.schedule == Schedule(5, 10)
+    # The probe is the first validation batch, no larger than eval_batch_size.
+    first = next(task.batches("valid", 8, seed=0))
+    np.testing.assert_array_equal(hooks.gate_stats.batch.inputs, first.inputs)
+    assert [type(h).__name__ for h in hooks][-2:] == ["GateStatsHook", "TensorBoardWriter"]
+    for hook in hooks:
+        if hook is not None:
+            hook.close()
