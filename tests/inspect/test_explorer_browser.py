@@ -310,3 +310,22 @@ def test_layer_and_direction_menus_choose_the_gate(browser, tmp_path):
             )
     finally:
         page.close()
+
+
+def test_explorer_data_names_bad_arguments():
+    trace = GateTrace(
+        {"forward": GRUGates(np.full((1, 3, 2), 0.5), np.full((1, 3, 2), 0.5))},
+        np.ones((1, 3), bool),
+    )
+    stats = gate_statistics(trace)
+    with pytest.raises(ValueError, match=r"inputs must be \[batch, time, …\].*\(1, 3\).*\(2, 3\)"):
+        explorer_data(trace, stats, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="examples must be a positive int; got 0"):
+        explorer_data(trace, stats, np.zeros((1, 3)), examples=0)
+    with pytest.raises(ValueError, match=r"stats has no entry.*forward/update"):
+        explorer_data(trace, {"forward/reset": stats["forward/reset"]}, np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"attention must be .*\(1, heads, 3, 3\); got shape"):
+        explorer_data(trace, stats, np.zeros((1, 3)), attention=np.zeros((1, 2, 3, 4)))
+    empty = GateTrace(trace.gates, np.zeros((1, 3), bool))
+    with pytest.raises(ValueError, match="mask is False everywhere"):
+        explorer_data(empty, stats, np.zeros((1, 3)))
