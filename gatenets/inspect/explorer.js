@@ -65,7 +65,9 @@
 
   function quoted(token) { return token === null ? "" : " \u00b7 input " + JSON.stringify(token); }
 
-  function fmt(v) { return v.toFixed(4); }
+  function fmt(v) { return v === null ? "nan" : v.toFixed(4); }
+  // JSON has no infinity: a unit that never forgets has a null time constant.
+  function tau(v) { return v === null ? "\u221e" : v.toFixed(2); }
 
   // Blue (0) through light grey (0.5) to red (1), as matplotlib's coolwarm in the static PNGs.
   const STOPS = [[59, 76, 192], [221, 221, 221], [180, 4, 38]];
@@ -277,7 +279,7 @@
       $("scatter-readout").textContent = unit < 0 ? "\u00a0" : unitLabel(g, unit) + ": mean " +
         fmt(g.mean[unit]) + ", left-saturated " + fmt(g.left_saturated[unit]) +
         ", right-saturated " + fmt(g.right_saturated[unit]) +
-        (g.time_constant ? ", \u03c4 " + g.time_constant[unit].toFixed(2) + " steps" : "");
+        (g.time_constant ? ", \u03c4 " + tau(g.time_constant[unit]) + " steps" : "");
     });
   }
 
@@ -601,8 +603,8 @@
     }
     for (const row of a.rows) {
       const tr = document.createElement("tr");
-      for (const text of [row.gate, row.baseline.toFixed(4), row.ablated.toFixed(4),
-        (row.change >= 0 ? "+" : "") + row.change.toFixed(4)]) {
+      for (const text of [row.gate, fmt(row.baseline), fmt(row.ablated),
+        (row.change !== null && row.change >= 0 ? "+" : "") + fmt(row.change)]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.appendChild(td);

@@ -220,9 +220,14 @@ def explorer_data(
             "rows": [
                 {
                     "gate": r.gate,
-                    "baseline": float(r.baseline),
-                    "ablated": float(r.ablated),
-                    "change": float(r.ablated - r.baseline),
+                    # A NaN metric (a gate whose ablation diverges) is null in JSON.
+                    **dict(
+                        zip(
+                            ("baseline", "ablated", "change"),
+                            _floats([r.baseline, r.ablated, r.ablated - r.baseline], 12),
+                            strict=True,
+                        )
+                    ),
                 }
                 for r in results
             ],

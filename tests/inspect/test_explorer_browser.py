@@ -20,8 +20,8 @@ import pytest
 from flax import nnx
 
 import gatenets
-from gatenets import GateTrace, GRUGates
-from gatenets.inspect import gate_statistics
+from gatenets import GateTrace, GRUGates, LSTMGates
+from gatenets.inspect import AblationResult, gate_statistics
 from gatenets.inspect.explorer import QUANTUM, explorer_data, write_explorer
 from gatenets.inspect.statistics import run_with_gates
 from gatenets.tasks import Batch, SequenceModel
@@ -329,3 +329,24 @@ def test_explorer_data_names_bad_arguments():
     empty = GateTrace(trace.gates, np.zeros((1, 3), bool))
     with pytest.raises(ValueError, match="mask is False everywhere"):
         explorer_data(empty, stats, np.zeros((1, 3)))
+
+
+def test_infinite_time_constant_and_nan_ablation_show_without_errors(browser, tmp_path):
+    rng = np.random.default_rng(4)
+    forget = rng.random((1, 6, 3))
+    forget[..., 0] = 1.0  # unit 0 never forgets: tau is infinite
+    trace = GateTrace({"forward": LSTMGates(forget, forget, forget)}, np.ones((1, 6), bool))
+    stats = gate_statistics(trace)
+    assert np.isinf(stats["forward/forget"].time_constant[0])
+    ablation = ([AblationResult("forward/forget", 0.5, float("nan"))], "loss", 0.0)
+    data = explorer_data(trace, stats, np.ones((1, 6, 1), np.float32), ablation=ablation)
+    page = Page(browser, pathlib.Path(write_explorer(tmp_path, data)))
+    try:
+        point = page.js("window.gatenetsExplorer.scatterPoint(0)")
+        page.page.mouse.move(point["x"], point["y"])
+        readout = page.page.locator("#scatter-readout").inner_text()
+        assert readout.startswith("unit 0: mean 1.0000") and "τ ∞ steps" in readout
+        cells = page.page.locator("#ablation-body td").all_inner_texts()
+        assert cells == ["forward/forget", "0.5000", "nan", "nan"]
+    finally:
+        page.close()
