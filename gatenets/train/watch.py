@@ -118,7 +118,12 @@ def gate_record(
             "sum_squares": float(s["sum_squares"]),
         }
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return {"gates": gates, "bin_edges": [float(e) for e in edges]}
+    return {
+        "gates": gates,
+        "bin_edges": [float(e) for e in edges],
+        "left": float(left),
+        "right": float(right),
+    }
 
 
 class GateStatsHook(Hook):
@@ -323,14 +328,16 @@ def plot_training(records: list[Record], *, title: str = ""):
         ax = axes[1]
         steps = [r["step"] for r in gate_records]
         names = list(gate_records[-1]["gates"])
+        above = f"> {gate_records[-1].get('right', 'right')}"
+        below = f"< {gate_records[-1].get('left', 'left')}"
         colors = [f"C{k % 10}" for k in range(len(names))]
         for name, color in zip(names, colors, strict=True):
             left = [r["gates"].get(name, {}).get("left_saturated", math.nan) for r in gate_records]
             right = [
                 r["gates"].get(name, {}).get("right_saturated", math.nan) for r in gate_records
             ]
-            ax.plot(steps, right, "-", color=color, label=f"{name} > right")
-            ax.plot(steps, left, "--", color=color, label=f"{name} < left")
+            ax.plot(steps, right, "-", color=color, label=f"{name} {above}")
+            ax.plot(steps, left, "--", color=color, label=f"{name} {below}")
         ax.set_ylabel("saturated fraction")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(loc="upper left", fontsize="x-small", ncol=2)

@@ -76,6 +76,7 @@ def test_gate_records_equal_the_statistics_of_the_model(watched_fit):
     mask = np.asarray(trace.mask)
     assert list(gates[-1]["gates"]) == list(stats)
     np.testing.assert_allclose(gates[-1]["bin_edges"], np.linspace(0, 1, 21))
+    assert (gates[-1]["left"], gates[-1]["right"]) == (0.1, 0.9)
     for name, s in stats.items():
         got = gates[-1]["gates"][name]
         values = np.asarray(trace.flat()[name])[mask]
