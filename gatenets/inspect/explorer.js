@@ -297,7 +297,11 @@
       ctx.font = "13px monospace";
       let widest = 0;
       for (const t of ex.tokens) widest = Math.max(widest, ctx.measureText(shownToken(t)).width);
-      return { text: true, cell: Math.min(80, Math.max(11, Math.ceil(widest) + 4)), steps: steps };
+      // Browsers refuse canvases wider than 32767 device pixels: long sequences of wide
+      // tokens get narrower cells.
+      const fits = Math.floor((30000 / DPR - TL.label) / Math.max(1, steps));
+      const cell = Math.min(80, Math.max(11, Math.ceil(widest) + 4), Math.max(1, fits));
+      return { text: true, cell: cell, steps: steps };
     }
     return { text: false, cell: Math.max(2, Math.min(14, 1100 / steps)), steps: steps };
   }
