@@ -25,6 +25,7 @@ import gatenets
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gatenets.train.cli",
     "gatenets.inspect.cli",
+    "gatenets.train.plot_cli",
     "gatenets.bench",
 )
 

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
         "inspect",
         help="write an HTML report of a model's gates",
         description=(
-            "Write a self-contained HTML report (and PNGs) of a model's gates: of a run written "
+            "Write a self-contained HTML report (and PNGs) and an interactive explorer page "
+            "(explorer.html) of a model's gates: of a run written "
             "by `gatenets run` (--run DIR), or, without --run, of the char-LM task's model, "
             "which it trains first."
         ),
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         title = "gatenets gate report: character LSTM"
     files = _inspect_task(model, task, args, title=title, notes=notes)
     print(f"report: {files.html}")
+    if files.explorer is not None:
+        print(f"explorer: {files.explorer} (open it in a browser)")
     for path in files.images.values():
         print(f"  {path}")
     return 0

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from gatenets.inspect import plots
 from gatenets.inspect.ablation import AblationResult, ablate
+from gatenets.inspect.explorer import attention_weights, explorer_data, write_explorer
 from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.probe import GradientProfile
 from gatenets.inspect.statistics import (
@@ -49,10 +50,12 @@ img { max-width: 100%; }
 
 
 class ReportFiles(NamedTuple):
-    """Paths written by :func:`write_report`: the HTML file and each PNG by figure name."""
+    """Paths written by :func:`write_report`: the HTML file and each PNG by figure name, and
+    the interactive explorer page when :func:`inspect_model` wrote one."""
 
     html: str
     images: dict[str, str]
+    explorer: str | None = None
 
 
 class ReportFigure(NamedTuple):
@@ -206,6 +209,8 @@ class ReportData(NamedTuple):
       inputs: the first batch's inputs.
       ablation: ``(results, metric name, override value)``, or None without a metric.
       profiles: gradient-through-time profiles, as given.
+      attention: the first batch's ``[batch, heads, query, key]`` attention weights, for a
+        model that returns them (``return_attention_weights``), else None.
     """
 
     stats: dict[str, GateStatistics]
@@ -213,6 +218,7 @@ class ReportData(NamedTuple):
     inputs: np.ndarray
     ablation: tuple[list[AblationResult], str, Any] | None
     profiles: tuple[GradientProfile, ...]
+    attention: np.ndarray | None = None
 
 
 class ReportContent(NamedTuple):
@@ -284,12 +290,14 @@ def collect_report(
     if metric_fn is not None:
         results = ablate(model, kept, metric_fn, value=ablation_value)
         ablation = (results, metric_name, ablation_value)
+    first_inputs, first_mask = split_batch(kept[0])
     return ReportData(
         stats=finalize(accumulators),
         trace=first_trace,
-        inputs=np.asarray(split_batch(kept[0])[0]),
+        inputs=np.asarray(first_inputs),
         ablation=ablation,
         profiles=tuple(profiles),
+        attention=attention_weights(model, first_inputs, first_mask),
     )
 
 
@@ -390,9 +398,10 @@ def inspect_model(
     decode: Callable[[Any], str] | None = None,
     title: str = "gatenets gate report",
     notes: Sequence[str] = (),
+    explorer: bool = True,
     **collect_options: Any,
 ) -> ReportFiles:
-    """Runs a model over data and writes the full gate report.
+    """Runs a model over data and writes the full gate report and the interactive explorer.
 
     Statistics stream over every batch (running sums; a progress bar shows the collection);
     the first batch also gives the per-step pictures (heatmap, text heatmap) and, with
@@ -407,6 +416,8 @@ def inspect_model(
       decode: maps a sequence of input ids to text; adds the character heatmap.
       title: report title.
       notes: paragraphs under the title.
+      explorer: also write ``explorer.html``, the interactive page of
+        :mod:`gatenets.inspect.explorer` (first batch's sequences, linked from the report).
       **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
         table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
         the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
@@ -415,24 +426,45 @@ def inspect_model(
       :class:`ReportFiles`.
 
     Example:
-      >>> import tempfile
+      >>> import os, tempfile
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import gatenets
       >>> lstm = gatenets.LSTM(2, 4, rngs=nnx.Rngs(0))
       >>> batches = [jnp.ones((2, 6, 2)), jnp.zeros((2, 6, 2))]
       >>> files = gatenets.inspect.inspect_model(lstm, batches, tempfile.mkdtemp(), progress=False)
-      >>> sorted(files.images)
-      ['heatmap', 'histograms', 'saturation']
+      >>> sorted(files.images), os.path.basename(files.explorer)
+      (['heatmap', 'histograms', 'saturation'], 'explorer.html')
     """
     collected = collect_report(model, data, **collect_options)
     content = report_figures(collected, decode=decode)
-    return write_report(
+    fragments = dict(content.fragments)
+    explorer_path = None
+    if explorer:
+        page = explorer_data(
+            collected.trace,
+            collected.stats,
+            collected.inputs,
+            decode=decode,
+            ablation=collected.ablation,
+            attention=collected.attention,
+            title=title.replace("report", "explorer"),
+            notes=notes,
+        )
+        explorer_path = write_explorer(directory, page)
+        fragments = {
+            # Named, not linked: the report references nothing outside itself.
+            "Interactive explorer": "<p>Open <code>explorer.html</code>, beside this page, to "
+            "choose a gate, click units and hover the heatmap (offline, like this page).</p>",
+            **fragments,
+        }
+    files = write_report(
         directory,
         stats=collected.stats,
         figures=content.figures,
         title=title,
         notes=notes,
-        fragments=content.fragments,
+        fragments=fragments,
         ablation=collected.ablation,
     )
+    return files._replace(explorer=explorer_path)

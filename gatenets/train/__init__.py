@@ -39,12 +39,17 @@ from gatenets.train.steps import evaluate as evaluate
 from gatenets.train.steps import gate_means as gate_means
 from gatenets.train.steps import make_eval_step as make_eval_step
 from gatenets.train.steps import make_train_step as make_train_step
+from gatenets.train.watch import GateStatsHook as GateStatsHook
+from gatenets.train.watch import TensorBoardWriter as TensorBoardWriter
+from gatenets.train.watch import plot_training as plot_training
+from gatenets.train.watch import read_metrics as read_metrics
 
 __all__ = [
     "Checkpointer",
     "CorruptCheckpointError",
     "FitHooks",
     "FitResult",
+    "GateStatsHook",
     "Hook",
     "JsonLinesWriter",
     "LoadedRun",
@@ -56,6 +61,7 @@ __all__ = [
     "ProgressBar",
     "RunConfig",
     "Schedule",
+    "TensorBoardWriter",
     "TrainLossLog",
     "TrainedModel",
     "batch_placer",
@@ -69,6 +75,8 @@ __all__ = [
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
+    "plot_training",
+    "read_metrics",
     "replicate",
     "restore_latest",
     "run",

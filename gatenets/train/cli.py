@@ -81,6 +81,17 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_distributed_arguments(parser)
+    parser.add_argument(
+        "--watch-gates",
+        type=int,
+        nargs="?",
+        const=50,
+        metavar="N",
+        help="every N steps (default 50) write gate statistics to metrics.jsonl",
+    )
+    parser.add_argument(
+        "--tensorboard", metavar="DIR", help="also write TensorBoard events (needs tensorboardX)"
+    )
     parser.set_defaults(func=main)
 
 
@@ -137,8 +148,10 @@ def main(args: argparse.Namespace) -> int:
             resume=args.resume,
             resume_step=args.resume_step,
             progress=not args.no_progress,
+            gate_stats_every=args.watch_gates,
+            tensorboard_dir=args.tensorboard,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
     say(_format_summary(summary))
     return 0

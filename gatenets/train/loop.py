@@ -12,8 +12,11 @@ hook, each usable and testable alone:
   (interrupt handling); :func:`~gatenets.train.restore_latest` resumes.
 - :class:`~gatenets.train.TrainLossLog` averages the latest losses and emits
   ``{"step", "split": "train", "loss", …}`` records.
-- :class:`~gatenets.train.JsonLinesWriter` (``metrics.jsonl``) and
-  :class:`~gatenets.train.ProgressBar` receive the records, through
+- :class:`~gatenets.train.GateStatsHook` (``gate_stats_every``) emits the gates' mask-aware
+  statistics on a fixed validation batch as ``{"step", "split": "gates", …}`` records.
+- :class:`~gatenets.train.JsonLinesWriter` (``metrics.jsonl``),
+  :class:`~gatenets.train.ProgressBar` and, with ``tensorboard_dir``,
+  :class:`~gatenets.train.TensorBoardWriter` receive the records, through
   :func:`~gatenets.train.fan_out`.
 
 :func:`fit` checks its arguments, builds these pieces from its keywords and runs the loop. A
@@ -49,6 +52,7 @@ from gatenets.train.hooks import (
 from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog, fan_out
 from gatenets.train.sharding import batch_placer, replicate
 from gatenets.train.steps import evaluate, make_eval_step, make_train_step
+from gatenets.train.watch import PROBE_BATCH_SIZE, GateStatsHook, TensorBoardWriter
 
 __all__ = ["FitHooks", "FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
 
@@ -141,6 +145,8 @@ class FitHooks(NamedTuple):
     evaluation: PeriodicEvaluation
     writer: JsonLinesWriter
     checkpoint: PeriodicCheckpoint | None
+    gate_stats: GateStatsHook | None = None
+    tensorboard: TensorBoardWriter | None = None
 
 
 def fit_hooks(
@@ -158,6 +164,8 @@ def fit_hooks(
     checkpoint_every: int | None = None,
     mesh: Mesh | None = None,
     progress: bool = True,
+    gate_stats_every: int | None = None,
+    tensorboard_dir: str | pathlib.Path | None = None,
 ) -> FitHooks:
     """The hooks of :func:`fit` for these settings (same meanings as there).
 
@@ -173,8 +181,21 @@ def fit_hooks(
     )
     metrics = None if out_dir is None or not main else out_dir / "metrics.jsonl"
     writer = JsonLinesWriter(metrics, keep_until=start)
-    emit = fan_out([writer, progress_bar] if main else [])
+    tensorboard = (
+        None if tensorboard_dir is None or not main else TensorBoardWriter(tensorboard_dir)
+    )
+    emit = fan_out(
+        [w for w in (writer, progress_bar, tensorboard) if w is not None] if main else []
+    )
     train_log = TrainLossLog(log_every, Schedule(log_every, steps), emit)
+    gate_stats = None
+    if gate_stats_every:
+        probe = next(task.batches("valid", min(eval_batch_size, PROBE_BATCH_SIZE), seed=seed))
+        gate_stats = GateStatsHook(
+            batch_placer(mesh, replicate_uneven=True)(probe),
+            Schedule(gate_stats_every, steps),
+            emit,
+        )
     evaluation = PeriodicEvaluation(
         functools.partial(
             evaluate,
@@ -204,11 +225,13 @@ def fit_hooks(
         evaluation=evaluation,
         writer=writer,
         checkpoint=checkpoint,
+        gate_stats=gate_stats,
+        tensorboard=tensorboard,
     )
 
 
 def _check_fit_arguments(
-    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
+    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every, **more
 ) -> None:
     """Raises naming the first bad argument: ``tx`` must be optax, the counts positive ints
     (``eval_every`` may be 0; it and ``checkpoint_every`` may be None)."""
@@ -221,6 +244,7 @@ def _check_fit_arguments(
         "log_every": log_every,
         "eval_every": eval_every,
         "checkpoint_every": checkpoint_every,
+        **more,
     }
     for name, value in counts.items():
         if value is not None:
@@ -306,6 +330,8 @@ def fit(
     resume_step: int | None = None,
     mesh: Mesh | None = None,
     progress: bool = True,
+    gate_stats_every: int | None = None,
+    tensorboard_dir: str | pathlib.Path | None = None,
 ) -> FitResult:
     """Trains ``model`` on ``task`` with the optax transformation ``tx``.
 
@@ -336,6 +362,12 @@ def fit(
       mesh: a device mesh for data parallelism (:func:`gatenets.train.data_parallel_mesh`):
         batches are split over its first axis, parameters replicated.
       progress: show a progress bar with the loss and steps per second.
+      gate_stats_every: every this many steps (and at the end), write the mask-aware
+        statistics of every gate on the first validation batch (mean, left and right
+        saturation, histogram) to ``metrics.jsonl`` as a ``"gates"`` record
+        (:class:`~gatenets.train.watch.GateStatsHook`); None: never.
+      tensorboard_dir: also write every record as TensorBoard scalars and gate histograms
+        there (needs ``tensorboardX``: ``pip install 'gatenets[tensorboard]'``).
 
     Returns:
       a :class:`FitResult`.
@@ -362,7 +394,14 @@ def fit(
       3
     """
     _check_fit_arguments(
-        tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every
+        tx,
+        steps,
+        batch_size,
+        eval_batch_size,
+        log_every,
+        eval_every,
+        checkpoint_every,
+        gate_stats_every=gate_stats_every,
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     out = None if out_dir is None else pathlib.Path(out_dir)
@@ -385,6 +424,8 @@ def fit(
         checkpoint_every=checkpoint_every,
         mesh=mesh,
         progress=progress,
+        gate_stats_every=gate_stats_every,
+        tensorboard_dir=tensorboard_dir,
     )
     hooks.train_log.losses.extend(losses)
     state = train_loop(

@@ -153,6 +153,7 @@ def train_model(
     resume: bool = False,
     resume_step: int | None = None,
     progress: bool = True,
+    **watch: Any,
 ) -> TrainedModel:
     """Builds the config's model of its task and trains it with :func:`~gatenets.train.fit`.
 
@@ -166,6 +167,7 @@ def train_model(
       resume: continue from the latest checkpoint in ``out_dir``.
       resume_step: continue from this earlier checkpoint instead.
       progress: show a progress bar.
+      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
 
     Example:
       >>> from gatenets.train import RunConfig, train_model
@@ -191,6 +193,7 @@ def train_model(
         resume_step=resume_step,
         mesh=data_parallel_mesh() if config.data_parallel else None,
         progress=progress,
+        **watch,
     )
     return TrainedModel(task, model, config, result)
 
@@ -277,6 +280,7 @@ def run(
     resume: bool = False,
     resume_step: int | None = None,
     progress: bool = True,
+    **watch: Any,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``out_dir`` and returns the summary.
 
@@ -292,6 +296,7 @@ def run(
         A directory whose run stopped before its first checkpoint is started again without it.
       resume_step: continue from this earlier checkpoint instead (implies ``resume``).
       progress: show a progress bar.
+      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
 
     Example:
       >>> import tempfile
@@ -320,6 +325,7 @@ def run(
         resume=resume,
         resume_step=resume_step,
         progress=progress,
+        **watch,
     )
     model, result = trained.model, trained.result
     test = evaluate(model, task, "test", batch_size=config.eval_batch_size, seed=config.seed)

@@ -194,9 +194,11 @@ def test_inspect_command_writes_the_report(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "bits/char" in printed and f"report: {out / 'report.html'}" in printed
+    assert f"explorer: {out / 'explorer.html'}" in printed
     names = {p.name for p in out.iterdir()}
     assert names == {
         "report.html",
+        "explorer.html",
         "saturation.png",
         "histograms.png",
         "heatmap.png",

@@ -109,7 +109,11 @@ def test_report_figures_draw_what_the_data_hold(char_model):
 def test_inspect_model_is_collect_then_figures_then_write(tmp_path):
     gru = gatenets.GRU(2, 3, rngs=nnx.Rngs(0))
     x = np.random.default_rng(1).normal(size=(2, 4, 2)).astype(np.float32)
-    files = inspect_model(gru, [x, x], tmp_path / "whole", progress=False, notes=["n"])
+    # The explorer page (and the section naming it) is inspect_model's addition to the three.
+    files = inspect_model(
+        gru, [x, x], tmp_path / "whole", progress=False, notes=["n"], explorer=False
+    )
+    assert files.explorer is None
     data = collect_report(gru, [x, x], progress=False)
     content = report_figures(data)
     parts = write_report(

@@ -363,6 +363,9 @@ def test_fit_hooks_follow_fits_settings(tmp_path):
         checkpoint_every=3,
         progress=False,
     )
+    # Optional pieces left out by the settings (gate statistics, TensorBoard) are None.
+    assert hooks.gate_stats is None and hooks.tensorboard is None
+    hooks = [hook for hook in hooks if hook is not None]
     assert [type(hook).__name__ for hook in hooks] == [
         "NonFiniteGuard",
         "ProgressBar",
@@ -371,10 +374,11 @@ def test_fit_hooks_follow_fits_settings(tmp_path):
         "JsonLinesWriter",
         "PeriodicCheckpoint",
     ]
-    assert hooks.evaluation.schedule == Schedule(None, None)
-    assert hooks.train_log.schedule == Schedule(4, 10) and hooks.train_log.losses.maxlen == 4
-    assert hooks.checkpoint.schedule == Schedule(3, 10)
-    assert hooks.guard.checkpointer is checkpointer
+    guard, _, train_log, evaluation, _, checkpoint = hooks
+    assert evaluation.schedule == Schedule(None, None)
+    assert train_log.schedule == Schedule(4, 10) and train_log.losses.maxlen == 4
+    assert checkpoint.schedule == Schedule(3, 10)
+    assert guard.checkpointer is checkpointer
     for hook in hooks:
         hook.close()
     assert (tmp_path / "metrics.jsonl").exists()

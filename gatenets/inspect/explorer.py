@@ -1,0 +1,311 @@
+"""The interactive gate explorer: one self-contained HTML page to click through a model's gates.
+
+:func:`explorer_data` gathers what the page shows from a :class:`~gatenets.GateTrace` and its
+statistics; :func:`write_explorer` writes the page. The page holds its data as inline JSON and
+its script (``explorer.js``, a small vanilla script shipped inside the package) inline: it
+opens offline in any browser and fetches nothing (its content security policy forbids it).
+
+On the page a user chooses a layer, direction and gate; clicks units in the saturation scatter
+(or picks them from a list) to see their gate over the input, drawn under the characters for
+text and as lines over the input for numbers; hovers the units × steps heatmap to read value,
+step and input; sees attention weights per head for attention layers, and the ablation table.
+Everything is drawn on canvases, so 512 units × 1,000 steps stay fast.
+
+Gate values are stored as 16-bit integers ``round(65535 · g)`` (an error of at most
+``1 / 131070 ≈ 7.6e-6``), base64-encoded, time-major.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect as _pyinspect
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from gatenets.gates import GateTrace
+from gatenets.inspect.export import _atomic_write
+from gatenets.inspect.statistics import GateStatistics
+
+QUANTUM = 1.0 / 65535.0
+"""The spacing of stored gate values: a value on the page differs from the trace by at most
+half of it."""
+
+
+def _encode(values: np.ndarray) -> str:
+    """``values`` in [0, 1] as base64 of little-endian uint16 ``round(65535 · v)``."""
+    quantized = np.round(np.clip(np.asarray(values, np.float64), 0.0, 1.0) * 65535.0)
+    return base64.b64encode(quantized.astype("<u2").tobytes()).decode("ascii")
+
+
+def _floats(values: Any, digits: int = 6) -> list[float | None]:
+    return [None if not math.isfinite(v) else round(float(v), digits) for v in np.ravel(values)]
+
+
+def attention_weights(model: Any, inputs: Any, mask: Any = None) -> np.ndarray | None:
+    """``[batch, heads, query, key]`` attention weights of a model that can return them
+    (``return_attention_weights=True``, as gatenets' attention layers), else None.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.inspect.explorer import attention_weights
+      >>> layer = gatenets.GatedAttention(4, 2, rngs=nnx.Rngs(0))
+      >>> attention_weights(layer, jnp.ones((1, 3, 4))).shape
+      (1, 2, 3, 3)
+      >>> attention_weights(gatenets.GRU(2, 3, rngs=nnx.Rngs(0)), jnp.ones((1, 3, 2))) is None
+      True
+    """
+    try:
+        parameters = _pyinspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return None
+    if "return_attention_weights" not in parameters:
+        return None
+    kwargs = {"return_attention_weights": True}
+    if mask is not None:
+        kwargs["mask"] = mask
+    result = model(inputs, **kwargs)
+    return np.asarray(result[-1], np.float64)
+
+
+def _tokens(inputs: np.ndarray, decode: Callable[[Any], str] | None) -> list[str] | None:
+    """One string per step of one sequence's integer inputs (``decode`` of each id, or the id
+    itself), or None for float inputs."""
+    if not np.issubdtype(inputs.dtype, np.integer) or inputs.ndim != 1:
+        return None
+    if decode is None:
+        return [str(int(i)) for i in inputs]
+    return [decode(inputs[t : t + 1]) for t in range(inputs.shape[0])]
+
+
+def _numeric_inputs(inputs: np.ndarray, max_features: int) -> list[list[float]]:
+    """Up to ``max_features`` input features of one sequence, ``[feature][step]``."""
+    if np.issubdtype(inputs.dtype, np.integer):
+        return []
+    flat = np.asarray(inputs, np.float64).reshape(inputs.shape[0], -1)
+    return [_floats(flat[:, k], 5) for k in range(min(max_features, flat.shape[1]))]
+
+
+def explorer_data(
+    trace: GateTrace,
+    stats: Mapping[str, GateStatistics],
+    inputs: Any,
+    *,
+    decode: Callable[[Any], str] | None = None,
+    ablation: tuple[Sequence[Any], str, Any] | None = None,
+    attention: Any = None,
+    examples: int = 4,
+    max_steps: int = 1000,
+    title: str = "gatenets gate explorer",
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """What the explorer page shows, as a JSON-ready dict.
+
+    Args:
+      trace: gates of one batch (``[batch, time, …]`` each) with its mask; the page shows the
+        valid steps of its first ``examples`` sequences that have any.
+      stats: per-unit statistics (for the scatter and the unit list), by the trace's names.
+      inputs: the batch's inputs, ``[batch, time]`` integer ids or ``[batch, time, …]`` numbers.
+      decode: maps an array of ids to text; each step's token is ``decode`` of its id.
+      ablation: ``(results, metric name, override value)`` as
+        :attr:`~gatenets.inspect.ReportData.ablation`.
+      attention: ``[batch, heads, query, key]`` attention weights of the same batch, or None.
+      examples: how many sequences to include.
+      max_steps: keep at most this many valid steps of each sequence.
+      title: the page's title.
+      notes: paragraphs under the title.
+
+    Returns:
+      ``{"title", "notes", "left", "right", "gates": [...], "examples": [...], "ablation",
+      "attention"}``; see :func:`write_explorer`.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics
+      >>> from gatenets.inspect.explorer import QUANTUM, _encode, explorer_data
+      >>> g = GRUGates(np.full((2, 3, 4), 0.25), np.full((2, 3, 4), 0.75))
+      >>> trace = GateTrace({"forward": g}, np.array([[1, 1, 1], [1, 1, 0]], bool))
+      >>> data = explorer_data(trace, gate_statistics(trace), np.zeros((2, 3), np.int32))
+      >>> [g["name"] for g in data["gates"]], [e["steps"] for e in data["examples"]]
+      (['forward/reset', 'forward/update'], [[0, 1, 2], [0, 1]])
+      >>> data["examples"][1]["tokens"]
+      ['0', '0']
+    """
+    flat = {name: np.asarray(value) for name, value in trace.items()}
+    mask = np.asarray(trace.mask, bool)
+    inputs = np.asarray(inputs)
+    for name, value in (("examples", examples), ("max_steps", max_steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    if inputs.shape[:2] != mask.shape:
+        raise ValueError(
+            f"inputs must be [batch, time, …] with the trace's batch and time {mask.shape}; "
+            f"got shape {inputs.shape}."
+        )
+    missing = [name for name in flat if name not in stats]
+    if missing:
+        raise ValueError(
+            f"stats has no entry for the trace's gates {missing}; pass the statistics of the "
+            "same model."
+        )
+    if attention is not None:
+        attention = np.asarray(attention, np.float64)
+        batch, time = mask.shape
+        if (
+            attention.ndim != 4
+            or attention.shape[0] != batch
+            or attention.shape[2:]
+            != (
+                time,
+                time,
+            )
+        ):
+            raise ValueError(
+                f"attention must be [batch, heads, query, key] = ({batch}, heads, {time}, "
+                f"{time}); got shape {attention.shape}."
+            )
+    gates = []
+    for name in flat:
+        s = stats[name]
+        path, _, gate = name.rpartition("/")
+        gates.append(
+            {
+                "name": name,
+                "path": path,
+                "gate": gate,
+                "units": s.units,
+                "unit_shape": list(s.unit_shape),
+                "mean": _floats(s.mean),
+                "left_saturated": _floats(s.left_saturated),
+                "right_saturated": _floats(s.right_saturated),
+                "time_constant": None if s.time_constant is None else _floats(s.time_constant, 4),
+            }
+        )
+    shown = [int(b) for b in np.flatnonzero(mask.any(axis=1))[:examples]]
+    if not shown:
+        raise ValueError("trace.mask is False everywhere: no sequence to show.")
+    example_data = []
+    attention_data = []
+    for b in shown:
+        steps = np.flatnonzero(mask[b])[:max_steps]
+        example_data.append(
+            {
+                "index": b,
+                "steps": [int(t) for t in steps],
+                "tokens": _tokens(inputs[b][steps], decode),
+                "inputs": _numeric_inputs(inputs[b][steps], 4),
+                "values": {
+                    name: _encode(value[b][steps].reshape(len(steps), -1))
+                    for name, value in flat.items()
+                },
+            }
+        )
+        if attention is not None:
+            attention_data.append(_encode(attention[b][:, steps][:, :, steps]))
+    ablation_data = None
+    if ablation is not None:
+        results, metric, value = ablation
+        ablation_data = {
+            "metric": str(metric),
+            "value": str(value),
+            "rows": [
+                {
+                    "gate": r.gate,
+                    # A NaN metric (a gate whose ablation diverges) is null in JSON.
+                    **dict(
+                        zip(
+                            ("baseline", "ablated", "change"),
+                            _floats([r.baseline, r.ablated, r.ablated - r.baseline], 12),
+                            strict=True,
+                        )
+                    ),
+                }
+                for r in results
+            ],
+        }
+    first = next(iter(stats.values()))
+    return {
+        "title": title,
+        "notes": list(notes),
+        "left": first.left,
+        "right": first.right,
+        "gates": gates,
+        "examples": example_data,
+        "ablation": ablation_data,
+        "attention": None
+        if attention is None
+        else {"heads": int(attention.shape[1]), "examples": attention_data},
+    }
+
+
+def _resource(name: str) -> str:
+    return resources.files("gatenets.inspect").joinpath(name).read_text(encoding="utf-8")
+
+
+def explorer_page(data: Mapping[str, Any]) -> str:
+    """The explorer's HTML for :func:`explorer_data` output: template, data and script in one
+    string.
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics
+      >>> from gatenets.inspect.explorer import explorer_data, explorer_page
+      >>> g = GRUGates(np.full((1, 2, 3), 0.5), np.full((1, 2, 3), 0.5))
+      >>> trace = GateTrace({"forward": g}, np.ones((1, 2), bool))
+      >>> page = explorer_page(explorer_data(trace, gate_statistics(trace), np.ones((1, 2, 1))))
+      >>> 'id="gatenets-data"' in page, "http" in page.replace("http-equiv", "")
+      (True, False)
+    """
+    # "</" inside the JSON would end the <script> element; "<\/" is the same JSON string.
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in data.get("notes", ()))
+    page = _resource("explorer.html")
+    for key, value in (
+        ("{{TITLE}}", html.escape(str(data.get("title", "gatenets gate explorer")))),
+        ("{{NOTES}}", notes),
+        ("{{SCRIPT}}", _resource("explorer.js")),
+        ("{{DATA}}", payload),
+    ):
+        page = page.replace(key, value)
+    return page
+
+
+def write_explorer(
+    directory: str | os.PathLike, data: Mapping[str, Any], *, filename: str = "explorer.html"
+) -> str:
+    """Writes the explorer page for :func:`explorer_data` output into ``directory``
+    (atomically) and returns its path.
+
+    Example:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics
+      >>> from gatenets.inspect.explorer import explorer_data, write_explorer
+      >>> g = GRUGates(np.full((1, 2, 3), 0.5), np.full((1, 2, 3), 0.5))
+      >>> trace = GateTrace({"forward": g}, np.ones((1, 2), bool))
+      >>> data = explorer_data(trace, gate_statistics(trace), np.ones((1, 2, 1)))
+      >>> os.path.basename(write_explorer(tempfile.mkdtemp(), data))
+      'explorer.html'
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    page = explorer_page(data)
+    path = os.path.join(directory, filename)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as stream:
+            stream.write(page)
+
+    _atomic_write(path, write, ".html.tmp")
+    return path
