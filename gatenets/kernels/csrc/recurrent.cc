@@ -1,0 +1,930 @@
+// Native CPU sequence kernels for the LSTM and GRU of gatenets, called through XLA FFI.
+//
+// Each handler runs a whole time loop in one call: per step one GEMM for the input projection
+// (skipped when the inputs come pre-projected), one for the recurrent matmul, then the gate
+// math fused over the [batch, gates * hidden] block. The backward handlers compute only the
+// sequential part in the loop (the pre-activation gradient dz and dh_prev = dz U^T); the weight
+// gradients are one large GEMM each after the loop. The arithmetic mirrors
+// gatenets/kernels/lstm.py and gatenets/kernels/gru.py expression by expression, so that the
+// results agree with the JAX kernels to rounding.
+//
+// Conventions: arrays are row-major and time-major ([time, batch, ...]). Optional arguments
+// that are absent arrive as zero-size buffers; the integer attributes say which are present.
+// `valid` is uint8 [time, batch] (0: hold the carry at that step). The loop visits
+// s = reverse ? T-1-k : k for k = 0..T-1.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cblas.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// BLAS
+
+// C = alpha * op(A) op(B) + beta * C, row-major. A k of zero still honours beta (some BLAS
+// builds return early without touching C; the weight gradient of an empty sequence must be 0).
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                 int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[i * ldc + j];
+    return;
+  }
+  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+//
+// glibc's expf/tanhf are scalar calls that the compiler cannot vectorise without -ffast-math,
+// and at batch 64, hidden 256 the five transcendental calls per unit and step would cost more
+// than the step's matmuls. These branch-free float versions (Cephes' polynomials, about 1-2 ulp)
+// vectorise; double keeps the libm functions (float64 is for checking, not for speed).
+
+inline float exp_approx(float x) {
+  // exp(88) and exp(-87) keep 2^n a normal float; beyond them sigmoid and tanh are saturated.
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // Round x / ln 2 to the nearest integer with the 1.5 * 2^23 trick (no floor: SSE2 vectorises
+  // this, and it is exact for |value| < 2^22).
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // ln 2 in two parts (Cody-Waite) so that x - n ln 2 loses no bits.
+  x = x - n * 0.693359375f;
+  x = x - n * -2.12194440e-4f;
+  const float x2 = x * x;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * x2 + x + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+inline float tanh_act(float x) {
+  // Small |x|: odd polynomial (1 - 2 / (e^{2x} + 1) would cancel); large: via exp.
+  const float s = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * s + 2.06390887954e-2f;
+  p = p * s - 5.37397155531e-2f;
+  p = p * s + 1.33314422036e-1f;
+  p = p * s - 3.33332819422e-1f;
+  const float small = p * s * x + x;
+  const float ax = std::fabs(x);
+  const float large = std::copysign(1.0f - 2.0f / (exp_approx(2.0f * ax) + 1.0f), x);
+  return ax < 0.625f ? small : large;
+}
+
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_act(double x) { return std::tanh(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+template <typename T>
+const T* data(const ffi::AnyBuffer& b) {
+  return static_cast<const T*>(b.untyped_data());
+}
+template <typename T>
+T* data(ffi::Result<ffi::AnyBuffer>& b) {
+  return static_cast<T*>(b->untyped_data());
+}
+
+inline int64_t step_index(int64_t k, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - k : k;
+}
+
+// Index of the step visited just before the k-th one, or -1 for the initial carry.
+inline int64_t previous_index(int64_t k, int64_t steps, bool reverse) {
+  if (k == 0) return -1;
+  return reverse ? steps - k : k - 1;
+}
+
+// Rows [s * batch, (s + 1) * batch) hold h_{s-1} (in loop order) times the recurrent mask: the
+// left factor of the recurrent kernel's gradient, sum_s h_in[s]^T dz[s].
+template <typename T>
+void previous_states(int64_t steps, int64_t batch, int64_t hidden, const T* hs, const T* h0,
+                     const T* mask, bool reverse, T* out) {
+  const int64_t block = batch * hidden;
+  for (int64_t k = 0; k < steps; ++k) {
+    const int64_t s = step_index(k, steps, reverse);
+    const int64_t p = previous_index(k, steps, reverse);
+    const T* src = p < 0 ? h0 : hs + p * block;
+    T* dst = out + s * block;
+    if (mask == nullptr) {
+      std::memcpy(dst, src, sizeof(T) * block);
+    } else {
+      for (int64_t i = 0; i < block; ++i) dst[i] = src[i] * mask[i];
+    }
+  }
+}
+
+template <typename T>
+void column_sums(int64_t rows, int64_t cols, const T* a, int64_t lda, T* out) {
+  std::fill(out, out + cols, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = a + r * lda;
+    for (int64_t j = 0; j < cols; ++j) out[j] += row[j];
+  }
+}
+
+ffi::Error shape_error(const std::string& what) { return ffi::Error::InvalidArgument(what); }
+
+std::string dims_string(const ffi::AnyBuffer& b) {
+  std::string out = "[";
+  auto d = b.dimensions();
+  for (size_t i = 0; i < d.size(); ++i) out += (i ? ", " : "") + std::to_string(d[i]);
+  return out + "]";
+}
+
+// Checks `b` has exactly the dimensions `want`; names the argument in the error.
+ffi::Error expect_dims(const char* name, const ffi::AnyBuffer& b,
+                       std::initializer_list<int64_t> want) {
+  auto d = b.dimensions();
+  bool ok = d.size() == want.size();
+  size_t i = 0;
+  for (int64_t w : want) ok = ok && d[i++] == w;
+  if (ok) return ffi::Error::Success();
+  std::string expected = "[";
+  i = 0;
+  for (int64_t w : want) expected += (i++ ? ", " : "") + std::to_string(w);
+  return shape_error(std::string(name) + " has shape " + dims_string(b) + "; expected " +
+                     expected + "]");
+}
+
+#define RETURN_IF_ERROR(expr)              \
+  do {                                     \
+    ffi::Error _e = (expr);                \
+    if (_e.failure()) return _e;           \
+  } while (0)
+
+// Constant gates as arithmetic, gate = activation * keep + offset with keep in {0, 1}, which is
+// exact either way: a select on a bool stops GCC from vectorising the unit loops.
+struct Overrides {
+  bool active[3];
+  double value[3];
+  template <typename T>
+  T keep(int gate) const {
+    return active[gate] ? T(0) : T(1);
+  }
+  template <typename T>
+  T offset(int gate) const {
+    return active[gate] ? T(value[gate]) : T(0);
+  }
+};
+
+// One batch row of the LSTM gate math over all hidden units. kUpdate false: the step is held
+// (only the gates are computed, for return_gates and the backward pass).
+template <typename T, bool kActs, bool kUpdate>
+void lstm_units(int64_t hidden, const T* __restrict z, T* __restrict c, T* __restrict h,
+                T* __restrict acts, const Overrides& ov) {
+  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
+  const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T si = sigmoid(z[j]);
+    const T sf = sigmoid(z[hidden + j]);
+    const T g = tanh_act(z[2 * hidden + j]);
+    const T so = sigmoid(z[3 * hidden + j]);
+    const T i = si * ki + oi;
+    const T f = sf * kf + of;
+    const T o = so * ko + oo;
+    if (kActs) {
+      acts[j] = i;
+      acts[hidden + j] = f;
+      acts[2 * hidden + j] = g;
+      acts[3 * hidden + j] = o;
+    }
+    if (kUpdate) {
+      const T c_new = f * c[j] + i * g;
+      c[j] = c_new;
+      h[j] = o * tanh_act(c_new);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM forward
+//
+// z = x_t (+ x_t W + b) + (h_{t-1} * mask) U;  [i, f, g, o] = [sig, sig, tanh, sig](z)
+// c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  held where valid[t] is 0.
+
+template <typename T>
+ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                       const ffi::AnyBuffer& bias, const ffi::AnyBuffer& recurrent_kernel,
+                       const ffi::AnyBuffer& c0, const ffi::AnyBuffer& h0,
+                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
+                       bool reverse, bool has_input, bool has_valid, bool has_mask,
+                       const Overrides& ov, ffi::Result<ffi::AnyBuffer>& c_last,
+                       ffi::Result<ffi::AnyBuffer>& h_last, ffi::Result<ffi::AnyBuffer>& hs_out,
+                       ffi::Result<ffi::AnyBuffer>& acts_out, ffi::Result<ffi::AnyBuffer>& cs_out) {
+  auto xd = xs.dimensions();
+  if (xd.size() != 3) return shape_error("xs must be [time, batch, features]; got " + dims_string(xs));
+  const int64_t steps = xd[0], batch = xd[1], features = xd[2];
+  const int64_t hidden = recurrent_kernel.dimensions()[0];
+  const int64_t g4 = 4 * hidden;
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g4}));
+  RETURN_IF_ERROR(expect_dims("c0", c0, {batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("h0", h0, {batch, hidden}));
+  if (has_input) {
+    RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g4}));
+    RETURN_IF_ERROR(expect_dims("bias", bias, {g4}));
+  } else if (features != g4) {
+    return shape_error("xs (pre-projected) has shape " + dims_string(xs) +
+                       "; expected last dimension 4 * hidden = " + std::to_string(g4));
+  }
+  if (has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {steps, batch}));
+  if (has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", recurrent_mask, {batch, hidden}));
+  const bool keep_acts = acts_out->element_count() > 0;
+  const bool keep_cs = cs_out->element_count() > 0;
+
+  const T* x = data<T>(xs);
+  const T* w = has_input ? data<T>(input_kernel) : nullptr;
+  const T* b = has_input ? data<T>(bias) : nullptr;
+  const T* u = data<T>(recurrent_kernel);
+  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
+  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
+  // The carry lives in the outputs: they end up holding the final state.
+  T* c = data<T>(c_last);
+  T* h = data<T>(h_last);
+  std::memcpy(c, data<T>(c0), sizeof(T) * batch * hidden);
+  std::memcpy(h, data<T>(h0), sizeof(T) * batch * hidden);
+  T* hs = data<T>(hs_out);
+  T* acts = keep_acts ? data<T>(acts_out) : nullptr;
+  T* cs = keep_cs ? data<T>(cs_out) : nullptr;
+
+  std::vector<T> z(batch * g4);
+  std::vector<T> h_in(has_mask ? batch * hidden : 0);
+  for (int64_t k = 0; k < steps; ++k) {
+    const int64_t s = step_index(k, steps, reverse);
+    if (has_input) {
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(&z[r * g4], b, sizeof(T) * g4);
+      gemm(false, false, batch, g4, features, T(1), x + s * batch * features, features, w, g4,
+           T(1), z.data(), g4);
+    } else {
+      std::memcpy(z.data(), x + s * batch * g4, sizeof(T) * batch * g4);
+    }
+    const T* hp = h;
+    if (has_mask) {
+      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h[i] * mask[i];
+      hp = h_in.data();
+    }
+    gemm(false, false, batch, g4, hidden, T(1), hp, hidden, u, g4, T(1), z.data(), g4);
+
+    for (int64_t r = 0; r < batch; ++r) {
+      const bool keep = v == nullptr || v[s * batch + r];
+      T* ar = keep_acts ? acts + (s * batch + r) * g4 : nullptr;
+      T* cr = c + r * hidden;
+      T* hr = h + r * hidden;
+      const T* zr = &z[r * g4];
+      // Compile-time variants: a branch inside the unit loop would stop it vectorising.
+      if (ar != nullptr) {
+        if (keep) lstm_units<T, true, true>(hidden, zr, cr, hr, ar, ov);
+        else lstm_units<T, true, false>(hidden, zr, cr, hr, ar, ov);
+      } else if (keep) {
+        lstm_units<T, false, true>(hidden, zr, cr, hr, ar, ov);
+      }
+    }
+    std::memcpy(hs + s * batch * hidden, h, sizeof(T) * batch * hidden);
+    if (keep_cs) std::memcpy(cs + s * batch * hidden, c, sizeof(T) * batch * hidden);
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM backward
+//
+// Per step (reverse loop order): dh += dhs[t]; masked by valid;
+// dc_t = dc + dh o (1 - tanh(c_t)^2); d[i, f, g, o] = [dc_t g, dc_t c_{t-1}, dc_t i, dh tanh c_t]
+// (+ the gates' cotangent); dz = d * activation slope (0 for a constant gate);
+// dh_prev = (dz U^T) * mask; dc_prev = dc_t f. After the loop: dU = H_in^T dz,
+// and with the projection inside the loop dW = X^T dz, db = sum dz, dX = dz W^T.
+
+// One batch row of the LSTM backward gate math. kKeep false: the step was held, so only the
+// gates' own cotangent reaches dz, and dc passes through unchanged.
+template <typename T, bool kDacts, bool kKeep>
+void lstm_units_backward(int64_t hidden, const T* __restrict acts, const T* __restrict dacts,
+                         const T* __restrict c_t, const T* __restrict c_prev,
+                         const T* __restrict dh_out, T* __restrict dc, T* __restrict dh,
+                         T* __restrict dz, const Overrides& ov) {
+  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T dh_acc = dh[j] + dh_out[j];
+    dh[j] = dh_acc;
+    const T dh_step = kKeep ? dh_acc : T(0);
+    const T dc_step = kKeep ? dc[j] : T(0);
+    const T i = acts[j], f = acts[hidden + j], g = acts[2 * hidden + j], o = acts[3 * hidden + j];
+    const T tanh_c = tanh_act(c_t[j]);
+    const T dc_t = dc_step + dh_step * o * (T(1) - tanh_c * tanh_c);
+    T di = dc_t * g, df = dc_t * c_prev[j], dg = dc_t * i, d_o = dh_step * tanh_c;
+    if (kDacts) {
+      di = di + dacts[j];
+      df = df + dacts[hidden + j];
+      dg = dg + dacts[2 * hidden + j];
+      d_o = d_o + dacts[3 * hidden + j];
+    }
+    const T zi = di * (i * (T(1) - i));
+    const T zf = df * (f * (T(1) - f));
+    const T zo = d_o * (o * (T(1) - o));
+    dz[j] = zi * ki;
+    dz[hidden + j] = zf * kf;
+    dz[2 * hidden + j] = dg * (T(1) - g * g);
+    dz[3 * hidden + j] = zo * ko;
+    if (kKeep) dc[j] = dc_t * f;
+  }
+}
+
+template <typename T>
+ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                        const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& c0,
+                        const ffi::AnyBuffer& h0, const ffi::AnyBuffer& valid,
+                        const ffi::AnyBuffer& recurrent_mask, const ffi::AnyBuffer& cs_in,
+                        const ffi::AnyBuffer& hs_in, const ffi::AnyBuffer& acts_in,
+                        const ffi::AnyBuffer& dc_last, const ffi::AnyBuffer& dh_last,
+                        const ffi::AnyBuffer& dhs_in, const ffi::AnyBuffer& dacts_in,
+                        bool reverse, bool has_input, bool has_valid, bool has_mask,
+                        bool has_dacts, const Overrides& ov, ffi::Result<ffi::AnyBuffer>& dc0_out,
+                        ffi::Result<ffi::AnyBuffer>& dh0_out, ffi::Result<ffi::AnyBuffer>& dz_out,
+                        ffi::Result<ffi::AnyBuffer>& du_out, ffi::Result<ffi::AnyBuffer>& dw_out,
+                        ffi::Result<ffi::AnyBuffer>& db_out, ffi::Result<ffi::AnyBuffer>& dx_out) {
+  // xs is read only with the projection inside the loop (else it arrives empty): the sizes come
+  // from the saved states.
+  auto hd = hs_in.dimensions();
+  if (hd.size() != 3) return shape_error("hs must be [time, batch, hidden]; got " + dims_string(hs_in));
+  const int64_t steps = hd[0], batch = hd[1];
+  const int64_t hidden = recurrent_kernel.dimensions()[0];
+  const int64_t g4 = 4 * hidden;
+  const int64_t features = has_input ? input_kernel.dimensions()[0] : g4;
+  if (has_input) RETURN_IF_ERROR(expect_dims("xs", xs, {steps, batch, features}));
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g4}));
+  RETURN_IF_ERROR(expect_dims("cs", cs_in, {steps, batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("hs", hs_in, {steps, batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("acts", acts_in, {steps, batch, g4}));
+  RETURN_IF_ERROR(expect_dims("dhs", dhs_in, {steps, batch, hidden}));
+  if (has_dacts) RETURN_IF_ERROR(expect_dims("dacts", dacts_in, {steps, batch, g4}));
+  if (has_input) RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g4}));
+
+  const T* u = data<T>(recurrent_kernel);
+  const T* cs = data<T>(cs_in);
+  const T* hs = data<T>(hs_in);
+  const T* acts = data<T>(acts_in);
+  const T* dhs = data<T>(dhs_in);
+  const T* dacts = has_dacts ? data<T>(dacts_in) : nullptr;
+  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
+  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
+  T* dc = data<T>(dc0_out);
+  T* dh = data<T>(dh0_out);
+  std::memcpy(dc, data<T>(dc_last), sizeof(T) * batch * hidden);
+  std::memcpy(dh, data<T>(dh_last), sizeof(T) * batch * hidden);
+  T* dz = data<T>(dz_out);
+  std::vector<T> dh_rec(batch * hidden);
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t s = step_index(k, steps, reverse);
+    const int64_t p = previous_index(k, steps, reverse);
+    const T* c_prev = p < 0 ? data<T>(c0) : cs + p * batch * hidden;
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t row = s * batch + r;
+      const bool keep = v == nullptr || v[row];
+      const T* dar = dacts != nullptr ? dacts + row * g4 : nullptr;
+      T* dzr = dz + row * g4;
+      auto run = [&](auto with_dacts, auto kept) {
+        lstm_units_backward<T, decltype(with_dacts)::value, decltype(kept)::value>(
+            hidden, acts + row * g4, dar, cs + row * hidden, c_prev + r * hidden,
+            dhs + row * hidden, dc + r * hidden, dh + r * hidden, dzr, ov);
+      };
+      if (dar != nullptr) {
+        if (keep) run(std::true_type{}, std::true_type{});
+        else run(std::true_type{}, std::false_type{});
+      } else if (keep) {
+        run(std::false_type{}, std::true_type{});
+      } else {
+        run(std::false_type{}, std::false_type{});
+      }
+    }
+    gemm(false, true, batch, hidden, g4, T(1), dz + s * batch * g4, g4, u, g4, T(0),
+         dh_rec.data(), hidden);
+    for (int64_t r = 0; r < batch; ++r) {
+      // A held step passes its dh through to the step before, beside the recurrent part.
+      const T held = (v == nullptr || v[s * batch + r]) ? T(0) : T(1);
+      T* __restrict dhr = dh + r * hidden;
+      const T* __restrict rec = &dh_rec[r * hidden];
+      if (mask != nullptr) {
+        const T* __restrict mr = mask + r * hidden;
+        for (int64_t j = 0; j < hidden; ++j) dhr[j] = rec[j] * mr[j] + held * dhr[j];
+      } else {
+        for (int64_t j = 0; j < hidden; ++j) dhr[j] = rec[j] + held * dhr[j];
+      }
+    }
+  }
+
+  const int64_t rows = steps * batch;
+  std::vector<T> h_in(rows * hidden);
+  previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
+  gemm(true, false, hidden, g4, rows, T(1), h_in.data(), hidden, dz, g4, T(0), data<T>(du_out),
+       g4);
+  if (has_input) {
+    const T* x = data<T>(xs);
+    const T* w = data<T>(input_kernel);
+    gemm(true, false, features, g4, rows, T(1), x, features, dz, g4, T(0), data<T>(dw_out), g4);
+    column_sums(rows, g4, dz, g4, data<T>(db_out));
+    gemm(false, true, rows, features, g4, T(1), dz, g4, w, g4, T(0), data<T>(dx_out), features);
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU (reset applied after the recurrent matmul), forward
+//
+// a = x_t (+ x_t W + b);  hh = (h_{t-1} * mask) U;  m = hh_n + b_hn
+// r = sig(a_r + hh_r), z = sig(a_z + hh_z), n = tanh(a_n + r m), h_t = (1 - z) n + z h_{t-1}
+
+// One batch row of the GRU gate math; kUpdate false: the step is held (gates still computed).
+template <typename T, bool kValues, bool kGates, bool kUpdate>
+void gru_units(int64_t hidden, const T* __restrict a, const T* __restrict hh,
+               const T* __restrict bhn, T* __restrict h, T* __restrict values,
+               T* __restrict gates, const Overrides& ov) {
+  const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
+  const T or_ = ov.offset<T>(0), oz = ov.offset<T>(1);
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T m = hh[2 * hidden + j] + bhn[j];
+    const T sr = sigmoid(a[j] + hh[j]);
+    const T sz = sigmoid(a[hidden + j] + hh[hidden + j]);
+    const T r = sr * kr + or_;
+    const T z = sz * kz + oz;
+    const T n = tanh_act(a[2 * hidden + j] + r * m);
+    if (kValues) {
+      values[j] = r;
+      values[hidden + j] = z;
+      values[2 * hidden + j] = n;
+      values[3 * hidden + j] = m;
+    }
+    if (kGates) {
+      gates[j] = r;
+      gates[hidden + j] = z;
+    }
+    if (kUpdate) h[j] = (T(1) - z) * n + z * h[j];
+  }
+}
+
+template <typename T>
+ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                      const ffi::AnyBuffer& bias, const ffi::AnyBuffer& recurrent_kernel,
+                      const ffi::AnyBuffer& recurrent_bias, const ffi::AnyBuffer& h0,
+                      const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
+                      bool reverse, bool has_input, bool has_valid, bool has_mask,
+                      bool has_recurrent_bias, const Overrides& ov,
+                      ffi::Result<ffi::AnyBuffer>& h_last, ffi::Result<ffi::AnyBuffer>& hs_out,
+                      ffi::Result<ffi::AnyBuffer>& values_out,
+                      ffi::Result<ffi::AnyBuffer>& gates_out) {
+  auto xd = xs.dimensions();
+  if (xd.size() != 3) return shape_error("xs must be [time, batch, features]; got " + dims_string(xs));
+  const int64_t steps = xd[0], batch = xd[1], features = xd[2];
+  const int64_t hidden = recurrent_kernel.dimensions()[0];
+  const int64_t g3 = 3 * hidden;
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g3}));
+  RETURN_IF_ERROR(expect_dims("h0", h0, {batch, hidden}));
+  if (has_input) {
+    RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g3}));
+    RETURN_IF_ERROR(expect_dims("bias", bias, {g3}));
+  } else if (features != g3) {
+    return shape_error("xs (pre-projected) has shape " + dims_string(xs) +
+                       "; expected last dimension 3 * hidden = " + std::to_string(g3));
+  }
+  if (has_recurrent_bias) RETURN_IF_ERROR(expect_dims("recurrent_bias", recurrent_bias, {hidden}));
+  if (has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {steps, batch}));
+  if (has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", recurrent_mask, {batch, hidden}));
+  const bool keep_values = values_out->element_count() > 0;
+  const bool keep_gates = gates_out->element_count() > 0;
+
+  const T* x = data<T>(xs);
+  const T* w = has_input ? data<T>(input_kernel) : nullptr;
+  const T* b = has_input ? data<T>(bias) : nullptr;
+  const T* u = data<T>(recurrent_kernel);
+  const T* bhn = has_recurrent_bias ? data<T>(recurrent_bias) : nullptr;
+  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
+  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
+  T* h = data<T>(h_last);
+  std::memcpy(h, data<T>(h0), sizeof(T) * batch * hidden);
+  T* hs = data<T>(hs_out);
+  T* values = keep_values ? data<T>(values_out) : nullptr;
+  T* gates = keep_gates ? data<T>(gates_out) : nullptr;
+
+  std::vector<T> a(has_input ? batch * g3 : 0);
+  std::vector<T> hh(batch * g3);
+  std::vector<T> h_in(has_mask ? batch * hidden : 0);
+  std::vector<T> zero_bias(hidden, T(0));
+  if (bhn == nullptr) bhn = zero_bias.data();
+  for (int64_t k = 0; k < steps; ++k) {
+    const int64_t s = step_index(k, steps, reverse);
+    const T* ap = x + s * batch * features;
+    if (has_input) {
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(&a[r * g3], b, sizeof(T) * g3);
+      gemm(false, false, batch, g3, features, T(1), ap, features, w, g3, T(1), a.data(), g3);
+      ap = a.data();
+    }
+    const T* hp = h;
+    if (has_mask) {
+      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h[i] * mask[i];
+      hp = h_in.data();
+    }
+    gemm(false, false, batch, g3, hidden, T(1), hp, hidden, u, g3, T(0), hh.data(), g3);
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t row = s * batch + r;
+      const bool keep = v == nullptr || v[row];
+      T* vr = keep_values ? values + row * 4 * hidden : nullptr;
+      T* gr = keep_gates ? gates + row * 2 * hidden : nullptr;
+      auto run = [&](auto with_values, auto with_gates, auto kept) {
+        gru_units<T, decltype(with_values)::value, decltype(with_gates)::value,
+                  decltype(kept)::value>(hidden, ap + r * g3, &hh[r * g3], bhn, h + r * hidden,
+                                         vr, gr, ov);
+      };
+      const std::true_type yes;
+      const std::false_type no;
+      if (vr != nullptr) {
+        if (gr != nullptr) keep ? run(yes, yes, yes) : run(yes, yes, no);
+        else keep ? run(yes, no, yes) : run(yes, no, no);
+      } else if (gr != nullptr) {
+        keep ? run(no, yes, yes) : run(no, yes, no);
+      } else if (keep) {
+        run(no, no, yes);
+      }
+    }
+    std::memcpy(hs + s * batch * hidden, h, sizeof(T) * batch * hidden);
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU backward
+//
+// d_an = dh (1 - z)(1 - n^2); d_r = d_an m; d_z = dh (h_{t-1} - n) (+ the gates' cotangent);
+// d_ar = d_r r (1 - r), d_az = d_z z (1 - z) (0 for a constant gate);
+// d_hh = [d_ar, d_az, d_an r]; dh_prev = dh z + (d_hh U^T) * mask.
+// dx = [d_ar, d_az, d_an] is the gradient of the projected inputs. After the loop:
+// dU = H_in^T d_hh (two GEMMs: the first two blocks of d_hh are those of dx), d b_hn = sum d_an r.
+
+// One batch row of the GRU backward gate math. kKeep false: the step was held, so only the
+// gates' own cotangent reaches the pre-activations and dh passes through.
+template <typename T, bool kDgates, bool kKeep>
+void gru_units_backward(int64_t hidden, const T* __restrict values, const T* __restrict dgates,
+                        const T* __restrict h_prev, const T* __restrict dh_out,
+                        const T* __restrict dh, T* __restrict dx, T* __restrict d_hh,
+                        T* __restrict dn_r, T* __restrict direct, const Overrides& ov) {
+  const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T dh_acc = dh[j] + dh_out[j];
+    const T dh_step = kKeep ? dh_acc : T(0);
+    const T r = values[j], z = values[hidden + j], n = values[2 * hidden + j];
+    const T m = values[3 * hidden + j];
+    const T d_an = dh_step * (T(1) - z) * (T(1) - n * n);
+    T d_r = d_an * m;
+    T d_z = dh_step * (h_prev[j] - n);
+    if (kDgates) {
+      d_r = d_r + dgates[j];
+      d_z = d_z + dgates[hidden + j];
+    }
+    const T ar = d_r * r * (T(1) - r);
+    const T az = d_z * z * (T(1) - z);
+    const T d_ar = ar * kr;
+    const T d_az = az * kz;
+    const T d_nr = d_an * r;
+    dx[j] = d_ar;
+    dx[hidden + j] = d_az;
+    dx[2 * hidden + j] = d_an;
+    d_hh[j] = d_ar;
+    d_hh[hidden + j] = d_az;
+    d_hh[2 * hidden + j] = d_nr;
+    dn_r[j] = d_nr;
+    direct[j] = kKeep ? dh_step * z : dh_acc;
+  }
+}
+
+template <typename T>
+ffi::Error GruBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                       const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& h0,
+                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
+                       const ffi::AnyBuffer& hs_in, const ffi::AnyBuffer& values_in,
+                       const ffi::AnyBuffer& dh_last, const ffi::AnyBuffer& dhs_in,
+                       const ffi::AnyBuffer& dgates_in, bool reverse, bool has_input,
+                       bool has_valid, bool has_mask, bool has_recurrent_bias, bool has_dgates,
+                       const Overrides& ov, ffi::Result<ffi::AnyBuffer>& dh0_out,
+                       ffi::Result<ffi::AnyBuffer>& dxp_out, ffi::Result<ffi::AnyBuffer>& du_out,
+                       ffi::Result<ffi::AnyBuffer>& dbhn_out, ffi::Result<ffi::AnyBuffer>& dw_out,
+                       ffi::Result<ffi::AnyBuffer>& db_out, ffi::Result<ffi::AnyBuffer>& dx_out) {
+  auto hd = hs_in.dimensions();
+  if (hd.size() != 3) return shape_error("hs must be [time, batch, hidden]; got " + dims_string(hs_in));
+  const int64_t steps = hd[0], batch = hd[1];
+  const int64_t hidden = recurrent_kernel.dimensions()[0];
+  const int64_t g3 = 3 * hidden;
+  const int64_t features = has_input ? input_kernel.dimensions()[0] : g3;
+  if (has_input) RETURN_IF_ERROR(expect_dims("xs", xs, {steps, batch, features}));
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g3}));
+  RETURN_IF_ERROR(expect_dims("hs", hs_in, {steps, batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("values", values_in, {steps, batch, 4 * hidden}));
+  RETURN_IF_ERROR(expect_dims("dhs", dhs_in, {steps, batch, hidden}));
+  if (has_dgates) RETURN_IF_ERROR(expect_dims("dgates", dgates_in, {steps, batch, 2 * hidden}));
+  if (has_input) RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g3}));
+
+  const T* u = data<T>(recurrent_kernel);
+  const T* hs = data<T>(hs_in);
+  const T* values = data<T>(values_in);
+  const T* dhs = data<T>(dhs_in);
+  const T* dgates = has_dgates ? data<T>(dgates_in) : nullptr;
+  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
+  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
+  T* dh = data<T>(dh0_out);
+  std::memcpy(dh, data<T>(dh_last), sizeof(T) * batch * hidden);
+  T* dxp = data<T>(dxp_out);
+  const int64_t rows = steps * batch;
+  std::vector<T> dn_r(rows * hidden);  // d_an * r: the last block of d_hh, for dU after the loop
+  std::vector<T> d_hh(batch * g3);
+  std::vector<T> direct(batch * hidden);  // dh z (+ dh where the step is held)
+  std::vector<T> dh_rec(batch * hidden);
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t s = step_index(k, steps, reverse);
+    const int64_t p = previous_index(k, steps, reverse);
+    const T* h_prev = p < 0 ? data<T>(h0) : hs + p * batch * hidden;
+    for (int64_t r = 0; r < batch; ++r) {
+      const int64_t row = s * batch + r;
+      const bool keep = v == nullptr || v[row];
+      const T* dgr = dgates != nullptr ? dgates + row * 2 * hidden : nullptr;
+      auto run = [&](auto with_dgates, auto kept) {
+        gru_units_backward<T, decltype(with_dgates)::value, decltype(kept)::value>(
+            hidden, values + row * 4 * hidden, dgr, h_prev + r * hidden, dhs + row * hidden,
+            dh + r * hidden, dxp + row * g3, &d_hh[r * g3], &dn_r[row * hidden],
+            &direct[r * hidden], ov);
+      };
+      const std::true_type yes;
+      const std::false_type no;
+      if (dgr != nullptr) keep ? run(yes, yes) : run(yes, no);
+      else keep ? run(no, yes) : run(no, no);
+    }
+    gemm(false, true, batch, hidden, g3, T(1), d_hh.data(), g3, u, g3, T(0), dh_rec.data(),
+         hidden);
+    for (int64_t i = 0; i < batch * hidden; ++i) {
+      const T rec = mask != nullptr ? dh_rec[i] * mask[i] : dh_rec[i];
+      dh[i] = direct[i] + rec;
+    }
+  }
+
+  std::vector<T> h_in(rows * hidden);
+  previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
+  T* du = data<T>(du_out);
+  gemm(true, false, hidden, 2 * hidden, rows, T(1), h_in.data(), hidden, dxp, g3, T(0), du, g3);
+  gemm(true, false, hidden, hidden, rows, T(1), h_in.data(), hidden, dn_r.data(), hidden, T(0),
+       du + 2 * hidden, g3);
+  if (has_recurrent_bias) column_sums(rows, hidden, dn_r.data(), hidden, data<T>(dbhn_out));
+  if (has_input) {
+    const T* x = data<T>(xs);
+    const T* w = data<T>(input_kernel);
+    gemm(true, false, features, g3, rows, T(1), x, features, dxp, g3, T(0), data<T>(dw_out), g3);
+    column_sums(rows, g3, dxp, g3, data<T>(db_out));
+    gemm(false, true, rows, features, g3, T(1), dxp, g3, w, g3, T(0), data<T>(dx_out), features);
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dtype dispatch and FFI bindings
+
+ffi::Error dtype_error(const char* handler, const ffi::AnyBuffer& b) {
+  return ffi::Error::InvalidArgument(std::string(handler) +
+                                     ": the arrays must be float32 or float64; got XLA dtype " +
+                                     std::to_string(static_cast<int>(b.element_type())));
+}
+
+Overrides make_overrides(int64_t mask, double v0, double v1, double v2) {
+  return Overrides{{(mask & 1) != 0, (mask & 2) != 0, (mask & 4) != 0}, {v0, v1, v2}};
+}
+
+ffi::Error LstmForwardDispatch(ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                               ffi::AnyBuffer u, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
+                               ffi::AnyBuffer valid, ffi::AnyBuffer mask, int64_t reverse,
+                               int64_t has_input, int64_t has_valid, int64_t has_mask,
+                               int64_t override_mask, double o0, double o1, double o2,
+                               ffi::Result<ffi::AnyBuffer> c_last,
+                               ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> hs,
+                               ffi::Result<ffi::AnyBuffer> acts, ffi::Result<ffi::AnyBuffer> cs) {
+  const Overrides ov = make_overrides(override_mask, o0, o1, o2);
+  switch (xs.element_type()) {
+    case ffi::DataType::F32:
+      return LstmForward<float>(xs, w, b, u, c0, h0, valid, mask, reverse, has_input, has_valid,
+                                has_mask, ov, c_last, h_last, hs, acts, cs);
+    case ffi::DataType::F64:
+      return LstmForward<double>(xs, w, b, u, c0, h0, valid, mask, reverse, has_input, has_valid,
+                                 has_mask, ov, c_last, h_last, hs, acts, cs);
+    default:
+      return dtype_error("gatenets_lstm_forward", xs);
+  }
+}
+
+ffi::Error LstmBackwardDispatch(
+    ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer u, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
+    ffi::AnyBuffer valid, ffi::AnyBuffer mask, ffi::AnyBuffer cs, ffi::AnyBuffer hs,
+    ffi::AnyBuffer acts, ffi::AnyBuffer dc_last, ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs,
+    ffi::AnyBuffer dacts, int64_t reverse, int64_t has_input, int64_t has_valid,
+    int64_t has_mask, int64_t has_dacts, int64_t override_mask, double o0, double o1, double o2,
+    ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dh0,
+    ffi::Result<ffi::AnyBuffer> dz, ffi::Result<ffi::AnyBuffer> du, ffi::Result<ffi::AnyBuffer> dw,
+    ffi::Result<ffi::AnyBuffer> db, ffi::Result<ffi::AnyBuffer> dx) {
+  const Overrides ov = make_overrides(override_mask, o0, o1, o2);
+  switch (hs.element_type()) {
+    case ffi::DataType::F32:
+      return LstmBackward<float>(xs, w, u, c0, h0, valid, mask, cs, hs, acts, dc_last, dh_last,
+                                 dhs, dacts, reverse, has_input, has_valid, has_mask, has_dacts,
+                                 ov, dc0, dh0, dz, du, dw, db, dx);
+    case ffi::DataType::F64:
+      return LstmBackward<double>(xs, w, u, c0, h0, valid, mask, cs, hs, acts, dc_last, dh_last,
+                                  dhs, dacts, reverse, has_input, has_valid, has_mask, has_dacts,
+                                  ov, dc0, dh0, dz, du, dw, db, dx);
+    default:
+      return dtype_error("gatenets_lstm_backward", hs);
+  }
+}
+
+ffi::Error GruForwardDispatch(ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                              ffi::AnyBuffer u, ffi::AnyBuffer bhn, ffi::AnyBuffer h0,
+                              ffi::AnyBuffer valid, ffi::AnyBuffer mask, int64_t reverse,
+                              int64_t has_input, int64_t has_valid, int64_t has_mask,
+                              int64_t has_recurrent_bias, int64_t override_mask, double o0,
+                              double o1, ffi::Result<ffi::AnyBuffer> h_last,
+                              ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> values,
+                              ffi::Result<ffi::AnyBuffer> gates) {
+  const Overrides ov = make_overrides(override_mask, o0, o1, 0.0);
+  switch (xs.element_type()) {
+    case ffi::DataType::F32:
+      return GruForward<float>(xs, w, b, u, bhn, h0, valid, mask, reverse, has_input, has_valid,
+                               has_mask, has_recurrent_bias, ov, h_last, hs, values, gates);
+    case ffi::DataType::F64:
+      return GruForward<double>(xs, w, b, u, bhn, h0, valid, mask, reverse, has_input, has_valid,
+                                has_mask, has_recurrent_bias, ov, h_last, hs, values, gates);
+    default:
+      return dtype_error("gatenets_gru_forward", xs);
+  }
+}
+
+ffi::Error GruBackwardDispatch(
+    ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer u, ffi::AnyBuffer h0,
+    ffi::AnyBuffer valid, ffi::AnyBuffer mask, ffi::AnyBuffer hs, ffi::AnyBuffer values,
+    ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs, ffi::AnyBuffer dgates, int64_t reverse,
+    int64_t has_input, int64_t has_valid, int64_t has_mask, int64_t has_recurrent_bias,
+    int64_t has_dgates, int64_t override_mask, double o0, double o1,
+    ffi::Result<ffi::AnyBuffer> dh0, ffi::Result<ffi::AnyBuffer> dxp,
+    ffi::Result<ffi::AnyBuffer> du, ffi::Result<ffi::AnyBuffer> dbhn,
+    ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db,
+    ffi::Result<ffi::AnyBuffer> dx) {
+  const Overrides ov = make_overrides(override_mask, o0, o1, 0.0);
+  switch (hs.element_type()) {
+    case ffi::DataType::F32:
+      return GruBackward<float>(xs, w, u, h0, valid, mask, hs, values, dh_last, dhs, dgates,
+                                reverse, has_input, has_valid, has_mask, has_recurrent_bias,
+                                has_dgates, ov, dh0, dxp, du, dbhn, dw, db, dx);
+    case ffi::DataType::F64:
+      return GruBackward<double>(xs, w, u, h0, valid, mask, hs, values, dh_last, dhs, dgates,
+                                 reverse, has_input, has_valid, has_mask, has_recurrent_bias,
+                                 has_dgates, ov, dh0, dxp, du, dbhn, dw, db, dx);
+    default:
+      return dtype_error("gatenets_gru_backward", hs);
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmForward, LstmForwardDispatch,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // bias
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_kernel
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // valid
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_mask
+                                  .Attr<int64_t>("reverse")
+                                  .Attr<int64_t>("has_input")
+                                  .Attr<int64_t>("has_valid")
+                                  .Attr<int64_t>("has_mask")
+                                  .Attr<int64_t>("override_mask")
+                                  .Attr<double>("override_0")
+                                  .Attr<double>("override_1")
+                                  .Attr<double>("override_2")
+                                  .Ret<ffi::AnyBuffer>()   // c_last
+                                  .Ret<ffi::AnyBuffer>()   // h_last
+                                  .Ret<ffi::AnyBuffer>()   // hs
+                                  .Ret<ffi::AnyBuffer>()   // acts (or empty)
+                                  .Ret<ffi::AnyBuffer>());  // cs (or empty)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmBackward, LstmBackwardDispatch,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_kernel
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // valid
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_mask
+                                  .Arg<ffi::AnyBuffer>()  // cs
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // acts
+                                  .Arg<ffi::AnyBuffer>()  // dc_last
+                                  .Arg<ffi::AnyBuffer>()  // dh_last
+                                  .Arg<ffi::AnyBuffer>()  // dhs
+                                  .Arg<ffi::AnyBuffer>()  // dacts
+                                  .Attr<int64_t>("reverse")
+                                  .Attr<int64_t>("has_input")
+                                  .Attr<int64_t>("has_valid")
+                                  .Attr<int64_t>("has_mask")
+                                  .Attr<int64_t>("has_dacts")
+                                  .Attr<int64_t>("override_mask")
+                                  .Attr<double>("override_0")
+                                  .Attr<double>("override_1")
+                                  .Attr<double>("override_2")
+                                  .Ret<ffi::AnyBuffer>()   // dc0
+                                  .Ret<ffi::AnyBuffer>()   // dh0
+                                  .Ret<ffi::AnyBuffer>()   // dz
+                                  .Ret<ffi::AnyBuffer>()   // d recurrent_kernel
+                                  .Ret<ffi::AnyBuffer>()   // d input_kernel (or empty)
+                                  .Ret<ffi::AnyBuffer>()   // d bias (or empty)
+                                  .Ret<ffi::AnyBuffer>());  // d xs raw (or empty)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruForward, GruForwardDispatch,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // bias
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_kernel
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_bias
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // valid
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_mask
+                                  .Attr<int64_t>("reverse")
+                                  .Attr<int64_t>("has_input")
+                                  .Attr<int64_t>("has_valid")
+                                  .Attr<int64_t>("has_mask")
+                                  .Attr<int64_t>("has_recurrent_bias")
+                                  .Attr<int64_t>("override_mask")
+                                  .Attr<double>("override_0")
+                                  .Attr<double>("override_1")
+                                  .Ret<ffi::AnyBuffer>()   // h_last
+                                  .Ret<ffi::AnyBuffer>()   // hs
+                                  .Ret<ffi::AnyBuffer>()   // values r, z, n, m (or empty)
+                                  .Ret<ffi::AnyBuffer>());  // gates r, z (or empty)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruBackward, GruBackwardDispatch,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // xs
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_kernel
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // valid
+                                  .Arg<ffi::AnyBuffer>()  // recurrent_mask
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // values
+                                  .Arg<ffi::AnyBuffer>()  // dh_last
+                                  .Arg<ffi::AnyBuffer>()  // dhs
+                                  .Arg<ffi::AnyBuffer>()  // dgates
+                                  .Attr<int64_t>("reverse")
+                                  .Attr<int64_t>("has_input")
+                                  .Attr<int64_t>("has_valid")
+                                  .Attr<int64_t>("has_mask")
+                                  .Attr<int64_t>("has_recurrent_bias")
+                                  .Attr<int64_t>("has_dgates")
+                                  .Attr<int64_t>("override_mask")
+                                  .Attr<double>("override_0")
+                                  .Attr<double>("override_1")
+                                  .Ret<ffi::AnyBuffer>()   // dh0
+                                  .Ret<ffi::AnyBuffer>()   // d projected inputs
+                                  .Ret<ffi::AnyBuffer>()   // d recurrent_kernel
+                                  .Ret<ffi::AnyBuffer>()   // d recurrent_bias (or empty)
+                                  .Ret<ffi::AnyBuffer>()   // d input_kernel (or empty)
+                                  .Ret<ffi::AnyBuffer>()   // d bias (or empty)
+                                  .Ret<ffi::AnyBuffer>());  // d xs raw (or empty)
