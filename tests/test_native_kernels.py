@@ -39,13 +39,14 @@ CONFIGS = {
     "overrides+gates+mask+batch1": {
         "valid": True,
         "gates": True,
-        "overrides": True,
+        # LSTM: forget and output gates constant; GRU: the reset gate.
+        "overrides": {"lstm": (None, 0.75, 0.5), "gru": (0.25, None)},
         "batch": 1,
     },
     "inside+overrides+reverse+bias": {
         "inside": True,
         "reverse": True,
-        "overrides": True,
+        "overrides": {"lstm": (0.25, 0.75, None), "gru": (None, 0.5)},
         "recurrent_bias": True,
     },
 }
@@ -132,7 +133,7 @@ def _lstm_case(config, dtype=jnp.float32, steps=T):
             else None
         ),
         "reverse": config.get("reverse", False),
-        "overrides": (None, 0.75, 0.5) if config.get("overrides") else (None, None, None),
+        "overrides": config.get("overrides", {}).get("lstm", (None, None, None)),
     }
     return params, static
 
@@ -158,7 +159,7 @@ def _gru_case(config, dtype=jnp.float32, steps=T):
             else None
         ),
         "reverse": config.get("reverse", False),
-        "overrides": (0.25, 0.5) if config.get("overrides") else (None, None),
+        "overrides": config.get("overrides", {}).get("gru", (None, None)),
     }
     return params, static
 
@@ -240,6 +241,20 @@ def test_native_matches_jax_kernel_and_scan(cell, config_name):
     # A gradient that vanished would pass both comparisons without testing anything.
     for name, grad in got["native"][1].items():
         assert float(jnp.abs(grad).max()) > 0, name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_long_sequence_crosses_input_projection_chunks(cell):
+    # The loop projects the inputs ~512 rows at a time: 200 steps of batch 3 take two chunks
+    # (forward for the LSTM, reverse for the GRU, so both chunk walks are checked).
+    config = {"inside": True, "reverse": cell == "gru", "valid": False}
+    case, make_loss = (_lstm_case, _lstm_loss) if cell == "lstm" else (_gru_case, _gru_loss)
+    params, static = case(config, steps=200)
+    results = [
+        jax.jit(jax.value_and_grad(make_loss(kind, False, static)))(params)
+        for kind in ("native", "fused")
+    ]
+    _compare(results, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -336,6 +351,12 @@ def test_applies_and_errors_name_the_argument():
         native.gru_sequence_native(xs[..., :4], u[:, :18], h0, input_kernel=u[:4, :18])
     with pytest.raises(ValueError, match=r"valid must have shape \(5, 3\); got \(3, 5\)"):
         native.gru_sequence_native(xs[..., :18], u[:, :18], h0, jnp.ones((3, 5), bool))
+    threads = native.blas_threads()
+    native.set_blas_threads(1)
+    assert native.blas_threads() == 1
+    native.set_blas_threads(threads)
+    with pytest.raises(ValueError, match=r"thread count must be at least 1; got 0"):
+        native.set_blas_threads(0)
 
 
 def test_unavailable_reports_why(monkeypatch):

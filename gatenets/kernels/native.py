@@ -51,8 +51,10 @@ from gatenets._typing import Array
 __all__ = [
     "applies",
     "available",
+    "blas_threads",
     "gru_sequence_native",
     "lstm_sequence_native",
+    "set_blas_threads",
     "unavailable_reason",
 ]
 
@@ -188,12 +190,48 @@ def available() -> bool:
                     handler = jax.ffi.pycapsule(getattr(library, symbol))
                     jax.ffi.register_ffi_target(name, handler, platform="cpu")
                 _state["library"] = library
+                import scipy_openblas32
+
+                _state["blas"] = ctypes.CDLL(
+                    os.path.join(
+                        scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so"
+                    )
+                )
+                if os.environ.get("GATENETS_NATIVE_THREADS"):
+                    _set_threads(int(os.environ["GATENETS_NATIVE_THREADS"]))
                 ok = True
                 unavailable_reason = ""
             except Exception as error:  # any failure means: use the JAX kernels
                 unavailable_reason = f"{type(error).__name__}: {error}"
         _state["ok"] = ok
         return ok
+
+
+def _set_threads(count: int) -> None:
+    if count < 1:
+        raise ValueError(f"the BLAS thread count must be at least 1; got {count}.")
+    _state["blas"].scipy_openblas_set_num_threads(ctypes.c_int(count))
+
+
+def set_blas_threads(count: int) -> None:
+    """Sets how many threads OpenBLAS may use for the native kernels' matmuls.
+
+    OpenBLAS's default is one per core. Its idle threads spin, so on a machine busier than its
+    core count a multi-threaded per-step GEMM can run many times slower than a single thread;
+    ``GATENETS_NATIVE_THREADS=1`` (read when the kernels load) or ``set_blas_threads(1)`` avoids
+    that. Small matmuls run on one thread regardless.
+
+    Args:
+      count: threads, at least 1.
+    """
+    _require_available()
+    _set_threads(int(count))
+
+
+def blas_threads() -> int:
+    """The number of threads OpenBLAS uses for the native kernels' matmuls."""
+    _require_available()
+    return int(_state["blas"].scipy_openblas_get_num_threads())
 
 
 def applies(
