@@ -52,6 +52,11 @@ CONFIGS = {
 }
 
 
+def _valid(steps, batch):
+    """VALID's pattern repeated over as many sequences as ``batch``."""
+    return jnp.asarray(np.tile(VALID, (1, -(-batch // VALID.shape[1])))[:steps, :batch])
+
+
 def _random(shape, seed, dtype=jnp.float32):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * 0.5, dtype)
 
@@ -113,22 +118,22 @@ def _scan_gru(xs, u, h0, valid, *, recurrent_bias, input_kernel, bias, recurrent
 # Cases
 
 
-def _lstm_case(config, dtype=jnp.float32, steps=T):
+def _lstm_case(config, dtype=jnp.float32, steps=T, hidden=H):
     batch = config.get("batch", B)
-    features = I if config.get("inside") else 4 * H
+    features = I if config.get("inside") else 4 * hidden
     params = {
         "xs": _random((steps, batch, features), 0, dtype),
-        "u": _random((H, 4 * H), 1, dtype),
-        "c0": _random((batch, H), 2, dtype),
-        "h0": _random((batch, H), 3, dtype),
+        "u": _random((hidden, 4 * hidden), 1, dtype),
+        "c0": _random((batch, hidden), 2, dtype),
+        "h0": _random((batch, hidden), 3, dtype),
     }
     if config.get("inside"):
-        params["input_kernel"] = _random((I, 4 * H), 4, dtype)
-        params["bias"] = _random((4 * H,), 5, dtype)
+        params["input_kernel"] = _random((I, 4 * hidden), 4, dtype)
+        params["bias"] = _random((4 * hidden,), 5, dtype)
     static = {
-        "valid": jnp.asarray(VALID[:steps, :batch]) if config.get("valid") else None,
+        "valid": _valid(steps, batch) if config.get("valid") else None,
         "recurrent_mask": (
-            jnp.asarray(np.random.default_rng(6).integers(0, 2, (batch, H)) * 2.0, dtype)
+            jnp.asarray(np.random.default_rng(6).integers(0, 2, (batch, hidden)) * 2.0, dtype)
             if config.get("dropout")
             else None
         ),
@@ -138,23 +143,23 @@ def _lstm_case(config, dtype=jnp.float32, steps=T):
     return params, static
 
 
-def _gru_case(config, dtype=jnp.float32, steps=T):
+def _gru_case(config, dtype=jnp.float32, steps=T, hidden=H):
     batch = config.get("batch", B)
-    features = I if config.get("inside") else 3 * H
+    features = I if config.get("inside") else 3 * hidden
     params = {
         "xs": _random((steps, batch, features), 0, dtype),
-        "u": _random((H, 3 * H), 1, dtype),
-        "h0": _random((batch, H), 3, dtype),
+        "u": _random((hidden, 3 * hidden), 1, dtype),
+        "h0": _random((batch, hidden), 3, dtype),
     }
     if config.get("inside"):
-        params["input_kernel"] = _random((I, 3 * H), 4, dtype)
-        params["bias"] = _random((3 * H,), 5, dtype)
+        params["input_kernel"] = _random((I, 3 * hidden), 4, dtype)
+        params["bias"] = _random((3 * hidden,), 5, dtype)
     if config.get("recurrent_bias"):
-        params["recurrent_bias"] = _random((H,), 7, dtype)
+        params["recurrent_bias"] = _random((hidden,), 7, dtype)
     static = {
-        "valid": jnp.asarray(VALID[:steps, :batch]) if config.get("valid") else None,
+        "valid": _valid(steps, batch) if config.get("valid") else None,
         "recurrent_mask": (
-            jnp.asarray(np.random.default_rng(6).integers(0, 2, (batch, H)) * 2.0, dtype)
+            jnp.asarray(np.random.default_rng(6).integers(0, 2, (batch, hidden)) * 2.0, dtype)
             if config.get("dropout")
             else None
         ),
@@ -258,6 +263,28 @@ def test_long_sequence_crosses_input_projection_chunks(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_threads_split_the_hidden_units_without_changing_results(cell):
+    # Hidden 128 at batch 8 is over the ~1 MFLOP per step from which the loops split the units:
+    # three threads take 48, 48 and 32 of them (whole 16-unit blocks).
+    config = {"inside": True, "valid": True, "gates": True, "dropout": True, "reverse": True}
+    case, make_loss = (_lstm_case, _lstm_loss) if cell == "lstm" else (_gru_case, _gru_loss)
+    params, static = case(dict(config, batch=8), steps=4, hidden=128)
+    native_grad = jax.jit(jax.value_and_grad(make_loss("native", True, static)))
+    threads = native.threads()
+    try:
+        native.set_threads(1)
+        single = native_grad(params)
+        native.set_threads(3)
+        split = native_grad(params)
+    finally:
+        native.set_threads(threads)
+    _compare([split, single], rtol=1e-6, atol=1e-7)
+    fused = jax.jit(jax.value_and_grad(make_loss("fused", True, static)))(params)
+    # Gradients reach ~10 here, and the two kernels sum 384-term products in different orders.
+    _compare([split, fused], rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_empty_sequence_returns_the_initial_carry_and_its_gradient(cell):
     config = {"inside": True, "valid": True, "gates": True}
     case, make_loss = (_lstm_case, _lstm_loss) if cell == "lstm" else (_gru_case, _gru_loss)
@@ -351,12 +378,12 @@ def test_applies_and_errors_name_the_argument():
         native.gru_sequence_native(xs[..., :4], u[:, :18], h0, input_kernel=u[:4, :18])
     with pytest.raises(ValueError, match=r"valid must have shape \(5, 3\); got \(3, 5\)"):
         native.gru_sequence_native(xs[..., :18], u[:, :18], h0, jnp.ones((3, 5), bool))
-    threads = native.blas_threads()
-    native.set_blas_threads(1)
-    assert native.blas_threads() == 1
-    native.set_blas_threads(threads)
+    threads = native.threads()
+    native.set_threads(1)
+    assert native.threads() == 1
+    native.set_threads(threads)
     with pytest.raises(ValueError, match=r"thread count must be at least 1; got 0"):
-        native.set_blas_threads(0)
+        native.set_threads(0)
 
 
 def test_unavailable_reports_why(monkeypatch):

@@ -51,10 +51,10 @@ from gatenets._typing import Array
 __all__ = [
     "applies",
     "available",
-    "blas_threads",
     "gru_sequence_native",
     "lstm_sequence_native",
-    "set_blas_threads",
+    "set_threads",
+    "threads",
     "unavailable_reason",
 ]
 
@@ -190,15 +190,7 @@ def available() -> bool:
                     handler = jax.ffi.pycapsule(getattr(library, symbol))
                     jax.ffi.register_ffi_target(name, handler, platform="cpu")
                 _state["library"] = library
-                import scipy_openblas32
-
-                _state["blas"] = ctypes.CDLL(
-                    os.path.join(
-                        scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so"
-                    )
-                )
-                if os.environ.get("GATENETS_NATIVE_THREADS"):
-                    _set_threads(int(os.environ["GATENETS_NATIVE_THREADS"]))
+                _configure_threads(library)
                 ok = True
                 unavailable_reason = ""
             except Exception as error:  # any failure means: use the JAX kernels
@@ -207,31 +199,54 @@ def available() -> bool:
         return ok
 
 
-def _set_threads(count: int) -> None:
+def _configure_threads(library) -> None:
+    """OpenBLAS single-threaded (the loops split the hidden units among their own threads);
+    as many loop threads as ``GATENETS_NATIVE_THREADS`` says, else the usable cores (at most 8).
+    """
+    import scipy_openblas32
+
+    blas = ctypes.CDLL(
+        os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
+    )
+    blas.scipy_openblas_set_num_threads(ctypes.c_int(1))
+    setting = os.environ.get("GATENETS_NATIVE_THREADS", "").strip()
+    if setting:
+        count = int(setting)
+    else:
+        cores = (
+            os.sched_getaffinity(0)
+            if hasattr(os, "sched_getaffinity")
+            else range(os.cpu_count() or 1)
+        )
+        count = min(len(cores), 8)
+    _set_threads(library, count)
+
+
+def _set_threads(library, count: int) -> None:
     if count < 1:
-        raise ValueError(f"the BLAS thread count must be at least 1; got {count}.")
-    _state["blas"].scipy_openblas_set_num_threads(ctypes.c_int(count))
+        raise ValueError(f"the thread count must be at least 1; got {count}.")
+    library.gatenets_native_set_threads(ctypes.c_int(count))
 
 
-def set_blas_threads(count: int) -> None:
-    """Sets how many threads OpenBLAS may use for the native kernels' matmuls.
+def set_threads(count: int) -> None:
+    """Sets how many threads the native loops share each step among.
 
-    OpenBLAS's default is one per core. Its idle threads spin, so on a machine busier than its
-    core count a multi-threaded per-step GEMM can run many times slower than a single thread;
-    ``GATENETS_NATIVE_THREADS=1`` (read when the kernels load) or ``set_blas_threads(1)`` avoids
-    that. Small matmuls run on one thread regardless.
+    Each thread multiplies by its own columns of the recurrent kernel and runs the gate math of
+    its own hidden units, one fork-join per step (two in the backward loop); the matmuls after
+    the loops are split by columns too. Shapes under about 1 MFLOP per step run on one thread.
+    The default is ``GATENETS_NATIVE_THREADS`` if set, else the usable cores (at most 8).
 
     Args:
       count: threads, at least 1.
     """
     _require_available()
-    _set_threads(int(count))
+    _set_threads(_state["library"], int(count))
 
 
-def blas_threads() -> int:
-    """The number of threads OpenBLAS uses for the native kernels' matmuls."""
+def threads() -> int:
+    """How many threads the native loops use."""
     _require_available()
-    return int(_state["blas"].scipy_openblas_get_num_threads())
+    return int(_state["library"].gatenets_native_threads())
 
 
 def applies(

@@ -14,6 +14,11 @@
 // s = reverse ? T-1-k : k for k = 0..T-1.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -203,6 +208,146 @@ struct Overrides {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// Threads
+//
+// The hidden units are split across threads: at each step every thread multiplies h_{t-1} by its
+// own columns of U (one GEMM per gate block) and runs the gate math of its own units, so both the
+// matmul and the elementwise work are shared, with one fork-join per step (two in the backward
+// loop, whose recurrent matmul needs every unit's dz). OpenBLAS itself is kept single-threaded
+// (set from Python): its threads spin, and the split is coarser and cheaper than OpenBLAS's.
+//
+// Workers spin briefly for the next step, then sleep, so an idle pool costs nothing and a
+// busy machine is not flooded with spinning threads. One region runs at a time; an FFI call that
+// finds the pool busy (XLA may run two calls at once) runs its parts serially.
+
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool pool;
+    return pool;
+  }
+
+  int threads() const { return threads_.load(); }
+
+  void set_threads(int count) {
+    std::lock_guard<std::mutex> region(busy_);
+    count = std::max(1, std::min(count, 256));
+    while (static_cast<int>(workers_.size()) < count - 1) {
+      const int id = static_cast<int>(workers_.size()) + 1;
+      // The generation is read here, under the region lock, not in the new thread: a thread
+      // that starts late would otherwise take the next region's generation as already seen.
+      const uint64_t start = generation_.load(std::memory_order_acquire);
+      workers_.emplace_back([this, id, start] { Work(id, start); });
+    }
+    threads_.store(count);
+  }
+
+  // Calls fn(part) for part in [0, parts); the caller runs part 0.
+  template <typename F>
+  void run(int parts, F&& fn) {
+    if (parts <= 1) {
+      if (parts == 1) fn(0);
+      return;
+    }
+    std::unique_lock<std::mutex> region(busy_, std::try_to_lock);
+    if (!region.owns_lock() || parts > threads()) {
+      for (int p = 0; p < parts; ++p) fn(p);
+      return;
+    }
+    std::function<void(int)> task(std::ref(fn));
+    task_ = &task;
+    active_ = parts;
+    remaining_.store(parts - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    fn(0);
+    for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins > 2000) std::this_thread::yield();
+    }
+    task_ = nullptr;
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(wake_mutex_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    for (auto& worker : workers_) worker.join();
+  }
+
+ private:
+  Pool() = default;
+
+  void Work(int id, uint64_t seen) {
+    for (;;) {
+      uint64_t now = generation_.load(std::memory_order_acquire);
+      // About 50 microseconds of polling covers the gap between two steps; then sleep.
+      for (int spins = 0; now == seen && spins < 20000; ++spins) {
+        if (spins > 1000 && spins % 64 == 0) std::this_thread::yield();
+        now = generation_.load(std::memory_order_acquire);
+      }
+      if (now == seen) {
+        std::unique_lock<std::mutex> lock(wake_mutex_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        now = generation_.load(std::memory_order_acquire);
+      }
+      seen = now;
+      if (stop_) return;
+      if (id < active_) {
+        (*task_)(id);
+        remaining_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+
+  std::mutex busy_;
+  std::vector<std::thread> workers_;
+  std::atomic<int> threads_{1};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> remaining_{0};
+  std::function<void(int)>* task_ = nullptr;
+  int active_ = 0;
+  bool stop_ = false;
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+};
+
+// [0, count) cut into at most Pool::threads() ranges of whole 16-element blocks (full vectors
+// for the unit loops; fewer ranges when count is small).
+struct Split {
+  int64_t step;
+  int parts;
+  Split(int64_t count, int threads) {
+    const int64_t blocks = (count + 15) / 16;
+    const int64_t per = std::max<int64_t>(1, (blocks + threads - 1) / threads);
+    step = per * 16;
+    parts = count == 0 ? 0 : static_cast<int>((count + step - 1) / step);
+  }
+  int64_t begin(int part, int64_t count) const { return std::min(count, part * step); }
+  int64_t end(int part, int64_t count) const { return std::min(count, (part + 1) * step); }
+};
+
+inline int pool_threads() { return Pool::get().threads(); }
+
+// A GEMM with its output columns shared among the pool's threads.
+template <typename T>
+void gemm_cols(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+               const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  // Below ~1 MFLOP a second thread costs more than it saves.
+  const int threads = 2 * m * n * k < (int64_t(1) << 20) ? 1 : pool_threads();
+  const Split split(n, threads);
+  Pool::get().run(split.parts, [&](int part) {
+    const int64_t j0 = split.begin(part, n), j1 = split.end(part, n);
+    gemm(ta, tb, m, j1 - j0, k, T(1), a, lda, tb ? b + j0 * ldb : b + j0, ldb, beta, c + j0, ldc);
+  });
+}
+
 // Projects the inputs of several steps at once: the input kernel is packed by the BLAS once per
 // chunk instead of once per step, and a [chunk * batch, features] GEMM runs closer to peak than
 // per-step [batch, features] ones. Chunks are sized to about 512 rows and at most 8 MiB, so the
@@ -228,8 +373,8 @@ class InputProjection {
       hi_ = reverse_ ? s : std::min(steps_ - 1, s + chunk_ - 1);
       const int64_t rows = (hi_ - lo_ + 1) * batch_;
       for (int64_t r = 0; r < rows; ++r) std::memcpy(&buffer_[r * width_], b_, sizeof(T) * width_);
-      gemm(false, false, rows, width_, features_, T(1), x_ + lo_ * batch_ * features_, features_,
-           w_, width_, T(1), buffer_.data(), width_);
+      gemm_cols(false, false, rows, width_, features_, x_ + lo_ * batch_ * features_, features_,
+                w_, width_, T(1), buffer_.data(), width_);
     }
     return &buffer_[(s - lo_) * batch_ * width_];
   }
@@ -244,33 +389,11 @@ class InputProjection {
   std::vector<T> buffer_;
 };
 
-// One batch row of the LSTM gate math over all hidden units. kUpdate false: the step is held
-// (only the gates are computed, for return_gates and the backward pass).
-template <typename T, bool kActs, bool kUpdate>
-void lstm_units(int64_t hidden, const T* __restrict z, T* __restrict c, T* __restrict h,
-                T* __restrict acts, const Overrides& ov) {
-  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
-  const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
-  for (int64_t j = 0; j < hidden; ++j) {
-    const T si = sigmoid(z[j]);
-    const T sf = sigmoid(z[hidden + j]);
-    const T g = tanh_act(z[2 * hidden + j]);
-    const T so = sigmoid(z[3 * hidden + j]);
-    const T i = si * ki + oi;
-    const T f = sf * kf + of;
-    const T o = so * ko + oo;
-    if (kActs) {
-      acts[j] = i;
-      acts[hidden + j] = f;
-      acts[2 * hidden + j] = g;
-      acts[3 * hidden + j] = o;
-    }
-    if (kUpdate) {
-      const T c_new = f * c[j] + i * g;
-      c[j] = c_new;
-      h[j] = o * tanh_act(c_new);
-    }
-  }
+// Copies columns [j0, j1) of a [rows, width] block.
+template <typename T>
+void copy_cols(int64_t rows, int64_t width, int64_t j0, int64_t j1, const T* src, T* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * width + j0, src + r * width + j0, sizeof(T) * (j1 - j0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +401,40 @@ void lstm_units(int64_t hidden, const T* __restrict z, T* __restrict c, T* __res
 //
 // z = x_t (+ x_t W + b) + (h_{t-1} * mask) U;  [i, f, g, o] = [sig, sig, tanh, sig](z)
 // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  held where valid[t] is 0.
+
+// Units [0, count) of one batch row of the LSTM gate math; gate q of unit j is at
+// z[q * stride + j]. h_old is read and h_new written (the other threads still read h_old in
+// their matmul). kUpdate false: the step is held; only the gates are computed (return_gates and
+// the backward pass need them) and the state is copied through.
+template <typename T, bool kActs, bool kUpdate>
+void lstm_units(int64_t count, int64_t stride, const T* __restrict z, T* __restrict c,
+                const T* __restrict h_old, T* __restrict h_new, T* __restrict acts,
+                const Overrides& ov) {
+  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
+  const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
+  for (int64_t j = 0; j < count; ++j) {
+    const T si = sigmoid(z[j]);
+    const T sf = sigmoid(z[stride + j]);
+    const T g = tanh_act(z[2 * stride + j]);
+    const T so = sigmoid(z[3 * stride + j]);
+    const T i = si * ki + oi;
+    const T f = sf * kf + of;
+    const T o = so * ko + oo;
+    if (kActs) {
+      acts[j] = i;
+      acts[stride + j] = f;
+      acts[2 * stride + j] = g;
+      acts[3 * stride + j] = o;
+    }
+    if (kUpdate) {
+      const T c_new = f * c[j] + i * g;
+      c[j] = c_new;
+      h_new[j] = o * tanh_act(c_new);
+    } else {
+      h_new[j] = h_old[j];
+    }
+  }
+}
 
 template <typename T>
 ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
@@ -314,11 +471,12 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   const T* u = data<T>(recurrent_kernel);
   const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
   const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  // The carry lives in the outputs: they end up holding the final state.
+  // The cell state lives in its output; h alternates between two buffers.
   T* c = data<T>(c_last);
-  T* h = data<T>(h_last);
   std::memcpy(c, data<T>(c0), sizeof(T) * batch * hidden);
-  std::memcpy(h, data<T>(h0), sizeof(T) * batch * hidden);
+  std::vector<T> h_a(data<T>(h0), data<T>(h0) + batch * hidden), h_b(batch * hidden);
+  T* h_cur = h_a.data();
+  T* h_nxt = h_b.data();
   T* hs = data<T>(hs_out);
   T* acts = keep_acts ? data<T>(acts_out) : nullptr;
   T* cs = keep_cs ? data<T>(cs_out) : nullptr;
@@ -326,6 +484,8 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   std::vector<T> z_pre(has_input ? 0 : batch * g4);
   std::vector<T> h_in(has_mask ? batch * hidden : 0);
   InputProjection<T> projection(has_input, steps, batch, features, g4, reverse, x, w, b);
+  // One thread per ~1 MFLOP of recurrent matmul at least.
+  const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
     T* z;
@@ -335,30 +495,38 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
       z = z_pre.data();
       std::memcpy(z, x + s * batch * g4, sizeof(T) * batch * g4);
     }
-    const T* hp = h;
+    const T* hp = h_cur;
     if (has_mask) {
-      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h[i] * mask[i];
+      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h_cur[i] * mask[i];
       hp = h_in.data();
     }
-    gemm(false, false, batch, g4, hidden, T(1), hp, hidden, u, g4, T(1), z, g4);
-
-    for (int64_t r = 0; r < batch; ++r) {
-      const bool keep = v == nullptr || v[s * batch + r];
-      T* ar = keep_acts ? acts + (s * batch + r) * g4 : nullptr;
-      T* cr = c + r * hidden;
-      T* hr = h + r * hidden;
-      const T* zr = z + r * g4;
-      // Compile-time variants: a branch inside the unit loop would stop it vectorising.
-      if (ar != nullptr) {
-        if (keep) lstm_units<T, true, true>(hidden, zr, cr, hr, ar, ov);
-        else lstm_units<T, true, false>(hidden, zr, cr, hr, ar, ov);
-      } else if (keep) {
-        lstm_units<T, false, true>(hidden, zr, cr, hr, ar, ov);
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      for (int q = 0; q < 4; ++q) {
+        gemm(false, false, batch, j1 - j0, hidden, T(1), hp, hidden, u + q * hidden + j0, g4,
+             T(1), z + q * hidden + j0, g4);
       }
-    }
-    std::memcpy(hs + s * batch * hidden, h, sizeof(T) * batch * hidden);
-    if (keep_cs) std::memcpy(cs + s * batch * hidden, c, sizeof(T) * batch * hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        const bool keep = v == nullptr || v[s * batch + r];
+        T* ar = keep_acts ? acts + (s * batch + r) * g4 + j0 : nullptr;
+        const int64_t o = r * hidden + j0;
+        const T* zr = z + r * g4 + j0;
+        // Compile-time variants: a branch inside the unit loop would stop it vectorising.
+        if (ar != nullptr) {
+          if (keep) lstm_units<T, true, true>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
+          else lstm_units<T, true, false>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
+        } else if (keep) {
+          lstm_units<T, false, true>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
+        } else {
+          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * (j1 - j0));
+        }
+      }
+      copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
+      if (keep_cs) copy_cols(batch, hidden, j0, j1, c, cs + s * batch * hidden);
+    });
+    std::swap(h_cur, h_nxt);
   }
+  std::memcpy(data<T>(h_last), h_cur, sizeof(T) * batch * hidden);
   return ffi::Error::Success();
 }
 
@@ -371,36 +539,38 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
 // dh_prev = (dz U^T) * mask; dc_prev = dc_t f. After the loop: dU = H_in^T dz,
 // and with the projection inside the loop dW = X^T dz, db = sum dz, dX = dz W^T.
 
-// One batch row of the LSTM backward gate math. kKeep false: the step was held, so only the
-// gates' own cotangent reaches dz, and dc passes through unchanged.
+// Units [0, count) of one batch row of the LSTM backward gate math (gate q of unit j at
+// q * stride + j). kKeep false: the step was held, so only the gates' own cotangent reaches dz,
+// and dc passes through unchanged.
 template <typename T, bool kDacts, bool kKeep>
-void lstm_units_backward(int64_t hidden, const T* __restrict acts, const T* __restrict dacts,
-                         const T* __restrict c_t, const T* __restrict c_prev,
-                         const T* __restrict dh_out, T* __restrict dc, T* __restrict dh,
-                         T* __restrict dz, const Overrides& ov) {
+void lstm_units_backward(int64_t count, int64_t stride, const T* __restrict acts,
+                         const T* __restrict dacts, const T* __restrict c_t,
+                         const T* __restrict c_prev, const T* __restrict dh_out,
+                         T* __restrict dc, T* __restrict dh, T* __restrict dz,
+                         const Overrides& ov) {
   const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
-  for (int64_t j = 0; j < hidden; ++j) {
+  for (int64_t j = 0; j < count; ++j) {
     const T dh_acc = dh[j] + dh_out[j];
     dh[j] = dh_acc;
     const T dh_step = kKeep ? dh_acc : T(0);
     const T dc_step = kKeep ? dc[j] : T(0);
-    const T i = acts[j], f = acts[hidden + j], g = acts[2 * hidden + j], o = acts[3 * hidden + j];
+    const T i = acts[j], f = acts[stride + j], g = acts[2 * stride + j], o = acts[3 * stride + j];
     const T tanh_c = tanh_act(c_t[j]);
     const T dc_t = dc_step + dh_step * o * (T(1) - tanh_c * tanh_c);
     T di = dc_t * g, df = dc_t * c_prev[j], dg = dc_t * i, d_o = dh_step * tanh_c;
     if (kDacts) {
       di = di + dacts[j];
-      df = df + dacts[hidden + j];
-      dg = dg + dacts[2 * hidden + j];
-      d_o = d_o + dacts[3 * hidden + j];
+      df = df + dacts[stride + j];
+      dg = dg + dacts[2 * stride + j];
+      d_o = d_o + dacts[3 * stride + j];
     }
     const T zi = di * (i * (T(1) - i));
     const T zf = df * (f * (T(1) - f));
     const T zo = d_o * (o * (T(1) - o));
     dz[j] = zi * ki;
-    dz[hidden + j] = zf * kf;
-    dz[2 * hidden + j] = dg * (T(1) - g * g);
-    dz[3 * hidden + j] = zo * ko;
+    dz[stride + j] = zf * kf;
+    dz[2 * stride + j] = dg * (T(1) - g * g);
+    dz[3 * stride + j] = zo * ko;
     if (kKeep) dc[j] = dc_t * f;
   }
 }
@@ -449,56 +619,61 @@ ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ke
   std::memcpy(dh, data<T>(dh_last), sizeof(T) * batch * hidden);
   T* dz = data<T>(dz_out);
   std::vector<T> dh_rec(batch * hidden);
+  const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
+
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t s = step_index(k, steps, reverse);
     const int64_t p = previous_index(k, steps, reverse);
     const T* c_prev = p < 0 ? data<T>(c0) : cs + p * batch * hidden;
-    for (int64_t r = 0; r < batch; ++r) {
-      const int64_t row = s * batch + r;
-      const bool keep = v == nullptr || v[row];
-      const T* dar = dacts != nullptr ? dacts + row * g4 : nullptr;
-      T* dzr = dz + row * g4;
-      auto run = [&](auto with_dacts, auto kept) {
-        lstm_units_backward<T, decltype(with_dacts)::value, decltype(kept)::value>(
-            hidden, acts + row * g4, dar, cs + row * hidden, c_prev + r * hidden,
-            dhs + row * hidden, dc + r * hidden, dh + r * hidden, dzr, ov);
-      };
-      if (dar != nullptr) {
-        if (keep) run(std::true_type{}, std::true_type{});
-        else run(std::true_type{}, std::false_type{});
-      } else if (keep) {
-        run(std::false_type{}, std::true_type{});
-      } else {
-        run(std::false_type{}, std::false_type{});
+    // Each thread: the gate math of its units, then (once every unit's dz is there) its
+    // columns of dz U^T.
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        const int64_t row = s * batch + r;
+        const bool keep = v == nullptr || v[row];
+        const T* dar = dacts != nullptr ? dacts + row * g4 + j0 : nullptr;
+        auto run = [&](auto with_dacts, auto kept) {
+          lstm_units_backward<T, decltype(with_dacts)::value, decltype(kept)::value>(
+              j1 - j0, hidden, acts + row * g4 + j0, dar, cs + row * hidden + j0,
+              c_prev + r * hidden + j0, dhs + row * hidden + j0, dc + r * hidden + j0,
+              dh + r * hidden + j0, dz + row * g4 + j0, ov);
+        };
+        const std::true_type yes;
+        const std::false_type no;
+        if (dar != nullptr) keep ? run(yes, yes) : run(yes, no);
+        else keep ? run(no, yes) : run(no, no);
       }
-    }
-    gemm(false, true, batch, hidden, g4, T(1), dz + s * batch * g4, g4, u, g4, T(0),
-         dh_rec.data(), hidden);
-    for (int64_t r = 0; r < batch; ++r) {
-      // A held step passes its dh through to the step before, beside the recurrent part.
-      const T held = (v == nullptr || v[s * batch + r]) ? T(0) : T(1);
-      T* __restrict dhr = dh + r * hidden;
-      const T* __restrict rec = &dh_rec[r * hidden];
-      if (mask != nullptr) {
-        const T* __restrict mr = mask + r * hidden;
-        for (int64_t j = 0; j < hidden; ++j) dhr[j] = rec[j] * mr[j] + held * dhr[j];
-      } else {
-        for (int64_t j = 0; j < hidden; ++j) dhr[j] = rec[j] + held * dhr[j];
+    });
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      gemm(false, true, batch, j1 - j0, g4, T(1), dz + s * batch * g4, g4, u + j0 * g4, g4, T(0),
+           dh_rec.data() + j0, hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        // A held step passes its dh through to the step before, beside the recurrent part.
+        const T held = (v == nullptr || v[s * batch + r]) ? T(0) : T(1);
+        T* __restrict dhr = dh + r * hidden;
+        const T* __restrict rec = &dh_rec[r * hidden];
+        if (mask != nullptr) {
+          const T* __restrict mr = mask + r * hidden;
+          for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] * mr[j] + held * dhr[j];
+        } else {
+          for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] + held * dhr[j];
+        }
       }
-    }
+    });
   }
 
   const int64_t rows = steps * batch;
   std::vector<T> h_in(rows * hidden);
   previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
-  gemm(true, false, hidden, g4, rows, T(1), h_in.data(), hidden, dz, g4, T(0), data<T>(du_out),
-       g4);
+  gemm_cols(true, false, hidden, g4, rows, h_in.data(), hidden, dz, g4, T(0), data<T>(du_out), g4);
   if (has_input) {
     const T* x = data<T>(xs);
     const T* w = data<T>(input_kernel);
-    gemm(true, false, features, g4, rows, T(1), x, features, dz, g4, T(0), data<T>(dw_out), g4);
+    gemm_cols(true, false, features, g4, rows, x, features, dz, g4, T(0), data<T>(dw_out), g4);
     column_sums(rows, g4, dz, g4, data<T>(db_out));
-    gemm(false, true, rows, features, g4, T(1), dz, g4, w, g4, T(0), data<T>(dx_out), features);
+    gemm_cols(false, true, rows, features, g4, dz, g4, w, g4, T(0), data<T>(dx_out), features);
   }
   return ffi::Error::Success();
 }
@@ -509,31 +684,32 @@ ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ke
 // a = x_t (+ x_t W + b);  hh = (h_{t-1} * mask) U;  m = hh_n + b_hn
 // r = sig(a_r + hh_r), z = sig(a_z + hh_z), n = tanh(a_n + r m), h_t = (1 - z) n + z h_{t-1}
 
-// One batch row of the GRU gate math; kUpdate false: the step is held (gates still computed).
+// Units [0, count) of one batch row of the GRU gate math (gate q of unit j at q * stride + j);
+// reads h_old, writes h_new. kUpdate false: the step is held (gates still computed).
 template <typename T, bool kValues, bool kGates, bool kUpdate>
-void gru_units(int64_t hidden, const T* __restrict a, const T* __restrict hh,
-               const T* __restrict bhn, T* __restrict h, T* __restrict values,
-               T* __restrict gates, const Overrides& ov) {
+void gru_units(int64_t count, int64_t stride, const T* __restrict a, const T* __restrict hh,
+               const T* __restrict bhn, const T* __restrict h_old, T* __restrict h_new,
+               T* __restrict values, T* __restrict gates, const Overrides& ov) {
   const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
   const T or_ = ov.offset<T>(0), oz = ov.offset<T>(1);
-  for (int64_t j = 0; j < hidden; ++j) {
-    const T m = hh[2 * hidden + j] + bhn[j];
+  for (int64_t j = 0; j < count; ++j) {
+    const T m = hh[2 * stride + j] + bhn[j];
     const T sr = sigmoid(a[j] + hh[j]);
-    const T sz = sigmoid(a[hidden + j] + hh[hidden + j]);
+    const T sz = sigmoid(a[stride + j] + hh[stride + j]);
     const T r = sr * kr + or_;
     const T z = sz * kz + oz;
-    const T n = tanh_act(a[2 * hidden + j] + r * m);
+    const T n = tanh_act(a[2 * stride + j] + r * m);
     if (kValues) {
       values[j] = r;
-      values[hidden + j] = z;
-      values[2 * hidden + j] = n;
-      values[3 * hidden + j] = m;
+      values[stride + j] = z;
+      values[2 * stride + j] = n;
+      values[3 * stride + j] = m;
     }
     if (kGates) {
       gates[j] = r;
-      gates[hidden + j] = z;
+      gates[stride + j] = z;
     }
-    if (kUpdate) h[j] = (T(1) - z) * n + z * h[j];
+    h_new[j] = kUpdate ? (T(1) - z) * n + z * h_old[j] : h_old[j];
   }
 }
 
@@ -574,8 +750,9 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
   const T* bhn = has_recurrent_bias ? data<T>(recurrent_bias) : nullptr;
   const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
   const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  T* h = data<T>(h_last);
-  std::memcpy(h, data<T>(h0), sizeof(T) * batch * hidden);
+  std::vector<T> h_a(data<T>(h0), data<T>(h0) + batch * hidden), h_b(batch * hidden);
+  T* h_cur = h_a.data();
+  T* h_nxt = h_b.data();
   T* hs = data<T>(hs_out);
   T* values = keep_values ? data<T>(values_out) : nullptr;
   T* gates = keep_gates ? data<T>(gates_out) : nullptr;
@@ -585,38 +762,50 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
   std::vector<T> zero_bias(hidden, T(0));
   if (bhn == nullptr) bhn = zero_bias.data();
   InputProjection<T> projection(has_input, steps, batch, features, g3, reverse, x, w, b);
+  const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
     const T* ap = has_input ? projection.step(s) : x + s * batch * features;
-    const T* hp = h;
+    const T* hp = h_cur;
     if (has_mask) {
-      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h[i] * mask[i];
+      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h_cur[i] * mask[i];
       hp = h_in.data();
     }
-    gemm(false, false, batch, g3, hidden, T(1), hp, hidden, u, g3, T(0), hh.data(), g3);
-    for (int64_t r = 0; r < batch; ++r) {
-      const int64_t row = s * batch + r;
-      const bool keep = v == nullptr || v[row];
-      T* vr = keep_values ? values + row * 4 * hidden : nullptr;
-      T* gr = keep_gates ? gates + row * 2 * hidden : nullptr;
-      auto run = [&](auto with_values, auto with_gates, auto kept) {
-        gru_units<T, decltype(with_values)::value, decltype(with_gates)::value,
-                  decltype(kept)::value>(hidden, ap + r * g3, &hh[r * g3], bhn, h + r * hidden,
-                                         vr, gr, ov);
-      };
-      const std::true_type yes;
-      const std::false_type no;
-      if (vr != nullptr) {
-        if (gr != nullptr) keep ? run(yes, yes, yes) : run(yes, yes, no);
-        else keep ? run(yes, no, yes) : run(yes, no, no);
-      } else if (gr != nullptr) {
-        keep ? run(no, yes, yes) : run(no, yes, no);
-      } else if (keep) {
-        run(no, no, yes);
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      for (int q = 0; q < 3; ++q) {
+        gemm(false, false, batch, j1 - j0, hidden, T(1), hp, hidden, u + q * hidden + j0, g3,
+             T(0), hh.data() + q * hidden + j0, g3);
       }
-    }
-    std::memcpy(hs + s * batch * hidden, h, sizeof(T) * batch * hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        const int64_t row = s * batch + r;
+        const bool keep = v == nullptr || v[row];
+        T* vr = keep_values ? values + row * 4 * hidden + j0 : nullptr;
+        T* gr = keep_gates ? gates + row * 2 * hidden + j0 : nullptr;
+        const int64_t o = r * hidden + j0;
+        auto run = [&](auto with_values, auto with_gates, auto kept) {
+          gru_units<T, decltype(with_values)::value, decltype(with_gates)::value,
+                    decltype(kept)::value>(j1 - j0, hidden, ap + r * g3 + j0, &hh[r * g3 + j0],
+                                           bhn + j0, h_cur + o, h_nxt + o, vr, gr, ov);
+        };
+        const std::true_type yes;
+        const std::false_type no;
+        if (vr != nullptr) {
+          if (gr != nullptr) keep ? run(yes, yes, yes) : run(yes, yes, no);
+          else keep ? run(yes, no, yes) : run(yes, no, no);
+        } else if (gr != nullptr) {
+          keep ? run(no, yes, yes) : run(no, yes, no);
+        } else if (keep) {
+          run(no, no, yes);
+        } else {
+          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * (j1 - j0));
+        }
+      }
+      copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
+    });
+    std::swap(h_cur, h_nxt);
   }
+  std::memcpy(data<T>(h_last), h_cur, sizeof(T) * batch * hidden);
   return ffi::Error::Success();
 }
 
@@ -629,25 +818,27 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
 // dx = [d_ar, d_az, d_an] is the gradient of the projected inputs. After the loop:
 // dU = H_in^T d_hh (two GEMMs: the first two blocks of d_hh are those of dx), d b_hn = sum d_an r.
 
-// One batch row of the GRU backward gate math. kKeep false: the step was held, so only the
-// gates' own cotangent reaches the pre-activations and dh passes through.
+// Units [0, count) of one batch row of the GRU backward gate math (gate q of unit j at
+// q * stride + j in values, dx and d_hh; dgates has two blocks). kKeep false: the step was held,
+// so only the gates' own cotangent reaches the pre-activations and dh passes through.
 template <typename T, bool kDgates, bool kKeep>
-void gru_units_backward(int64_t hidden, const T* __restrict values, const T* __restrict dgates,
-                        const T* __restrict h_prev, const T* __restrict dh_out,
-                        const T* __restrict dh, T* __restrict dx, T* __restrict d_hh,
-                        T* __restrict dn_r, T* __restrict direct, const Overrides& ov) {
+void gru_units_backward(int64_t count, int64_t stride, const T* __restrict values,
+                        const T* __restrict dgates, const T* __restrict h_prev,
+                        const T* __restrict dh_out, const T* __restrict dh, T* __restrict dx,
+                        T* __restrict d_hh, T* __restrict dn_r, T* __restrict direct,
+                        const Overrides& ov) {
   const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
-  for (int64_t j = 0; j < hidden; ++j) {
+  for (int64_t j = 0; j < count; ++j) {
     const T dh_acc = dh[j] + dh_out[j];
     const T dh_step = kKeep ? dh_acc : T(0);
-    const T r = values[j], z = values[hidden + j], n = values[2 * hidden + j];
-    const T m = values[3 * hidden + j];
+    const T r = values[j], z = values[stride + j], n = values[2 * stride + j];
+    const T m = values[3 * stride + j];
     const T d_an = dh_step * (T(1) - z) * (T(1) - n * n);
     T d_r = d_an * m;
     T d_z = dh_step * (h_prev[j] - n);
     if (kDgates) {
       d_r = d_r + dgates[j];
-      d_z = d_z + dgates[hidden + j];
+      d_z = d_z + dgates[stride + j];
     }
     const T ar = d_r * r * (T(1) - r);
     const T az = d_z * z * (T(1) - z);
@@ -655,11 +846,11 @@ void gru_units_backward(int64_t hidden, const T* __restrict values, const T* __r
     const T d_az = az * kz;
     const T d_nr = d_an * r;
     dx[j] = d_ar;
-    dx[hidden + j] = d_az;
-    dx[2 * hidden + j] = d_an;
+    dx[stride + j] = d_az;
+    dx[2 * stride + j] = d_an;
     d_hh[j] = d_ar;
-    d_hh[hidden + j] = d_az;
-    d_hh[2 * hidden + j] = d_nr;
+    d_hh[stride + j] = d_az;
+    d_hh[2 * stride + j] = d_nr;
     dn_r[j] = d_nr;
     direct[j] = kKeep ? dh_step * z : dh_acc;
   }
@@ -706,46 +897,56 @@ ffi::Error GruBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   std::vector<T> d_hh(batch * g3);
   std::vector<T> direct(batch * hidden);  // dh z (+ dh where the step is held)
   std::vector<T> dh_rec(batch * hidden);
+  const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
+
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t s = step_index(k, steps, reverse);
     const int64_t p = previous_index(k, steps, reverse);
     const T* h_prev = p < 0 ? data<T>(h0) : hs + p * batch * hidden;
-    for (int64_t r = 0; r < batch; ++r) {
-      const int64_t row = s * batch + r;
-      const bool keep = v == nullptr || v[row];
-      const T* dgr = dgates != nullptr ? dgates + row * 2 * hidden : nullptr;
-      auto run = [&](auto with_dgates, auto kept) {
-        gru_units_backward<T, decltype(with_dgates)::value, decltype(kept)::value>(
-            hidden, values + row * 4 * hidden, dgr, h_prev + r * hidden, dhs + row * hidden,
-            dh + r * hidden, dxp + row * g3, &d_hh[r * g3], &dn_r[row * hidden],
-            &direct[r * hidden], ov);
-      };
-      const std::true_type yes;
-      const std::false_type no;
-      if (dgr != nullptr) keep ? run(yes, yes) : run(yes, no);
-      else keep ? run(no, yes) : run(no, no);
-    }
-    gemm(false, true, batch, hidden, g3, T(1), d_hh.data(), g3, u, g3, T(0), dh_rec.data(),
-         hidden);
-    for (int64_t i = 0; i < batch * hidden; ++i) {
-      const T rec = mask != nullptr ? dh_rec[i] * mask[i] : dh_rec[i];
-      dh[i] = direct[i] + rec;
-    }
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        const int64_t row = s * batch + r;
+        const bool keep = v == nullptr || v[row];
+        const T* dgr = dgates != nullptr ? dgates + row * 2 * hidden + j0 : nullptr;
+        auto run = [&](auto with_dgates, auto kept) {
+          gru_units_backward<T, decltype(with_dgates)::value, decltype(kept)::value>(
+              j1 - j0, hidden, values + row * 4 * hidden + j0, dgr, h_prev + r * hidden + j0,
+              dhs + row * hidden + j0, dh + r * hidden + j0, dxp + row * g3 + j0,
+              &d_hh[r * g3 + j0], &dn_r[row * hidden + j0], &direct[r * hidden + j0], ov);
+        };
+        const std::true_type yes;
+        const std::false_type no;
+        if (dgr != nullptr) keep ? run(yes, yes) : run(yes, no);
+        else keep ? run(no, yes) : run(no, no);
+      }
+    });
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      gemm(false, true, batch, j1 - j0, g3, T(1), d_hh.data(), g3, u + j0 * g3, g3, T(0),
+           dh_rec.data() + j0, hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        for (int64_t j = r * hidden + j0; j < r * hidden + j1; ++j) {
+          const T rec = mask != nullptr ? dh_rec[j] * mask[j] : dh_rec[j];
+          dh[j] = direct[j] + rec;
+        }
+      }
+    });
   }
 
   std::vector<T> h_in(rows * hidden);
   previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
   T* du = data<T>(du_out);
-  gemm(true, false, hidden, 2 * hidden, rows, T(1), h_in.data(), hidden, dxp, g3, T(0), du, g3);
-  gemm(true, false, hidden, hidden, rows, T(1), h_in.data(), hidden, dn_r.data(), hidden, T(0),
-       du + 2 * hidden, g3);
+  gemm_cols(true, false, hidden, 2 * hidden, rows, h_in.data(), hidden, dxp, g3, T(0), du, g3);
+  gemm_cols(true, false, hidden, hidden, rows, h_in.data(), hidden, dn_r.data(), hidden, T(0),
+            du + 2 * hidden, g3);
   if (has_recurrent_bias) column_sums(rows, hidden, dn_r.data(), hidden, data<T>(dbhn_out));
   if (has_input) {
     const T* x = data<T>(xs);
     const T* w = data<T>(input_kernel);
-    gemm(true, false, features, g3, rows, T(1), x, features, dxp, g3, T(0), data<T>(dw_out), g3);
+    gemm_cols(true, false, features, g3, rows, x, features, dxp, g3, T(0), data<T>(dw_out), g3);
     column_sums(rows, g3, dxp, g3, data<T>(db_out));
-    gemm(false, true, rows, features, g3, T(1), dxp, g3, w, g3, T(0), data<T>(dx_out), features);
+    gemm_cols(false, true, rows, features, g3, dxp, g3, w, g3, T(0), data<T>(dx_out), features);
   }
   return ffi::Error::Success();
 }
@@ -965,3 +1166,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruBackward, GruBackwardDispatch,
                                   .Ret<ffi::AnyBuffer>()   // d input_kernel (or empty)
                                   .Ret<ffi::AnyBuffer>()   // d bias (or empty)
                                   .Ret<ffi::AnyBuffer>());  // d xs raw (or empty)
+
+// Thread control for Python (ctypes): the number of threads the loops share their work among.
+extern "C" __attribute__((visibility("default"))) void gatenets_native_set_threads(int count) {
+  Pool::get().set_threads(count);
+}
+
+extern "C" __attribute__((visibility("default"))) int gatenets_native_threads() {
+  return Pool::get().threads();
+}
