@@ -59,11 +59,21 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).parent / "csrc" / "recurrent.cc"
+# The FFI target names carry a hash of the source: a program that JAX's persistent compilation
+# cache kept from an older version of the handlers (other arguments or attributes) then misses
+# the cache instead of calling handlers that no longer match it.
+_VERSION = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12] if _SOURCE.exists() else "none"
+
+
+def _target(name: str) -> str:
+    return f"gatenets_{name}_{_VERSION}"
+
+
 _TARGETS = {
-    "gatenets_lstm_forward": "GatenetsLstmForward",
-    "gatenets_lstm_backward": "GatenetsLstmBackward",
-    "gatenets_gru_forward": "GatenetsGruForward",
-    "gatenets_gru_backward": "GatenetsGruBackward",
+    "lstm_forward": "GatenetsLstmForward",
+    "lstm_backward": "GatenetsLstmBackward",
+    "gru_forward": "GatenetsGruForward",
+    "gru_backward": "GatenetsGruBackward",
 }
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -188,7 +198,7 @@ def available() -> bool:
                 library = ctypes.CDLL(str(_build()))
                 for name, symbol in _TARGETS.items():
                     handler = jax.ffi.pycapsule(getattr(library, symbol))
-                    jax.ffi.register_ffi_target(name, handler, platform="cpu")
+                    jax.ffi.register_ffi_target(_target(name), handler, platform="cpu")
                 _state["library"] = library
                 _configure_threads(library)
                 ok = True
@@ -389,7 +399,7 @@ def _lstm_forward(config, xs, input_kernel, bias, u, c0, h0, valid, mask, for_ba
         _shape((steps, batch, 4 * hidden) if keep_acts else (0,), dtype),
         _shape((steps, batch, hidden) if for_backward else (0,), dtype),
     ]
-    call = jax.ffi.ffi_call("gatenets_lstm_forward", results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_target("lstm_forward"), results, vmap_method="sequential")
     return call(
         xs,
         _or_empty(input_kernel, dtype),
@@ -447,7 +457,7 @@ def _lstm_bwd(config, residuals, cotangents):
         _shape((4 * hidden,) if inside else (0,), dtype),
         _shape((steps, batch, features) if inside else (0,), dtype),
     ]
-    call = jax.ffi.ffi_call("gatenets_lstm_backward", results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_target("lstm_backward"), results, vmap_method="sequential")
     dc0, dh0, dz, d_recurrent, d_input, d_bias, dxs_raw = call(
         _or_empty(xs, dtype),
         _or_empty(input_kernel, dtype),
@@ -561,7 +571,7 @@ def _gru_forward(config, xs, input_kernel, bias, u, b_hn, h0, valid, mask, for_b
         _shape((steps, batch, 4 * hidden) if for_backward else (0,), dtype),
         _shape((steps, batch, 2 * hidden) if gates else (0,), dtype),
     ]
-    call = jax.ffi.ffi_call("gatenets_gru_forward", results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_target("gru_forward"), results, vmap_method="sequential")
     h, hs, values, gate_values = call(
         xs,
         _or_empty(input_kernel, dtype),
@@ -624,7 +634,7 @@ def _gru_bwd(config, residuals, cotangents):
         _shape((3 * hidden,) if inside else (0,), dtype),
         _shape((steps, batch, features) if inside else (0,), dtype),
     ]
-    call = jax.ffi.ffi_call("gatenets_gru_backward", results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_target("gru_backward"), results, vmap_method="sequential")
     dh0, dxp, d_recurrent, d_b_hn, d_input, d_bias, dxs_raw = call(
         _or_empty(xs, dtype),
         _or_empty(input_kernel, dtype),
