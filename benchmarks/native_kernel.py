@@ -123,16 +123,25 @@ def sgemm_rates(m: int, k: int, n: int, rounds: int) -> dict[str, float]:
     return {name: flops * repeats / t / 1e9 for name, t in times.items()}
 
 
-def interleave(variants: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each variant, run once each per round after a warm-up."""
+def interleave(variants: dict, rounds: int, cpu: dict | None = None) -> dict[str, float]:
+    """Median seconds per call of each variant, run once each per round after a warm-up.
+
+    With ``cpu`` (a dict), also stores each variant's median process CPU seconds per call: on a
+    busy machine the CPU time of a single-threaded variant is a steadier measure of its work than
+    the wall time (threads that spin while waiting count in it, though).
+    """
     for run in variants.values():
         run()
     samples = {name: [] for name in variants}
+    cpu_samples = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             samples[name].append(time.perf_counter() - start)
+            cpu_samples[name].append(time.process_time() - start_cpu)
+    if cpu is not None:
+        cpu.update({name: statistics.median(values) for name, values in cpu_samples.items()})
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -228,7 +237,14 @@ def main() -> None:
         default=None,
         help="batch,time,input,hidden tuples (default: the five standard shapes)",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=["jax-fused", "native-1", "native-2", "torch-1", "torch-2"],
+        help="which of jax-fused, native-1, native-2, torch-1, torch-2 to run",
+    )
     args = parser.parse_args()
+    chosen = set(args.variants)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
     cells = ["lstm", "gru"] if args.cell == "both" else [args.cell]
     if args.rounds < 7:
@@ -253,13 +269,19 @@ def main() -> None:
                 "shape: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
             )
             for index, phase in enumerate(("fwd", "fwd+bwd")):
+                cpu = {}
                 times = interleave(
-                    {name: runs[index] for name, runs in variants.items()}, args.rounds
+                    {name: runs[index] for name, runs in variants.items() if name in chosen},
+                    args.rounds,
+                    cpu,
                 )
                 bound = bounds[phase]
-                print(f"  {phase:8s} matmul-bound {bound * 1e3:8.1f} ms")
+                print(f"  {phase:8s} matmul-bound {bound * 1e3:8.1f} ms   ({uptime()})")
                 for name, seconds in times.items():
-                    print(f"    {name:10s} {seconds * 1e3:9.1f} ms   share {bound / seconds:5.2f}")
+                    print(
+                        f"    {name:10s} {seconds * 1e3:9.1f} ms   share {bound / seconds:5.2f}"
+                        f"   cpu {cpu[name] * 1e3:9.1f} ms"
+                    )
     print("\nload after:", uptime())
 
 
