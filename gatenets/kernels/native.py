@@ -13,7 +13,10 @@ argument for argument.
 
 Build: the C++ source (``gatenets/kernels/csrc/recurrent.cc``) is compiled on first use with
 the system C++ compiler against the XLA FFI headers of the *installed* jaxlib
-(:func:`jax.ffi.include_dir`) and the OpenBLAS of the ``scipy-openblas32`` wheel, into a cache
+(:func:`jax.ffi.include_dir`) and a BLAS: MKL when the ``mkl`` and ``mkl-include`` wheels are
+installed (``pip install gatenets[mkl]``; its packed GEMM packs the recurrent kernel once per
+loop instead of once per step, and is markedly faster at these shapes), else the OpenBLAS of the
+``scipy-openblas32`` wheel (``GATENETS_NATIVE_BLAS=mkl|openblas|auto`` forces one), into a cache
 directory (``$GATENETS_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/gatenets/native``, else
 ``~/.cache/gatenets/native``), keyed by a hash of the source, the compiler, its flags, jaxlib's
 version and the BLAS. Compiling at install time instead would need jax and jaxlib (about
@@ -51,6 +54,7 @@ from gatenets._typing import Array
 __all__ = [
     "applies",
     "available",
+    "blas",
     "gru_sequence_native",
     "lstm_sequence_native",
     "set_threads",
@@ -115,22 +119,59 @@ def _compile_flags() -> list[str]:
     return flags
 
 
-def _build() -> Path:
-    """Compiles the handlers (or finds them in the cache) and returns the shared library."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
-        raise RuntimeError("no C++ compiler found (looked for $CXX, g++ and c++)")
+def _find_mkl() -> tuple[str, str, str] | None:
+    """``(include dir, lib dir, library file)`` of the pip ``mkl`` + ``mkl-include`` wheels in
+    this environment, or None."""
+    import sys
+
+    for prefix in {sys.prefix, sys.base_prefix}:
+        include, lib = Path(prefix) / "include", Path(prefix) / "lib"
+        libraries = sorted(lib.glob("libmkl_rt.so*"))
+        if (include / "mkl.h").exists() and libraries:
+            return str(include), str(lib), libraries[-1].name
+    return None
+
+
+def _blas() -> dict:
+    """The BLAS to link: MKL when ``GATENETS_NATIVE_BLAS`` is ``mkl``, or ``auto`` (the default)
+    and the MKL wheels are installed (``pip install gatenets[mkl]``); else OpenBLAS."""
+    choice = os.environ.get("GATENETS_NATIVE_BLAS", "auto").strip().lower()
+    if choice not in ("auto", "mkl", "openblas"):
+        raise RuntimeError(f"GATENETS_NATIVE_BLAS must be auto, mkl or openblas; got {choice!r}")
+    mkl = _find_mkl() if choice in ("auto", "mkl") else None
+    if mkl is not None:
+        include, lib, library = mkl
+        return {
+            "name": "mkl",
+            "flags": ["-DGATENETS_USE_MKL", f"-I{include}"],
+            "link": [f"-L{lib}", f"-l:{library}", f"-Wl,-rpath,{lib}"],
+            "key": f"mkl {lib}/{library}",
+        }
+    if choice == "mkl":
+        raise RuntimeError("GATENETS_NATIVE_BLAS=mkl, but mkl.h and libmkl_rt were not found")
     try:
         import scipy_openblas32
     except ImportError as error:
         raise RuntimeError(
             "the BLAS package scipy-openblas32 is not installed (pip install scipy-openblas32)"
         ) from error
+    lib = scipy_openblas32.get_lib_dir()
+    return {
+        "name": "openblas",
+        "flags": [f"-I{scipy_openblas32.get_include_dir()}"],
+        "link": [f"-L{lib}", f"-l{scipy_openblas32.get_library()}", f"-Wl,-rpath,{lib}"],
+        "key": f"openblas {lib} {getattr(scipy_openblas32, '__version__', '')}",
+    }
+
+
+def _build() -> tuple[Path, str]:
+    """Compiles the handlers (or finds them in the cache); returns the library and its BLAS."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler found (looked for $CXX, g++ and c++)")
     import jaxlib
 
-    blas_include = scipy_openblas32.get_include_dir()
-    blas_lib = scipy_openblas32.get_lib_dir()
-    blas_name = scipy_openblas32.get_library()
+    blas = _blas()
     flags = _compile_flags()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=60
@@ -142,15 +183,14 @@ def _build() -> Path:
         " ".join(flags).encode(),
         jaxlib.__version__.encode(),
         jax.ffi.include_dir().encode(),
-        blas_lib.encode(),
-        getattr(scipy_openblas32, "__version__", "").encode(),
+        blas["key"].encode(),
         " ".join(sorted(_cpu_flags())).encode(),
     ]
     key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:20]
     directory = _cache_dir()
-    target = directory / f"gatenets_native_{key}.so"
+    target = directory / f"gatenets_native_{blas['name']}_{key}.so"
     if target.exists():
-        return target
+        return target, blas["name"]
     directory.mkdir(parents=True, exist_ok=True)
     # Compiled under a unique name and renamed: concurrent processes never load a partial file.
     fd, partial = tempfile.mkstemp(prefix=target.stem, suffix=".so.partial", dir=directory)
@@ -159,13 +199,11 @@ def _build() -> Path:
         compiler,
         *flags,
         f"-I{jax.ffi.include_dir()}",
-        f"-I{blas_include}",
+        *blas["flags"],
         str(_SOURCE),
         "-o",
         partial,
-        f"-L{blas_lib}",
-        f"-l{blas_name}",
-        f"-Wl,-rpath,{blas_lib}",
+        *blas["link"],
     ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -177,7 +215,7 @@ def _build() -> Path:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return target
+    return target, blas["name"]
 
 
 def available() -> bool:
@@ -195,12 +233,14 @@ def available() -> bool:
             unavailable_reason = "disabled by the environment variable GATENETS_NATIVE"
         else:
             try:
-                library = ctypes.CDLL(str(_build()))
+                path, blas = _build()
+                library = ctypes.CDLL(str(path))
                 for name, symbol in _TARGETS.items():
                     handler = jax.ffi.pycapsule(getattr(library, symbol))
                     jax.ffi.register_ffi_target(_target(name), handler, platform="cpu")
                 _state["library"] = library
-                _configure_threads(library)
+                _state["blas"] = blas
+                _configure_threads(library, blas)
                 ok = True
                 unavailable_reason = ""
             except Exception as error:  # any failure means: use the JAX kernels
@@ -209,16 +249,17 @@ def available() -> bool:
         return ok
 
 
-def _configure_threads(library) -> None:
-    """OpenBLAS single-threaded (the loops split the hidden units among their own threads);
-    as many loop threads as ``GATENETS_NATIVE_THREADS`` says, else the usable cores (at most 8).
-    """
-    import scipy_openblas32
+def _configure_threads(library, blas: str) -> None:
+    """The BLAS single-threaded (the loops split the hidden units among their own threads; MKL
+    is set sequential by the library itself); as many loop threads as
+    ``GATENETS_NATIVE_THREADS`` says, else the usable cores (at most 8)."""
+    if blas == "openblas":
+        import scipy_openblas32
 
-    blas = ctypes.CDLL(
-        os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
-    )
-    blas.scipy_openblas_set_num_threads(ctypes.c_int(1))
+        openblas = ctypes.CDLL(
+            os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
+        )
+        openblas.scipy_openblas_set_num_threads(ctypes.c_int(1))
     setting = os.environ.get("GATENETS_NATIVE_THREADS", "").strip()
     if setting:
         count = int(setting)
@@ -251,6 +292,12 @@ def set_threads(count: int) -> None:
     """
     _require_available()
     _set_threads(_state["library"], int(count))
+
+
+def blas() -> str:
+    """The BLAS the native kernels were built with: ``"mkl"`` or ``"openblas"``."""
+    _require_available()
+    return str(_state["blas"])
 
 
 def threads() -> int:

@@ -26,7 +26,17 @@
 #include <type_traits>
 #include <vector>
 
+// The BLAS: OpenBLAS of the scipy-openblas32 wheel (symbols prefixed scipy_), or MKL when built
+// with GATENETS_USE_MKL (its packed GEMM keeps the recurrent kernel packed for the whole loop).
+#ifdef GATENETS_USE_MKL
+#include "mkl.h"
+#define GATENETS_SGEMM cblas_sgemm
+#define GATENETS_DGEMM cblas_dgemm
+#else
 #include "cblas.h"
+#define GATENETS_SGEMM scipy_cblas_sgemm
+#define GATENETS_DGEMM scipy_cblas_dgemm
+#endif
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -46,7 +56,7 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+  GATENETS_SGEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -58,9 +68,76 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0 ? 0.0 : beta * c[i * ldc + j];
     return;
   }
-  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+  GATENETS_DGEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
+
+#ifdef GATENETS_USE_MKL
+// MKL's threads would compete with the loops' own: the sequential layer, set before any call.
+const int kMklLayer = mkl_set_threading_layer(MKL_THREADING_SEQUENTIAL);
+#endif
+
+// The right-hand factor op(B) [k, n] of a GEMM repeated at every step with the same B (a block
+// of the recurrent kernel): C = A op(B) + beta C for A [m, k]. A BLAS GEMM packs B into its
+// blocked layout at every call, which at batch 64 costs about a quarter of the step's matmul
+// time; with MKL, B is packed once per loop (cblas_sgemm_pack) instead.
+template <typename T>
+class FixedOperand {
+ public:
+  FixedOperand(int64_t m, int64_t n, int64_t k, bool tb, const T* b, int64_t ldb)
+      : m_(m), n_(n), k_(k), tb_(tb), b_(b), ldb_(ldb) {}
+  void multiply(const T* a, int64_t lda, T beta, T* c, int64_t ldc) const {
+    gemm(false, tb_, m_, n_, k_, T(1), a, lda, b_, ldb_, beta, c, ldc);
+  }
+
+ private:
+  int64_t m_, n_, k_;
+  bool tb_;
+  const T* b_;
+  int64_t ldb_;
+};
+
+#ifdef GATENETS_USE_MKL
+template <>
+class FixedOperand<float> {
+ public:
+  FixedOperand(int64_t m, int64_t n, int64_t k, bool tb, const float* b, int64_t ldb)
+      : m_(m), n_(n), k_(k), tb_(tb), b_(b), ldb_(ldb) {
+    if (m == 0 || n == 0 || k == 0) return;
+    packed_ = static_cast<float*>(
+        mkl_malloc(cblas_sgemm_pack_get_size(CblasBMatrix, m, n, k), 64));
+    if (packed_ == nullptr) return;  // multiply() then falls back to the plain GEMM
+    cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
+                     b, ldb, packed_);
+  }
+  ~FixedOperand() {
+    if (packed_ != nullptr) mkl_free(packed_);
+  }
+  FixedOperand(const FixedOperand&) = delete;
+  FixedOperand& operator=(const FixedOperand&) = delete;
+  FixedOperand(FixedOperand&& other) noexcept
+      : m_(other.m_), n_(other.n_), k_(other.k_), tb_(other.tb_), b_(other.b_),
+        ldb_(other.ldb_), packed_(other.packed_) {
+    other.packed_ = nullptr;
+  }
+
+  void multiply(const float* a, int64_t lda, float beta, float* c, int64_t ldc) const {
+    if (packed_ == nullptr) {
+      gemm(false, tb_, m_, n_, k_, 1.0f, a, lda, b_, ldb_, beta, c, ldc);
+      return;
+    }
+    cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, m_, n_, k_, a, lda, packed_,
+                        n_, beta, c, ldc);
+  }
+
+ private:
+  int64_t m_, n_, k_;
+  bool tb_;
+  const float* b_;
+  int64_t ldb_;
+  float* packed_ = nullptr;
+};
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Activations
@@ -486,6 +563,14 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   InputProjection<T> projection(has_input, steps, batch, features, g4, reverse, x, w, b);
   // One thread per ~1 MFLOP of recurrent matmul at least.
   const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
+  // Thread p's columns of gate q of U: operand [p * 4 + q].
+  std::vector<FixedOperand<T>> operands;
+  operands.reserve(4 * split.parts);
+  for (int p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
+    for (int q = 0; q < 4; ++q)
+      operands.emplace_back(batch, j1 - j0, hidden, false, u + q * hidden + j0, g4);
+  }
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
     T* z;
@@ -503,8 +588,7 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
       for (int q = 0; q < 4; ++q) {
-        gemm(false, false, batch, j1 - j0, hidden, T(1), hp, hidden, u + q * hidden + j0, g4,
-             T(1), z + q * hidden + j0, g4);
+        operands[part * 4 + q].multiply(hp, hidden, T(1), z + q * hidden + j0, g4);
       }
       for (int64_t r = 0; r < batch; ++r) {
         const bool keep = v == nullptr || v[s * batch + r];
@@ -620,6 +704,13 @@ ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ke
   T* dz = data<T>(dz_out);
   std::vector<T> dh_rec(batch * hidden);
   const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
+  // Thread p's columns of dz U^T: rows [j0, j1) of U, transposed.
+  std::vector<FixedOperand<T>> operands;
+  operands.reserve(split.parts);
+  for (int p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
+    operands.emplace_back(batch, j1 - j0, g4, true, u + j0 * g4, g4);
+  }
 
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t s = step_index(k, steps, reverse);
@@ -647,8 +738,7 @@ ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ke
     });
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      gemm(false, true, batch, j1 - j0, g4, T(1), dz + s * batch * g4, g4, u + j0 * g4, g4, T(0),
-           dh_rec.data() + j0, hidden);
+      operands[part].multiply(dz + s * batch * g4, g4, T(0), dh_rec.data() + j0, hidden);
       for (int64_t r = 0; r < batch; ++r) {
         // A held step passes its dh through to the step before, beside the recurrent part.
         const T held = (v == nullptr || v[s * batch + r]) ? T(0) : T(1);
@@ -763,6 +853,14 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
   if (bhn == nullptr) bhn = zero_bias.data();
   InputProjection<T> projection(has_input, steps, batch, features, g3, reverse, x, w, b);
   const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
+  // Thread p's columns of gate q of U: operand [p * 3 + q].
+  std::vector<FixedOperand<T>> operands;
+  operands.reserve(3 * split.parts);
+  for (int p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
+    for (int q = 0; q < 3; ++q)
+      operands.emplace_back(batch, j1 - j0, hidden, false, u + q * hidden + j0, g3);
+  }
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
     const T* ap = has_input ? projection.step(s) : x + s * batch * features;
@@ -774,8 +872,7 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
       for (int q = 0; q < 3; ++q) {
-        gemm(false, false, batch, j1 - j0, hidden, T(1), hp, hidden, u + q * hidden + j0, g3,
-             T(0), hh.data() + q * hidden + j0, g3);
+        operands[part * 3 + q].multiply(hp, hidden, T(0), hh.data() + q * hidden + j0, g3);
       }
       for (int64_t r = 0; r < batch; ++r) {
         const int64_t row = s * batch + r;
@@ -898,6 +995,12 @@ ffi::Error GruBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   std::vector<T> direct(batch * hidden);  // dh z (+ dh where the step is held)
   std::vector<T> dh_rec(batch * hidden);
   const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
+  std::vector<FixedOperand<T>> operands;
+  operands.reserve(split.parts);
+  for (int p = 0; p < split.parts; ++p) {
+    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
+    operands.emplace_back(batch, j1 - j0, g3, true, u + j0 * g3, g3);
+  }
 
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t s = step_index(k, steps, reverse);
@@ -923,8 +1026,7 @@ ffi::Error GruBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
     });
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      gemm(false, true, batch, j1 - j0, g3, T(1), d_hh.data(), g3, u + j0 * g3, g3, T(0),
-           dh_rec.data() + j0, hidden);
+      operands[part].multiply(d_hh.data(), g3, T(0), dh_rec.data() + j0, hidden);
       for (int64_t r = 0; r < batch; ++r) {
         for (int64_t j = r * hidden + j0; j < r * hidden + j1; ++j) {
           const T rec = mask != nullptr ? dh_rec[j] * mask[j] : dh_rec[j];
