@@ -466,6 +466,48 @@ class InputProjection {
   std::vector<T> buffer_;
 };
 
+// Each thread's share of the recurrent matmul h U as ONE GEMM: its columns of every gate block
+// of U ([hidden, gates * hidden]) are copied once per call into a contiguous
+// [hidden, gates * width] matrix (width = its number of units), so that a step costs each
+// thread one [batch, hidden] x [hidden, gates * width] product into its own buffer, instead of
+// one narrow product per gate.
+template <typename T>
+class RecurrentBlocks {
+ public:
+  RecurrentBlocks(const Split& split, int64_t batch, int64_t hidden, int gates, const T* u)
+      : batch_(batch), hidden_(hidden) {
+    const int64_t n = gates * hidden;
+    for (int p = 0; p < split.parts; ++p) {
+      const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden), width = j1 - j0;
+      weights_.emplace_back(hidden * gates * width);
+      T* dst = weights_.back().data();
+      for (int64_t row = 0; row < hidden; ++row)
+        for (int q = 0; q < gates; ++q)
+          std::memcpy(dst + row * gates * width + q * width, u + row * n + q * hidden + j0,
+                      sizeof(T) * width);
+      outputs_.emplace_back(batch * gates * width);
+      widths_.push_back(gates * width);
+    }
+    operands_.reserve(split.parts);
+    for (int p = 0; p < split.parts; ++p)
+      operands_.emplace_back(batch, widths_[p], hidden, false, weights_[p].data(), widths_[p]);
+  }
+
+  // h [batch, hidden] times part p's block: [batch, gates * width], gate q of unit j at
+  // [r * gates * width + q * width + j].
+  const T* multiply(int part, const T* h) {
+    T* out = outputs_[part].data();
+    operands_[part].multiply(h, hidden_, T(0), out, widths_[part]);
+    return out;
+  }
+
+ private:
+  int64_t batch_, hidden_;
+  std::vector<std::vector<T>> weights_, outputs_;
+  std::vector<int64_t> widths_;
+  std::vector<FixedOperand<T>> operands_;
+};
+
 // Copies columns [j0, j1) of a [rows, width] block.
 template <typename T>
 void copy_cols(int64_t rows, int64_t width, int64_t j0, int64_t j1, const T* src, T* dst) {
@@ -479,21 +521,22 @@ void copy_cols(int64_t rows, int64_t width, int64_t j0, int64_t j1, const T* src
 // z = x_t (+ x_t W + b) + (h_{t-1} * mask) U;  [i, f, g, o] = [sig, sig, tanh, sig](z)
 // c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  held where valid[t] is 0.
 
-// Units [0, count) of one batch row of the LSTM gate math; gate q of unit j is at
-// z[q * stride + j]. h_old is read and h_new written (the other threads still read h_old in
+// Units [0, count) of one batch row of the LSTM gate math: the pre-activation of gate q of
+// unit j is zx[q * stride + j] (projected input) + zh[q * zh_stride + j] (recurrent part, in
+// the thread's own layout). h_old is read and h_new written (the other threads still read h_old in
 // their matmul). kUpdate false: the step is held; only the gates are computed (return_gates and
 // the backward pass need them) and the state is copied through.
 template <typename T, bool kActs, bool kUpdate>
-void lstm_units(int64_t count, int64_t stride, const T* __restrict z, T* __restrict c,
-                const T* __restrict h_old, T* __restrict h_new, T* __restrict acts,
-                const Overrides& ov) {
+void lstm_units(int64_t count, int64_t stride, const T* __restrict zx, const T* __restrict zh,
+                int64_t zh_stride, T* __restrict c, const T* __restrict h_old,
+                T* __restrict h_new, T* __restrict acts, const Overrides& ov) {
   const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
   const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
   for (int64_t j = 0; j < count; ++j) {
-    const T si = sigmoid(z[j]);
-    const T sf = sigmoid(z[stride + j]);
-    const T g = tanh_act(z[2 * stride + j]);
-    const T so = sigmoid(z[3 * stride + j]);
+    const T si = sigmoid(zx[j] + zh[j]);
+    const T sf = sigmoid(zx[stride + j] + zh[zh_stride + j]);
+    const T g = tanh_act(zx[2 * stride + j] + zh[2 * zh_stride + j]);
+    const T so = sigmoid(zx[3 * stride + j] + zh[3 * zh_stride + j]);
     const T i = si * ki + oi;
     const T f = sf * kf + of;
     const T o = so * ko + oo;
@@ -558,28 +601,14 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
   T* acts = keep_acts ? data<T>(acts_out) : nullptr;
   T* cs = keep_cs ? data<T>(cs_out) : nullptr;
 
-  std::vector<T> z_pre(has_input ? 0 : batch * g4);
   std::vector<T> h_in(has_mask ? batch * hidden : 0);
   InputProjection<T> projection(has_input, steps, batch, features, g4, reverse, x, w, b);
   // One thread per ~1 MFLOP of recurrent matmul at least.
   const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
-  // Thread p's columns of gate q of U: operand [p * 4 + q].
-  std::vector<FixedOperand<T>> operands;
-  operands.reserve(4 * split.parts);
-  for (int p = 0; p < split.parts; ++p) {
-    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
-    for (int q = 0; q < 4; ++q)
-      operands.emplace_back(batch, j1 - j0, hidden, false, u + q * hidden + j0, g4);
-  }
+  RecurrentBlocks<T> blocks(split, batch, hidden, 4, u);
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
-    T* z;
-    if (has_input) {
-      z = projection.step(s);
-    } else {
-      z = z_pre.data();
-      std::memcpy(z, x + s * batch * g4, sizeof(T) * batch * g4);
-    }
+    const T* zx = has_input ? projection.step(s) : x + s * batch * g4;
     const T* hp = h_cur;
     if (has_mask) {
       for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h_cur[i] * mask[i];
@@ -587,22 +616,28 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
     }
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      for (int q = 0; q < 4; ++q) {
-        operands[part * 4 + q].multiply(hp, hidden, T(1), z + q * hidden + j0, g4);
-      }
+      const int64_t width = j1 - j0;
+      const T* zh = blocks.multiply(part, hp);
       for (int64_t r = 0; r < batch; ++r) {
         const bool keep = v == nullptr || v[s * batch + r];
         T* ar = keep_acts ? acts + (s * batch + r) * g4 + j0 : nullptr;
         const int64_t o = r * hidden + j0;
-        const T* zr = z + r * g4 + j0;
+        const T* zxr = zx + r * g4 + j0;
+        const T* zhr = zh + r * 4 * width;
         // Compile-time variants: a branch inside the unit loop would stop it vectorising.
         if (ar != nullptr) {
-          if (keep) lstm_units<T, true, true>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
-          else lstm_units<T, true, false>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
+          if (keep) {
+            lstm_units<T, true, true>(width, hidden, zxr, zhr, width, c + o, h_cur + o,
+                                      h_nxt + o, ar, ov);
+          } else {
+            lstm_units<T, true, false>(width, hidden, zxr, zhr, width, c + o, h_cur + o,
+                                       h_nxt + o, ar, ov);
+          }
         } else if (keep) {
-          lstm_units<T, false, true>(j1 - j0, hidden, zr, c + o, h_cur + o, h_nxt + o, ar, ov);
+          lstm_units<T, false, true>(width, hidden, zxr, zhr, width, c + o, h_cur + o, h_nxt + o,
+                                     ar, ov);
         } else {
-          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * (j1 - j0));
+          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * width);
         }
       }
       copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
@@ -774,18 +809,19 @@ ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ke
 // a = x_t (+ x_t W + b);  hh = (h_{t-1} * mask) U;  m = hh_n + b_hn
 // r = sig(a_r + hh_r), z = sig(a_z + hh_z), n = tanh(a_n + r m), h_t = (1 - z) n + z h_{t-1}
 
-// Units [0, count) of one batch row of the GRU gate math (gate q of unit j at q * stride + j);
-// reads h_old, writes h_new. kUpdate false: the step is held (gates still computed).
+// Units [0, count) of one batch row of the GRU gate math (gate q of unit j at q * stride + j
+// in a, values and gates, at q * hh_stride + j in hh); reads h_old, writes h_new. kUpdate false: the step is held (gates still computed).
 template <typename T, bool kValues, bool kGates, bool kUpdate>
 void gru_units(int64_t count, int64_t stride, const T* __restrict a, const T* __restrict hh,
-               const T* __restrict bhn, const T* __restrict h_old, T* __restrict h_new,
-               T* __restrict values, T* __restrict gates, const Overrides& ov) {
+               int64_t hh_stride, const T* __restrict bhn, const T* __restrict h_old,
+               T* __restrict h_new, T* __restrict values, T* __restrict gates,
+               const Overrides& ov) {
   const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
   const T or_ = ov.offset<T>(0), oz = ov.offset<T>(1);
   for (int64_t j = 0; j < count; ++j) {
-    const T m = hh[2 * stride + j] + bhn[j];
+    const T m = hh[2 * hh_stride + j] + bhn[j];
     const T sr = sigmoid(a[j] + hh[j]);
-    const T sz = sigmoid(a[stride + j] + hh[stride + j]);
+    const T sz = sigmoid(a[stride + j] + hh[hh_stride + j]);
     const T r = sr * kr + or_;
     const T z = sz * kz + oz;
     const T n = tanh_act(a[2 * stride + j] + r * m);
@@ -847,20 +883,12 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
   T* values = keep_values ? data<T>(values_out) : nullptr;
   T* gates = keep_gates ? data<T>(gates_out) : nullptr;
 
-  std::vector<T> hh(batch * g3);
   std::vector<T> h_in(has_mask ? batch * hidden : 0);
   std::vector<T> zero_bias(hidden, T(0));
   if (bhn == nullptr) bhn = zero_bias.data();
   InputProjection<T> projection(has_input, steps, batch, features, g3, reverse, x, w, b);
   const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
-  // Thread p's columns of gate q of U: operand [p * 3 + q].
-  std::vector<FixedOperand<T>> operands;
-  operands.reserve(3 * split.parts);
-  for (int p = 0; p < split.parts; ++p) {
-    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
-    for (int q = 0; q < 3; ++q)
-      operands.emplace_back(batch, j1 - j0, hidden, false, u + q * hidden + j0, g3);
-  }
+  RecurrentBlocks<T> blocks(split, batch, hidden, 3, u);
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t s = step_index(k, steps, reverse);
     const T* ap = has_input ? projection.step(s) : x + s * batch * features;
@@ -871,9 +899,8 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
     }
     Pool::get().run(split.parts, [&](int part) {
       const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      for (int q = 0; q < 3; ++q) {
-        operands[part * 3 + q].multiply(hp, hidden, T(0), hh.data() + q * hidden + j0, g3);
-      }
+      const int64_t width = j1 - j0;
+      const T* hh = blocks.multiply(part, hp);
       for (int64_t r = 0; r < batch; ++r) {
         const int64_t row = s * batch + r;
         const bool keep = v == nullptr || v[row];
@@ -882,8 +909,8 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
         const int64_t o = r * hidden + j0;
         auto run = [&](auto with_values, auto with_gates, auto kept) {
           gru_units<T, decltype(with_values)::value, decltype(with_gates)::value,
-                    decltype(kept)::value>(j1 - j0, hidden, ap + r * g3 + j0, &hh[r * g3 + j0],
-                                           bhn + j0, h_cur + o, h_nxt + o, vr, gr, ov);
+                    decltype(kept)::value>(width, hidden, ap + r * g3 + j0, hh + r * 3 * width,
+                                           width, bhn + j0, h_cur + o, h_nxt + o, vr, gr, ov);
         };
         const std::true_type yes;
         const std::false_type no;
@@ -895,7 +922,7 @@ ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kern
         } else if (keep) {
           run(no, no, yes);
         } else {
-          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * (j1 - j0));
+          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * width);
         }
       }
       copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
