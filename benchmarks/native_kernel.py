@@ -250,7 +250,10 @@ def main() -> None:
     if args.rounds < 7:
         print(f"note: {args.rounds} rounds (medians of at least 7 are the standard)")
     print("load before:", uptime())
-    print(f"native available: {native.available()} {native.unavailable_reason}")
+    native_blas = native.blas() if native.available() else "-"
+    print(
+        f"native available: {native.available()} {native.unavailable_reason} (BLAS: {native_blas})"
+    )
     for cell in cells:
         for batch, steps, features, hidden in shapes:
             gates = GATES[cell]
