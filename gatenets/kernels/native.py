@@ -1,11 +1,12 @@
 r"""Native CPU LSTM and GRU sequence kernels: the whole time loop in one C++ call through
-:mod:`jax.ffi`, with the matmuls from OpenBLAS.
+:mod:`jax.ffi`, with the matmuls from a BLAS (MKL or OpenBLAS).
 
 Under XLA:CPU a ``lax.scan`` step of an LSTM spends about a third of its time dispatching ops
 and running the gate arithmetic as separate loops, besides the matmul. The C++ loop here does,
-per step, one GEMM for the input projection (none when the inputs come pre-projected), one
-for :math:`h_{t-1} U`, and one vectorised pass of gate math over the ``[batch, gates * hidden]``
-block. Its backward loop computes only what is sequential, :math:`\delta z_t` and
+per step, one GEMM per thread for :math:`h_{t-1} U` (each thread owns a slice of the hidden
+units, see :func:`set_threads`) and one vectorised pass of gate math over its units; the input
+projection (none when the inputs come pre-projected) runs a chunk of about 512 rows at a
+time. Its backward loop computes only what is sequential, :math:`\delta z_t` and
 :math:`\delta h_{t-1} = \delta z_t U^\top`, and the weight gradients are one large GEMM each
 after the loop, exactly as in :mod:`gatenets.kernels.lstm` and :mod:`gatenets.kernels.gru`,
 whose functions :func:`lstm_sequence_native` and :func:`gru_sequence_native` replace
