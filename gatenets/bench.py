@@ -17,10 +17,10 @@ on all of them alike, and the median of each is reported with:
 Variants of the gatenets layer (``--variants``): ``plain`` (``loop="auto"``); ``gates`` (gate
 trace returned; in training a small penalty on the forget/update gate so the gates are
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
-``scan`` / ``fused`` / ``cudnn`` (that loop forced); ``before`` (input matmul before the loop);
-``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32 cell state);
-``two_pass`` (a bidirectional layer's directions one after the other, not in one loop). On a
-GPU, PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
+``scan`` / ``fused`` / ``native`` / ``cudnn`` (that loop forced); ``before`` (input matmul
+before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32
+cell state); ``two_pass`` (a bidirectional layer's directions one after the other, not in
+one loop). On a GPU, PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
 
 Example:
   gatenets bench --quick
@@ -57,6 +57,7 @@ VARIANTS = (
     "mask",
     "scan",
     "fused",
+    "native",
     "cudnn",
     "before",
     "fused_before",
@@ -155,7 +156,7 @@ def jax_runner(module: nnx.Module, call: Callable, mode: str, data: dict) -> Run
 def gatenets_module(point: Point, variant: str) -> nnx.Module:
     layer = gatenets.LSTM if point.model == "lstm" else gatenets.GRU
     kwargs: dict[str, Any] = {"num_layers": point.layers, "bidirectional": point.bidirectional}
-    if variant in ("scan", "fused", "cudnn", "fused_before"):
+    if variant in ("scan", "fused", "native", "cudnn", "fused_before"):
         kwargs["loop"] = variant.removesuffix("_before")
     if variant == "remat":
         kwargs["remat"] = True

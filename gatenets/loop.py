@@ -22,6 +22,9 @@ class Loop(str, enum.Enum):
         every option (functions as gate overrides, peepholes, projections, any ``gate_fn``).
       FUSED: a custom-VJP sequence kernel with a hand-written backward pass (LSTM, GRU): the
         weight gradients are one large matmul after the loop instead of one per step.
+      NATIVE: the same kernel as one C++ call through ``jax.ffi`` on CPU — the time loop, the
+        gate math and BLAS matmuls outside XLA's op-by-op execution
+        (:mod:`gatenets.kernels.native`; compiled on first use, float32/float64).
       ASSOCIATIVE: a log-space associative (parallel prefix) scan, :math:`O(\\log T)` depth,
         for the diagonal cells whose gates read only the input (minGRU, minLSTM, RG-LRU).
       CUDNN: a whole LSTM stack as one cuDNN call on an NVIDIA GPU (``gatenets.LSTM`` only;
@@ -36,6 +39,7 @@ class Loop(str, enum.Enum):
     AUTO = "auto"
     SCAN = "scan"
     FUSED = "fused"
+    NATIVE = "native"
     ASSOCIATIVE = "associative"
     CUDNN = "cudnn"
 

@@ -404,15 +404,18 @@ class GatedCell(nnx.RNNCellBase):
 
 
 class FusedKernelCell(GatedCell):
-    """A cell with a fused sequence kernel (``Loop.FUSED``, custom VJP) beside the generic scan.
+    r"""A cell with fused sequence kernels beside the generic scan: ``Loop.FUSED`` (custom VJP
+    in JAX) and ``Loop.NATIVE`` (the same contract as one C++ call on CPU).
 
-    Subclasses implement ``_fused_unsupported`` (why the kernel does not cover this cell's
-    configuration, or None, after this class's own reasons) and ``_fused_scan`` (the kernel
-    call), and set ``remat``. The kernels compute :math:`\\sigma` and :math:`\tanh`; other
-    ``gate_fn`` / ``activation_fn`` (Flax's arguments) run on the generic scan.
+    Subclasses name their kernel functions in ``sequence_kernels`` (both share one signature),
+    implement ``_fused_unsupported`` (why the kernels do not cover this cell's configuration,
+    or None, after this class's own reasons) and ``_fused_scan`` (the kernel call), and set
+    ``remat``. The kernels compute :math:`\sigma` and :math:`\tanh`; other ``gate_fn`` /
+    ``activation_fn`` (Flax's arguments) run on the generic scan.
     """
 
-    loops = (Loop.FUSED, Loop.SCAN)
+    loops = (Loop.NATIVE, Loop.FUSED, Loop.SCAN)
+    sequence_kernels: ClassVar[dict[Loop, Callable[..., Any]]]
     remat: bool
 
     def __init__(
@@ -460,19 +463,36 @@ class FusedKernelCell(GatedCell):
         return_gates: bool,
         overrides: tuple,
         unroll: int,
+        kernel: Callable[..., Any],
     ) -> tuple[Any, Array, Any]:
         raise NotImplementedError
 
     def _loop_unsupported(self, loop, gate_overrides):
         reason = super()._loop_unsupported(loop, gate_overrides)
-        if reason is None and loop is Loop.FUSED:
+        if reason is None and loop in (Loop.FUSED, Loop.NATIVE):
             reason = self._fused_unsupported()
             if reason is None and constant_overrides(gate_overrides, self.gate_names) is None:
                 reason = (
                     "the fused kernel takes gate_overrides only as scalar constants; got "
                     f"{dict(gate_overrides)!r} (functions and arrays run on loop='scan')"
                 )
+        if reason is None and loop is Loop.NATIVE:
+            reason = self._native_unsupported()
         return reason
+
+    def _native_unsupported(self) -> str | None:
+        from gatenets.kernels import native
+
+        dtype = compute_dtype(self.dtype, self.param_dtype)
+        if jax.default_backend() != "cpu":
+            return f"the native kernels run on CPU; the backend is {jax.default_backend()}"
+        if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+            return f"the native kernels compute in float32 or float64; got dtype {dtype}"
+        if self.remat:
+            return "the native kernels do not rematerialise (remat=True runs loop='fused')"
+        if not native.available():
+            return f"the native kernels are not available here: {native.unavailable_reason}"
+        return None
 
     def _run_loop(
         self,
@@ -507,5 +527,6 @@ class FusedKernelCell(GatedCell):
             return_gates=return_gates,
             overrides=constant_overrides(gate_overrides, self.gate_names),
             unroll=unroll,
+            kernel=self.sequence_kernels[loop],
         )
         return carry, zero_invalid(valid, hs), gates

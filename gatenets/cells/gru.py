@@ -14,6 +14,8 @@ from gatenets._typing import Array, Dtype, Initializer
 from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.gru import gru_sequence
+from gatenets.kernels.native import gru_sequence_native
+from gatenets.loop import Loop
 
 
 class GRUCarry(NamedTuple):
@@ -96,6 +98,7 @@ class GRUCell(FusedKernelCell):
     """
 
     gates_type = GRUGates
+    sequence_kernels = {Loop.FUSED: gru_sequence, Loop.NATIVE: gru_sequence_native}
     carry_type = GRUCarry
 
     def __init__(
@@ -172,9 +175,10 @@ class GRUCell(FusedKernelCell):
         return_gates,
         overrides,
         unroll,
+        kernel,
     ):
         hidden = self.hidden_features
-        h, hs, gates = gru_sequence(
+        h, hs, gates = kernel(
             xs,
             self.recurrent_kernel[...].astype(dtype),
             carry.h,

@@ -20,6 +20,8 @@ from gatenets.cells.base import (
 )
 from gatenets.gates import GateOverride, apply_override
 from gatenets.kernels.lstm import lstm_sequence
+from gatenets.kernels.native import lstm_sequence_native
+from gatenets.loop import Loop
 
 
 class LSTMCarry(NamedTuple):
@@ -115,6 +117,7 @@ class LSTMCell(FusedKernelCell):
     """
 
     gates_type = LSTMGates
+    sequence_kernels = {Loop.FUSED: lstm_sequence, Loop.NATIVE: lstm_sequence_native}
     carry_type = LSTMCarry
     num_blocks = 4
 
@@ -226,8 +229,9 @@ class LSTMCell(FusedKernelCell):
         return_gates,
         overrides,
         unroll,
+        kernel,
     ):
-        c, h, hs, acts = lstm_sequence(
+        c, h, hs, acts = kernel(
             xs,
             self.recurrent_kernel[...].astype(dtype),
             carry.c,

@@ -115,8 +115,10 @@ def test_ablation_effects_follow_the_equations():
     assert results["layer0/forward/input"].ablated == 0.0
     assert results["layer0/forward/output"].ablated == 0.0
     assert results["layer0/forward/forget"].ablated != baseline
+    # The identity override runs on the generic scan, the baseline on the fastest kernel:
+    # equal up to float rounding.
     identity = ablate(lstm, x, energy, value=lambda g: g, gates=["forget"])
-    assert identity[0].change == 0.0
+    assert abs(identity[0].change) < 1e-6 * identity[0].baseline
     assert "layer0/forward/input" in format_ablation(list(results.values()), "energy")
 
 

@@ -141,7 +141,7 @@ def test_a_corrupt_checkpoint_fails_naming_it_and_resume_step_recovers(tmp_path,
     capsys.readouterr()
     assert main([*argv, "--steps", "3", "--resume"]) == 1
     err = one_line_error(capsys)
-    assert re.search(r"checkpoint step 2 in .* is corrupt: file '(model|optimizer)/d/\w+' has", err)
+    assert re.search(r"checkpoint step 2 in .* is corrupt: file '(model|optimizer)/[^']+' ", err)
     assert "--resume-step N); the earlier steps are [1]" in err
     assert main(["inspect", "--run", str(out), "--out", str(tmp_path / "report")]) == 1
     assert "checkpoint step 2 in" in one_line_error(capsys, "gatenets inspect: ")
