@@ -19,8 +19,9 @@ trace returned; in training a small penalty on the forget/update gate so the gat
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
 ``scan`` / ``fused`` / ``native`` / ``cudnn`` (that loop forced); ``before`` (input matmul
 before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32
-cell state); ``two_pass`` (a bidirectional layer's directions one after the other, not in
-one loop). On a GPU, PyTorch runs on CUDA (cuDNN) and its thread count does not matter.
+cell state); ``two_pass`` / ``one_loop`` (a bidirectional layer's directions one after the
+other, or in one vmapped loop). On a GPU, PyTorch runs on CUDA (cuDNN) and its thread count
+does not matter.
 
 Example:
   gatenets bench --quick
@@ -64,6 +65,7 @@ VARIANTS = (
     "remat",
     "bf16",
     "two_pass",
+    "one_loop",
 )
 LEARNING_RATE = 1e-3
 BLOCKS = {"lstm": 4, "gru": 3}
@@ -165,9 +167,9 @@ def gatenets_module(point: Point, variant: str) -> nnx.Module:
     if variant == "bf16":
         kwargs["dtype"] = jnp.bfloat16
     module = layer(point.features, point.hidden, rngs=nnx.Rngs(0), **kwargs)
-    if variant == "two_pass":
+    if variant in ("two_pass", "one_loop"):
         for stacked in module.layers:
-            stacked.one_loop = False
+            stacked.one_loop = variant == "one_loop"
     return module
 
 

@@ -345,7 +345,8 @@ class Bidirectional(nnx.Module):
         sequence, each step one batched matmul for both (``jax.vmap`` over the direction): half
         the loop iterations. It applies when both cells have the same structure and options
         and both directions get the same overrides; otherwise the two passes run one after the
-        other. None (default) picks per backend (see ``Bidirectional.one_loop_default``).
+        other. None (default) picks per backend (``Bidirectional.one_loop_default``: on CPU
+        the two passes measured faster, so one loop is opt-in).
 
     Example:
       >>> import jax.numpy as jnp
@@ -380,8 +381,10 @@ class Bidirectional(nnx.Module):
         self.merge_fn = merge_fn
         self.one_loop = one_loop
 
-    # Measured with ``gatenets bench --bidirectional`` (see the README's speed section).
-    one_loop_default: ClassVar[dict[str, bool]] = {"cpu": True}
+    # Backends where one loop is the default. Measured on CPU (gatenets bench --bidirectional
+    # --variants plain,two_pass): the two passes one after the other were 7-10% faster, with
+    # the native and with the fused kernel, so no backend defaults to it until measured.
+    one_loop_default: ClassVar[dict[str, bool]] = {}
 
     @property
     def cell(self) -> GatedCell:

@@ -11,14 +11,14 @@ from gatenets.cli import main
 def test_bench_times_gatenets_against_every_installed_peer_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--models", "gru", "--sizes", "2,3,2,4", "--modes", "forward"]
-    argv += ["--variants", "plain,two_pass", "--bidirectional", "--repeats", "2", "--warmup", "0"]
+    argv += ["--variants", "plain,one_loop", "--bidirectional", "--repeats", "2", "--warmup", "0"]
     assert main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "load average" in printed and "share" in printed
     data = json.loads(out.read_text())
     assert len(data["environment"]["load_average_before"]) == 3
     rows = data["rows"]
-    assert [row["variant"] for row in rows] == ["plain", "two_pass"]
+    assert [row["variant"] for row in rows] == ["plain", "one_loop"]
     for row in rows:
         assert set(row["peers_ms"]) == {"flax", "torch1", "torch2"}
         fastest = min(row["peers_ms"].values())
@@ -30,7 +30,7 @@ def test_bench_times_gatenets_against_every_installed_peer_and_writes_json(tmp_p
     assert bench.Point("gru", 2, 3, 2, 4, "forward", 1, True).flops() == 2 * (2 * 2 * 3 * 6 * 12)
     assert main(["bench", "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
-    assert table.startswith("| model | mode | layers |") and "forward (two_pass)" in table
+    assert table.startswith("| model | mode | layers |") and "forward (one_loop)" in table
 
 
 def test_load_warning_only_above_half_the_cores():
