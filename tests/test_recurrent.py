@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from test_cells import B, H, I, T, inputs, randomize
 
 import gatenets
+from gatenets.registry import FAMILIES
 
 
 def lstm_rnn(**kwargs):
@@ -525,3 +526,26 @@ def test_any_shape_and_lengths_match_reference(batch, time, features, hidden, ls
             ref = ref_fn(cell, x[b : b + 1, :length].astype(np.float64))[0]
             np.testing.assert_allclose(y[b, :length], ref[0], atol=1e-5)
         np.testing.assert_array_equal(y[b, length:], 0.0)
+
+
+@pytest.mark.parametrize(
+    "name, loop",
+    [
+        (name, str(loop))
+        for name, family in FAMILIES.items()
+        for loop in family.cell.loops
+    ],
+)
+def test_empty_sequences_keep_the_initial_carry_and_differentiate_to_zero(name, loop):
+    layer = FAMILIES[name].layer(I, H, loop=loop, bidirectional=True, rngs=nnx.Rngs(0))
+    x = jnp.ones((B, 0, I))
+
+    def loss(layer, x):
+        carries, y = layer(x, seq_lengths=jnp.zeros((B,), jnp.int32), return_carry=True)
+        assert y.shape == (B, 0, 2 * H)
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(carries))
+
+    value, grads = nnx.value_and_grad(loss)(layer, x)
+    assert float(value) == 0.0  # zero initial carries, held
+    for leaf in jax.tree.leaves(nnx.state(grads)):
+        assert not np.asarray(leaf).any()

@@ -43,7 +43,9 @@ def constant_overrides(
 
 def previous(sequence: Array, initial: Array, reverse: bool) -> Array:
     """The value before each step: ``initial`` then ``sequence`` shifted by one step in the
-    direction of the loop (``[time, batch, …]``)."""
+    direction of the loop (``[time, batch, …]``); empty for an empty sequence."""
+    if sequence.shape[0] == 0:
+        return sequence
     if reverse:
         return jnp.concatenate([sequence[1:], initial[None]], axis=0)
     return jnp.concatenate([initial[None], sequence[:-1]], axis=0)
