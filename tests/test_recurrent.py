@@ -530,11 +530,7 @@ def test_any_shape_and_lengths_match_reference(batch, time, features, hidden, ls
 
 @pytest.mark.parametrize(
     "name, loop",
-    [
-        (name, str(loop))
-        for name, family in FAMILIES.items()
-        for loop in family.cell.loops
-    ],
+    [(name, str(loop)) for name, family in FAMILIES.items() for loop in family.cell.loops],
 )
 def test_empty_sequences_keep_the_initial_carry_and_differentiate_to_zero(name, loop):
     layer = FAMILIES[name].layer(I, H, loop=loop, bidirectional=True, rngs=nnx.Rngs(0))
