@@ -51,9 +51,17 @@ def previous(sequence: Array, initial: Array, reverse: bool) -> Array:
     return jnp.concatenate([initial[None], sequence[:-1]], axis=0)
 
 
+def accumulation(dtype: Any) -> Any:
+    """The dtype gradients are summed in: at least float32 (bf16 sums over time lose the
+    gradient), float64 for float64 kernels."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def flat_matmul(a: Array, b: Array) -> Array:
     """``sum_t a[t].T @ b[t]`` as one ``[features, time * batch] @ [time * batch, out]`` matmul:
     the weight gradient of a whole sequence, left out of the loop."""
     return jnp.dot(
-        a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), preferred_element_type=jnp.float32
+        a.reshape(-1, a.shape[-1]).T,
+        b.reshape(-1, b.shape[-1]),
+        preferred_element_type=accumulation(jnp.result_type(a, b)),
     )

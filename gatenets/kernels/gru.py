@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
-from gatenets.kernels._common import flat_matmul, previous
+from gatenets.kernels._common import accumulation, flat_matmul, previous
 
 
 class GRUKernelConfig(NamedTuple):
@@ -152,7 +152,7 @@ def _gru_bwd(config, residuals, cotangents):
     kernel_t = recurrent_kernel.T
 
     # Backward arithmetic in at least float32: bf16 accumulations over time lose the gradient.
-    acc = jnp.promote_types(dtype, jnp.float32)
+    acc = accumulation(dtype)
 
     # With remat nothing [time, batch, 3 hidden] may exist, so the weight gradients are summed
     # in the loop (one small matmul per step) instead of one large matmul after it.
@@ -201,12 +201,12 @@ def _gru_bwd(config, residuals, cotangents):
         sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
         if recurrent_bias is not None:
             sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(
-                jnp.float32
+                acc
             ).sum(axis=0)
         if input_kernel is None:
             return (dh_prev, sums), dx
         sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dx)
-        sums["bias"] = sums["bias"] + dx.astype(jnp.float32).sum(axis=0)
+        sums["bias"] = sums["bias"] + dx.astype(acc).sum(axis=0)
         return (dh_prev, sums), jnp.dot(dx, input_kernel.T).astype(xs.dtype)
 
     steps = (
@@ -220,12 +220,12 @@ def _gru_bwd(config, residuals, cotangents):
     hidden = h0.shape[-1]
     sums = {}
     if accumulate:
-        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, acc)
         if recurrent_bias is not None:
-            sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, jnp.float32)
+            sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, acc)
         if input_kernel is not None:
-            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
-            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+            sums["input"] = jnp.zeros(input_kernel.shape, acc)
+            sums["bias"] = jnp.zeros(bias.shape, acc)
     (dh0, sums), emitted = jax.lax.scan(
         body,
         (dh_last.astype(acc), sums),
@@ -256,7 +256,7 @@ def _gru_bwd(config, residuals, cotangents):
             None
             if recurrent_bias is None
             else d_hh[..., 2 * hidden :]
-            .astype(jnp.float32)
+            .astype(acc)
             .sum(axis=(0, 1))
             .astype(recurrent_bias.dtype)
         )
@@ -265,7 +265,7 @@ def _gru_bwd(config, residuals, cotangents):
         else:
             dxs = jnp.dot(dx, input_kernel.T).astype(xs.dtype)
             d_input = flat_matmul(xs.astype(dtype), dx).astype(input_kernel.dtype)
-            d_bias = dx.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
+            d_bias = dx.astype(acc).sum(axis=(0, 1)).astype(bias.dtype)
     d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
     return dxs, d_input, d_bias, d_recurrent, d_recurrent_bias, dh0.astype(h0.dtype), None, d_mask
 

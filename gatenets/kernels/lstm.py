@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
-from gatenets.kernels._common import flat_matmul, previous
+from gatenets.kernels._common import accumulation, flat_matmul, previous
 
 
 class LSTMKernelConfig(NamedTuple):
@@ -142,6 +142,7 @@ def _lstm_bwd(config, residuals, cotangents):
     # With remat nothing [time, batch, 4 hidden] may exist, so the weight gradients are summed
     # in the loop (one small matmul per step) instead of one large matmul after it.
     accumulate = config.remat
+    acc = accumulation(dtype)
 
     def body(carry, step):
         dh, dc, sums = carry
@@ -190,7 +191,7 @@ def _lstm_bwd(config, residuals, cotangents):
         if input_kernel is None:
             return (dh_prev, dc_prev, sums), dz
         sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dz)
-        sums["bias"] = sums["bias"] + dz.astype(jnp.float32).sum(axis=0)
+        sums["bias"] = sums["bias"] + dz.astype(acc).sum(axis=0)
         return (dh_prev, dc_prev, sums), jnp.dot(dz, input_kernel.T).astype(xs.dtype)
 
     steps = (
@@ -205,10 +206,10 @@ def _lstm_bwd(config, residuals, cotangents):
     )
     sums = {}
     if accumulate:
-        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, jnp.float32)
+        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, acc)
         if input_kernel is not None:
-            sums["input"] = jnp.zeros(input_kernel.shape, jnp.float32)
-            sums["bias"] = jnp.zeros(bias.shape, jnp.float32)
+            sums["input"] = jnp.zeros(input_kernel.shape, acc)
+            sums["bias"] = jnp.zeros(bias.shape, acc)
     (dh0, dc0, sums), emitted = jax.lax.scan(
         body,
         (dh_last.astype(state), dc_last.astype(state), sums),
@@ -234,7 +235,7 @@ def _lstm_bwd(config, residuals, cotangents):
         d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
         dxs = jnp.dot(dz, input_kernel.T).astype(xs.dtype)
         d_input = flat_matmul(xs.astype(dtype), dz).astype(input_kernel.dtype)
-        d_bias = dz.astype(jnp.float32).sum(axis=(0, 1)).astype(bias.dtype)
+        d_bias = dz.astype(acc).sum(axis=(0, 1)).astype(bias.dtype)
     d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
     return (
         dxs,
