@@ -200,9 +200,9 @@ def _gru_bwd(config, residuals, cotangents):
         sums = dict(sums)
         sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
         if recurrent_bias is not None:
-            sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(
-                acc
-            ).sum(axis=0)
+            sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(acc).sum(
+                axis=0
+            )
         if input_kernel is None:
             return (dh_prev, sums), dx
         sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dx)
@@ -255,10 +255,7 @@ def _gru_bwd(config, residuals, cotangents):
         d_recurrent_bias = (
             None
             if recurrent_bias is None
-            else d_hh[..., 2 * hidden :]
-            .astype(acc)
-            .sum(axis=(0, 1))
-            .astype(recurrent_bias.dtype)
+            else d_hh[..., 2 * hidden :].astype(acc).sum(axis=(0, 1)).astype(recurrent_bias.dtype)
         )
         if input_kernel is None:
             dxs, d_input, d_bias = dx, None, None
