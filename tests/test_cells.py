@@ -16,6 +16,17 @@ from gatenets.registry import FAMILIES
 B, T, I, H = 2, 5, 3, 4
 
 
+def unavailable_loop_marks(loop):
+    """A skip mark, saying why, for a loop this machine cannot run (the native kernels without
+    a C++ compiler or BLAS); nothing for the others."""
+    from gatenets import Loop
+    from gatenets.kernels import native
+
+    if str(loop) == str(Loop.NATIVE) and not native.available():
+        return pytest.mark.skip(reason=f"native kernels unavailable: {native.unavailable_reason}")
+    return ()
+
+
 def randomize(module, seed=0, scale=0.5):
     """Sets every parameter to random values so no term of the equations hides behind a zero."""
     rng = np.random.default_rng(seed)

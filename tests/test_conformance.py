@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_cells import B, H, I, T, inputs, randomize
+from test_cells import B, H, I, T, inputs, randomize, unavailable_loop_marks
 
 import gatenets
 import gatenets.linen as gl
@@ -28,7 +28,7 @@ from gatenets.registry import FAMILIES
 NAMES = list(FAMILIES)
 # Every loop but the reference, per family: each is tested equal to Loop.SCAN.
 FAST_LOOPS = [
-    pytest.param(name, loop, id=f"{name}-{loop}")
+    pytest.param(name, loop, id=f"{name}-{loop}", marks=unavailable_loop_marks(loop))
     for name, family in FAMILIES.items()
     for loop in family.cell.loops
     if loop is not Loop.SCAN

@@ -8,7 +8,7 @@ import pytest
 import reference
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
-from test_cells import B, H, I, T, inputs, randomize
+from test_cells import B, H, I, T, inputs, randomize, unavailable_loop_marks
 
 import gatenets
 from gatenets.registry import FAMILIES
@@ -530,7 +530,11 @@ def test_any_shape_and_lengths_match_reference(batch, time, features, hidden, ls
 
 @pytest.mark.parametrize(
     "name, loop",
-    [(name, str(loop)) for name, family in FAMILIES.items() for loop in family.cell.loops],
+    [
+        pytest.param(name, str(loop), marks=unavailable_loop_marks(loop))
+        for name, family in FAMILIES.items()
+        for loop in family.cell.loops
+    ],
 )
 def test_empty_sequences_keep_the_initial_carry_and_differentiate_to_zero(name, loop):
     layer = FAMILIES[name].layer(I, H, loop=loop, bidirectional=True, rngs=nnx.Rngs(0))
