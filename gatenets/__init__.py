@@ -50,6 +50,8 @@ from gatenets.kernels.sequence_parallel import (
     sharded_linear_recurrence as sharded_linear_recurrence,
 )
 from gatenets.loop import Loop as Loop
+from gatenets.loop import loop_tuning as loop_tuning
+from gatenets.loop import set_loop_tuning as set_loop_tuning
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
 from gatenets.recurrent import MGU as MGU
@@ -93,6 +95,8 @@ __all__ = [
     "LSTMCell",
     "LSTMGates",
     "Loop",
+    "loop_tuning",
+    "set_loop_tuning",
     "MGU",
     "MGUCarry",
     "MGUCell",

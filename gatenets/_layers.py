@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -20,6 +21,25 @@ from gatenets.gates import GateTrace, check_gate_names, check_static_flag
 # Module-level initialisers, shared as argument defaults (Flax's own defaults).
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
+
+
+def check_precision(precision: Any, name: str = "precision") -> Any:
+    """``precision`` if it is one a matmul takes (see :data:`gatenets._typing.PrecisionLike`),
+    else a ValueError naming ``name``. Strings are checked by ``jax.lax.Precision``."""
+    try:
+        if precision is None:
+            return None
+        if isinstance(precision, tuple) and len(precision) == 2:
+            return tuple(check_precision(p, name) for p in precision)
+        if isinstance(precision, str | jax.lax.Precision):
+            jax.lax.Precision(precision)
+            return precision
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{name} must be None, 'default', 'high', 'highest' (or 'bfloat16', 'tensorfloat32', "
+        f"'float32'), a jax.lax.Precision or a pair of those; got {precision!r}."
+    )
 
 
 def check_positive_int(value: Any, name: str, where: str) -> int:

@@ -27,3 +27,6 @@ Array: TypeAlias = jax.Array
 Dtype: TypeAlias = Any
 Initializer: TypeAlias = Callable[..., Array]
 PRNGKey: TypeAlias = jax.Array
+PrecisionLike: TypeAlias = None | str | jax.lax.Precision | tuple[Any, Any]
+"""A matmul precision as Flax's ``Linear`` takes it: None (JAX's default: TF32 on NVIDIA GPUs
+for float32), ``"highest"``, ``jax.lax.Precision.HIGHEST``, or a pair of those."""

@@ -13,6 +13,7 @@ leaves the scan.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -20,10 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gatenets import loop as loop_table
 from gatenets._typing import Array
-from gatenets.cells.base import GatedCell, compute_dtype
+from gatenets.cells.base import GatedCell
 from gatenets.cells.gru import GRUCell
-from gatenets.cells.lstm import LSTMCarry, LSTMCell
+from gatenets.cells.lstm import LSTMCell
 from gatenets.cells.mgu import MGUCell
 from gatenets.cells.minimal import MinGRUCell, MinLSTMCell
 from gatenets.cells.rglru import RGLRUCell
@@ -36,7 +38,7 @@ from gatenets.gates import (
     sequence_mask,
     zero_invalid,
 )
-from gatenets.loop import Loop, as_loop
+from gatenets.loop import Loop, LoopRequest, as_loop
 
 
 class BidirectionalCarry(NamedTuple):
@@ -125,8 +127,9 @@ class RNN(nnx.Module):
     Args:
       cell: a gatenets cell (``LSTMCell``, ``GRUCell``, …).
       loop: how the sequence is run (:class:`~gatenets.Loop` or its name): ``"auto"`` (the
-        fastest loop that computes the request exactly), ``"scan"``, ``"fused"`` or
-        ``"associative"``; a named loop that cannot compute a request raises, saying why.
+        fastest loop that computes the request exactly, measured here) or one of the loops of
+        :func:`gatenets.loop.loop_table` the cell has a kernel for (``"scan"`` always); a
+        named loop that cannot compute a request raises, saying why.
       time_major: inputs and outputs are ``[time, batch, …]`` instead of ``[batch, time, …]``.
         Gate traces are batch-major either way.
       reverse: run from the last step to the first.
@@ -558,12 +561,8 @@ class RecurrentStack(nnx.Module):
         self.bidirectional = bidirectional
         self.time_major = time_major
         self.loop = as_loop(loop)
-        if self.loop is Loop.CUDNN and self.cell_type is not LSTMCell:
-            raise ValueError(
-                f"loop='cudnn' runs LSTM stacks only; got {type(self).__name__}. Use loop='auto'."
-            )
-        # cuDNN runs the whole stack; each layer keeps its own loop for what cuDNN cannot do.
-        layer_loop = Loop.AUTO if self.loop is Loop.CUDNN else self.loop
+        # A stack loop runs the whole stack; each layer keeps "auto" for what it cannot do.
+        layer_loop = Loop.AUTO if self.loop in loop_table.STACK_LOOPS else self.loop
         layers = []
         features = in_features
         for _ in range(num_layers):
@@ -589,10 +588,9 @@ class RecurrentStack(nnx.Module):
         self.layers = nnx.List(layers)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.out_features = features
-        if self.loop is Loop.CUDNN:
-            reason = self._cudnn_unsupported()
-            if reason is not None:
-                raise ValueError(f"loop='cudnn' does not apply: {reason}. Use loop='auto'.")
+        if self.loop in loop_table.STACK_LOOPS:
+            # A stack loop this configuration can never run fails here, before any input.
+            loop_table.choose_stack(self, self.loop, LoopRequest(), None, None)
 
     @property
     def rnns(self) -> list[RNN]:
@@ -601,45 +599,13 @@ class RecurrentStack(nnx.Module):
             return [rnn for layer in self.layers for rnn in (layer.forward_rnn, layer.backward_rnn)]
         return list(self.layers)
 
-    def _cudnn_unsupported(
-        self, *, mask=None, return_gates=False, gate_overrides=None
-    ) -> str | None:
-        """Why this stack and call cannot run as one cuDNN call, or None if they can."""
-        from gatenets.kernels import cudnn
+    @property
+    def family(self) -> str:
+        """The family of the stack's cells (the loop table keys stack loops by it)."""
+        return self.cell_type.family
 
-        if self.cell_type is not LSTMCell:
-            return "cuDNN runs LSTM stacks only"
-        if not cudnn.available():
-            return "it needs a CUDA GPU with JAX's cuDNN RNN"
-        cells = [rnn.cell for rnn in self.rnns]
-        if any(c.peephole or c.proj_size is not None for c in cells):
-            return "cuDNN has no peepholes or projection"
-        if not all(c.standard_functions for c in cells):
-            return "cuDNN computes sigmoid gates and tanh activations only"
-        if any(compute_dtype(c.dtype, c.param_dtype) != jnp.float32 for c in cells):
-            return "cuDNN's LSTM computes in float32 only"
-        if mask is not None:
-            return "it takes right padding by seq_lengths, not a general mask"
-        if return_gates:
-            return "cuDNN returns no gates (return_gates=True)"
-        if gate_overrides:
-            return "cuDNN takes no gate overrides"
-        dropouts = (self.dropout, *(rnn.recurrent_dropout for rnn in self.rnns))
-        if any(d.rate > 0 and not d.deterministic for d in dropouts):
-            return "dropout is active (training mode)"
-        return None
-
-    def _run_cudnn(self, inputs, initial_carry, seq_lengths):
-        """The whole stack as one cuDNN call; returns ``(carries, outputs)``."""
-        from gatenets.kernels import cudnn
-
-        rnns = self.rnns
-        x, batch, time = _check_sequence(rnns[0].cell, inputs, self.time_major)
-        valid = sequence_mask(batch, time, seq_lengths=seq_lengths)
-        x = x if not self.time_major else jnp.swapaxes(x, 0, 1)
-        if valid is not None:
-            x = zero_invalid(valid, x)
-        lengths = jnp.full((batch,), time, jnp.int32) if seq_lengths is None else seq_lengths
+    def _stack_carries(self, batch: int, initial_carry: tuple | None) -> list[Any]:
+        """The initial carry of every pass, in :attr:`rnns` order."""
         given: list[Any] = []
         for k in range(self.num_layers):
             layer_carry = None if initial_carry is None else initial_carry[k]
@@ -654,24 +620,50 @@ class RecurrentStack(nnx.Module):
                     f"initial_carry[{k}] of a bidirectional layer must be a BidirectionalCarry"
                     f"(forward, backward); got {type(layer_carry).__name__}."
                 )
-        carries = [rnn._initial_carry(batch, c) for rnn, c in zip(rnns, given, strict=True)]
-        y, h_n, c_n = cudnn.lstm_stack(
-            x.astype(jnp.float32),
-            jnp.stack([c.h for c in carries]),
-            jnp.stack([c.c for c in carries]),
-            cudnn.pack_lstm_weights([rnn.cell for rnn in rnns]),
-            lengths,
-            input_size=x.shape[-1],
-            hidden_size=self.hidden_features,
-            num_layers=self.num_layers,
-            bidirectional=self.bidirectional,
-        )
-        finals = [LSTMCarry(c=c_n[k], h=h_n[k]) for k in range(len(rnns))]
+        return [rnn._initial_carry(batch, c) for rnn, c in zip(self.rnns, given, strict=True)]
+
+    def _run_stack_loop(self, loop, inputs, initial_carry, seq_lengths):
+        """The whole stack as one call of a stack loop; returns ``(carries, outputs)``."""
+        rnns = self.rnns
+        x, batch, time = _check_sequence(rnns[0].cell, inputs, self.time_major)
+        valid = sequence_mask(batch, time, seq_lengths=seq_lengths)
+        x = x if not self.time_major else jnp.swapaxes(x, 0, 1)
+        if valid is not None:
+            x = zero_invalid(valid, x)
+        lengths = jnp.full((batch,), time, jnp.int32) if seq_lengths is None else seq_lengths
+        carries = self._stack_carries(batch, initial_carry)
+        finals, y = loop_table.run_stack(self, loop, x, carries, lengths)
+        carry_type = rnns[0].cell.carry_type
+        finals = [carry_type(*pair) for pair in finals]
         if self.bidirectional:
             finals = [
                 BidirectionalCarry(*finals[2 * k : 2 * k + 2]) for k in range(len(finals) // 2)
             ]
         return tuple(finals), (jnp.swapaxes(y, 0, 1) if self.time_major else y)
+
+    def _stack_timers(self, candidates, differentiated, inputs, seq_lengths):
+        """``{loop: timed function}`` of this stack's forward (and backward) pass with random
+        parameters and inputs of the call's shapes: for the measured choice."""
+        graphdef, state = nnx.split(self)
+        state = loop_table.concrete_like(state)
+        x = loop_table.concrete_like(inputs, seed=1)
+        axis = 0 if self.time_major else 1
+        x = jax.lax.slice_in_dim(x, 0, min(x.shape[axis], loop_table.TUNING_STEPS), axis=axis)
+        lengths = None if seq_lengths is None else jnp.full(seq_lengths.shape, x.shape[axis])
+
+        def timer(choice):
+            def forward(state, x):
+                stack = nnx.merge(graphdef, state)
+                overrides = resolve_overrides(None, stack.paths, stack.cell.gate_names)
+                return stack._run(x, None, lengths, None, False, overrides, choice)[1]
+
+            def loss(state, x):
+                return jnp.sum(forward(state, x).astype(jnp.float32))
+
+            fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if differentiated else forward)
+            return functools.partial(fn, state, x)
+
+        return {choice: timer(choice) for choice in candidates}
 
     @property
     def cell(self) -> GatedCell:
@@ -726,15 +718,35 @@ class RecurrentStack(nnx.Module):
                     else "."
                 )
             )
-        if self.loop in (Loop.AUTO, Loop.CUDNN):
-            reason = self._cudnn_unsupported(
-                mask=mask, return_gates=return_gates, gate_overrides=gate_overrides
-            )
-            if reason is None:
-                carries, outputs = self._run_cudnn(inputs, initial_carry, seq_lengths)
-                return (carries, outputs) if return_carry else outputs
-            if self.loop is Loop.CUDNN:
-                raise ValueError(f"loop='cudnn' does not apply: {reason}. Use loop='auto'.")
+        request = LoopRequest(
+            return_gates=return_gates,
+            gate_overrides=gate_overrides,
+            padding="mask" if mask is not None else "lengths" if seq_lengths is not None else None,
+        )
+        stack_loop = loop_table.choose_stack(
+            self,
+            self.loop,
+            request,
+            inputs,
+            lambda candidates, differentiated: self._stack_timers(
+                candidates, differentiated, inputs, seq_lengths
+            ),
+        )
+        carries, x, traces = self._run(
+            inputs, initial_carry, seq_lengths, mask, return_gates, overrides, stack_loop
+        )
+        result: tuple = (x,)
+        if return_carry:
+            result = (carries, *result)
+        if return_gates:
+            result = (*result, merge_traces(traces))
+        return result[0] if len(result) == 1 else result
+
+    def _run(self, inputs, initial_carry, seq_lengths, mask, return_gates, overrides, stack_loop):
+        """``(carries, outputs, traces)``: as one stack loop call, or layer by layer."""
+        if stack_loop in loop_table.STACK_LOOPS:
+            carries, outputs = self._run_stack_loop(stack_loop, inputs, initial_carry, seq_lengths)
+            return carries, outputs, []
         x = inputs
         carries, traces = [], []
         for k, layer in enumerate(self.layers):
@@ -761,12 +773,7 @@ class RecurrentStack(nnx.Module):
                 traces.append(trace.prefixed(f"layer{k}"))
             if k + 1 < self.num_layers:
                 x = self.dropout(x)
-        result: tuple = (x,)
-        if return_carry:
-            result = (tuple(carries), *result)
-        if return_gates:
-            result = (*result, merge_traces(traces))
-        return result[0] if len(result) == 1 else result
+        return tuple(carries), x, traces
 
 
 class LSTM(RecurrentStack):

@@ -43,9 +43,9 @@ def largest_difference(a, b):
 # One case per row, together covering every cell, both directions, both loops and both meshes
 # (time alone; batch and time) while compiling little.
 CASES = (
-    ("mingru", False, "scan", "time"),
+    ("mingru", False, "linear_scan", "time"),
     ("minlstm", True, "associative", "data_time"),
-    ("rglru", True, "scan", "time"),
+    ("rglru", True, "linear_scan", "time"),
     ("rglru", False, "associative", "data_time"),
 )
 

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 import gatenets
+from gatenets.loop import family_loops
 from gatenets.registry import FAMILIES
 
 B, T, I, H = 2, 5, 3, 4
@@ -44,7 +45,7 @@ def inputs(seed=1, shape=(B, T, I)):
 # finite differences here; the others' autodiff gradients against Loop.SCAN's in the
 # conformance suite.
 HAND_WRITTEN_BACKWARD = [
-    family.cell for family in FAMILIES.values() if gatenets.Loop.FUSED in family.cell.loops
+    family.cell for family in FAMILIES.values() if gatenets.Loop.FUSED in family_loops(family.name)
 ]
 
 LSTM_VARIANTS = {

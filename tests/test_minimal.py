@@ -23,7 +23,8 @@ from gatenets.registry import FAMILIES
 # The registered families this file's NumPy reference covers.
 CELLS = {name: FAMILIES[name].cell for name in ("mingru", "minlstm", "rglru")}
 STACKS = {name: FAMILIES[name].layer for name in CELLS}
-LOOPS = ["associative", "scan"]
+LOOPS = ["associative", "linear_scan", "scan"]
+SOLVERS = ["associative", "linear_scan"]
 # Constant overrides that make each cell hold its state exactly: a_t = 1, b_t = 0.
 HOLD = {
     "mingru": {"update": 0.0},
@@ -320,7 +321,7 @@ def test_rglru_decay_init_and_bounded_square_root_gradient():
         (
             lambda: gatenets.RNN(gatenets.MinGRUCell(I, H, rngs=nnx.Rngs(0)), loop="fused"),
             ValueError,
-            "MinGRUCell runs only the loops",
+            "kernels for the families gru, lstm; got 'mingru'",
         ),
         (lambda: gatenets.MinLSTMCell(I, 0, rngs=nnx.Rngs(0)), ValueError, "hidden_features"),
         (lambda: gatenets.RGLRUCell(I, H, c=0.0, rngs=nnx.Rngs(0)), ValueError, "c must"),
@@ -393,7 +394,7 @@ def test_adding_example_trains(capsys):
     assert "MinLSTM: test MSE" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", SOLVERS)
 def test_linear_recurrence_kernel_matches_a_loop(loop):
     rng = np.random.default_rng(0)
     time, batch, hidden = 9, 2, 3
@@ -419,7 +420,7 @@ def test_linear_recurrence_bad_input():
     ones = jnp.ones((3, 2, 4))
     with pytest.raises(ValueError, match="loop must be"):
         linear_recurrence(ones, ones, jnp.ones((2, 4)), loop="cumsum")
-    with pytest.raises(ValueError, match="loop must be 'associative' or 'scan'"):
+    with pytest.raises(ValueError, match="loop must be 'linear_scan' or 'associative'"):
         linear_recurrence(ones, ones, jnp.ones((2, 4)), loop="fused")
     with pytest.raises(ValueError, match="h0 must be"):
         linear_recurrence(ones, ones, jnp.ones((2, 5)))

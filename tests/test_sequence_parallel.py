@@ -51,7 +51,7 @@ def test_one_device_split_equals_linear_recurrence_with_masks():
     h0 = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
     valid = jnp.arange(6)[:, None] < jnp.array([[6, 4]])
     mesh = Mesh(jax.devices()[:1], ("time",))
-    expected = linear_recurrence(log_a, b, h0, valid=valid, reverse=True, loop="scan")
+    expected = linear_recurrence(log_a, b, h0, valid=valid, reverse=True, loop="linear_scan")
     got = jax.jit(
         lambda log_a, b, h0: gatenets.sharded_linear_recurrence(
             log_a, b, h0, mesh=mesh, axis_name="time", valid=valid, reverse=True

@@ -9,6 +9,7 @@ project and step, so a cell also works step by step and inside ``flax.nnx.RNN``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -16,15 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets import loop as loop_table
+from gatenets._layers import check_precision
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.gates import GateOverride, hold_invalid, zero_invalid
 from gatenets.kernels._common import constant_overrides
-from gatenets.loop import Loop, as_loop
-
-
-def compute_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
-    """The dtype a cell computes in: ``dtype`` if given, else the parameters' dtype."""
-    return jnp.dtype(dtype if dtype is not None else param_dtype)
+from gatenets.loop import Loop, LoopRequest
 
 
 def state_dtype(dtype: Any) -> Any:
@@ -73,18 +71,20 @@ class GatedCell(nnx.RNNCellBase):
     """Base of gatenets' recurrent cells: the contract a new cell implements.
 
     A cell family is one subclass that sets the class attributes and implements :meth:`step`
-    (and :meth:`initialize_carry` when its carry holds more than ``h``); :meth:`project` and
-    :meth:`scan` are inherited and overridden only for speed. The sequence layer
-    (:class:`~gatenets.RNN`) relies on nothing else.
+    (and :meth:`carry_spec` when its carry holds more than ``h``); :meth:`project` and
+    :meth:`scan` are inherited. The sequence layer (:class:`~gatenets.RNN`) relies on nothing
+    else. ``precision`` (as Flax's ``Linear`` takes it) goes to every matmul of the cell.
 
     Class attributes:
+      family: the registered family's name (``"lstm"``). A class that sets it is a concrete
+        cell: every abstract method must be implemented (checked when the class is made). The
+        loop table (:func:`gatenets.loop.loop_table`) keys its kernels by it; a family without
+        kernels there runs ``Loop.SCAN``, the generic loop over :meth:`step`.
       gates_type: NamedTuple of the cell's post-sigmoid gates. Its field names are the names
         ``gate_overrides`` takes and a trace shows.
       carry_type: NamedTuple of the state between steps. It must have a field ``h``: the
         output of the step and the recurrent input of the next one (checked when the class is
         made).
-      loops: the :class:`~gatenets.Loop` values the cell can run, in the order ``"auto"``
-        tries them; ``Loop.SCAN`` (the generic loop over :meth:`step`) is always among them.
 
     Rules a :meth:`step` follows, so that every loop computes the same thing:
 
@@ -100,9 +100,9 @@ class GatedCell(nnx.RNNCellBase):
     whose input weights look different overrides :meth:`project`.
     """
 
+    family: ClassVar[str]
     gates_type: ClassVar[type]
     carry_type: ClassVar[type]
-    loops: ClassVar[tuple[Loop, ...]] = (Loop.SCAN,)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -112,10 +112,27 @@ class GatedCell(nnx.RNNCellBase):
                 f"{cls.__name__}.carry_type must be a NamedTuple with a field 'h' (the output "
                 f"and recurrent input); got {carry_type!r}."
             )
-        if Loop.SCAN not in cls.loops:
-            raise TypeError(f"{cls.__name__}.loops must include Loop.SCAN; got {cls.loops}.")
+        if "family" in cls.__dict__:
+            # A class that names its family is a concrete cell: nothing may be left abstract.
+            missing = sorted(
+                name
+                for name in dir(cls)
+                if getattr(getattr(cls, name, None), "__isabstractmethod__", False)
+            )
+            if missing:
+                raise TypeError(
+                    f"{cls.__name__} names a family, so it must implement {', '.join(missing)}."
+                )
 
-    def __init__(self, in_features: int, hidden_features: int, *, dtype, param_dtype):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        dtype,
+        param_dtype,
+        precision: PrecisionLike = None,
+    ):
         for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int; got {value!r}.")
@@ -123,6 +140,12 @@ class GatedCell(nnx.RNNCellBase):
         self.hidden_features = hidden_features
         self.dtype = dtype
         self.param_dtype = param_dtype
+        self.precision = check_precision(precision)
+
+    @property
+    def compute_dtype(self) -> Any:
+        """The dtype the cell computes in: ``dtype`` if given, else the parameters' dtype."""
+        return jnp.dtype(self.dtype if self.dtype is not None else self.param_dtype)
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -140,7 +163,7 @@ class GatedCell(nnx.RNNCellBase):
 
     def _carry_dtype(self) -> Any:
         """The dtype of ``h`` between steps: the compute dtype unless a cell says otherwise."""
-        return compute_dtype(self.dtype, self.param_dtype)
+        return self.compute_dtype
 
     def carry_spec(self) -> dict[str, tuple[int, Any]]:
         """``{field: (features, dtype)}`` for every field of ``carry_type``, in field order.
@@ -223,13 +246,14 @@ class GatedCell(nnx.RNNCellBase):
           ``[..., blocks * hidden]``: ``x @ kernel`` plus the input biases, what :meth:`step`
           takes as ``projected``.
         """
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        dtype = self.compute_dtype
+        z = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype), precision=self.precision)
         bias = self._input_bias(dtype)
         if bias is not None:
             z = z + jnp.broadcast_to(bias, z.shape)
         return z
 
+    @abc.abstractmethod
     def step(
         self,
         carry: Any,
@@ -250,46 +274,18 @@ class GatedCell(nnx.RNNCellBase):
           ``(new_carry, h, gates)``: the ``carry_type`` after the step, the output
           ``[batch, output_features]`` and a ``gates_type`` of ``[batch, units]`` arrays.
         """
-        raise NotImplementedError
-
-    def _loop_unsupported(
-        self, loop: Loop, gate_overrides: Mapping[str, GateOverride] | None
-    ) -> str | None:
-        """Why this cell cannot run ``loop`` for this request, or None if it can."""
-        if loop not in self.loops:
-            names = ", ".join(repr(str(m)) for m in self.loops)
-            return f"{type(self).__name__} runs only the loops {names}"
-        return None
-
-    def _auto_order(self) -> tuple[Loop, ...]:
-        """The loops ``"auto"`` tries, fastest first (``loops`` unless a backend differs)."""
-        return self.loops
 
     def resolve_loop(
         self, loop: Loop | str = Loop.AUTO, gate_overrides: Mapping[str, GateOverride] | None = None
     ) -> Loop:
-        """The one place a loop choice is made.
-
-        Args:
-          loop: a :class:`~gatenets.Loop` or its name; ``"auto"`` takes the first of
-            ``self.loops`` that computes the request exactly.
-          gate_overrides: the validated overrides of this call.
-
-        Returns:
-          the loop :meth:`scan` runs.
+        """The loop ``loop`` names for this cell, without measuring
+        (:func:`gatenets.loop.resolve`): a named loop if it computes the request, or for
+        ``"auto"`` the first in the backend's static order that does.
 
         Raises:
           ValueError: if a named loop cannot compute the request, saying why.
         """
-        loop = as_loop(loop)
-        if loop is Loop.AUTO:
-            return next(
-                m for m in self._auto_order() if self._loop_unsupported(m, gate_overrides) is None
-            )
-        reason = self._loop_unsupported(loop, gate_overrides)
-        if reason is not None:
-            raise ValueError(f"loop={str(loop)!r} does not apply: {reason}. Use loop='auto'.")
-        return loop
+        return loop_table.resolve(self, loop, LoopRequest(gate_overrides=gate_overrides))
 
     def scan(
         self,
@@ -305,7 +301,8 @@ class GatedCell(nnx.RNNCellBase):
         recurrent_mask: Array | None = None,
         unroll: int = 1,
     ) -> tuple[Any, Array, Any]:
-        """Runs the cell over a time-major sequence with the loop :meth:`resolve_loop` picks.
+        """Runs the cell over a time-major sequence with the loop the loop table chooses
+        (:func:`gatenets.loop.choose`: measured for ``"auto"``).
 
         Args:
           carry: initial carry, ``[batch, …]`` leaves.
@@ -324,51 +321,23 @@ class GatedCell(nnx.RNNCellBase):
         Returns:
           ``(final_carry, outputs [time, batch, output_features], gates or None)``.
         """
-        loop = self.resolve_loop(loop, gate_overrides)
-        options = dict(
+        request = LoopRequest(
+            projected=projected,
             reverse=reverse,
             return_gates=return_gates,
             gate_overrides=gate_overrides,
             recurrent_mask=recurrent_mask,
             unroll=unroll,
         )
-        if loop is Loop.SCAN:
-            return self._scan_steps(carry, xs, valid, projected=projected, **options)
-        return self._run_loop(loop, carry, xs, valid, projected=projected, **options)
+        chosen = loop_table.choose(self, loop, carry, xs, valid, request)
+        return loop_table.run(self, chosen, carry, xs, valid, request)
 
-    def _run_loop(self, loop: Loop, carry, xs, valid, *, projected, **options):
-        """Runs a loop other than ``Loop.SCAN`` (the cell's faster kernels); same contract."""
-        raise NotImplementedError(f"{type(self).__name__} has no {loop} loop.")
-
-    def _scan_steps(
-        self,
-        carry: Any,
-        xs: Array,
-        valid: Array | None,
-        *,
-        projected: bool,
-        reverse: bool,
-        return_gates: bool,
-        gate_overrides: Mapping[str, GateOverride] | None,
-        recurrent_mask: Array | None,
-        unroll: int,
+    def run_kernel(
+        self, kernel: Callable[..., Any], carry: Any, xs: Array, valid: Array | None, request
     ) -> tuple[Any, Array, Any]:
-        """``Loop.SCAN``: ``jax.lax.scan`` over :meth:`step`, differentiated by autodiff."""
-
-        def body(carry, step_inputs):
-            x_t, valid_t = step_inputs
-            if not projected:
-                x_t = self.project(x_t)
-            new_carry, h, gates = self.step(
-                carry, x_t, gate_overrides=gate_overrides, recurrent_mask=recurrent_mask
-            )
-            new_carry = hold_invalid(valid_t, new_carry, carry)
-            h = zero_invalid(valid_t, h)
-            return new_carry, ((h, gates) if return_gates else h)
-
-        carry, ys = jax.lax.scan(body, carry, (xs, valid), reverse=reverse, unroll=unroll)
-        outputs, gates = ys if return_gates else (ys, None)
-        return carry, outputs, gates
+        """Runs one of the loop table's kernels for this cell's family (the contract of
+        :meth:`scan`); cells with kernels in the table implement it."""
+        raise TypeError(f"{type(self).__name__} has no kernels beside the generic scan.")
 
     def check_input(self, x: Any, name: str = "x", min_rank: int = 1) -> Array:
         """Raises a clear error for input of the wrong type, rank or feature size."""
@@ -403,19 +372,43 @@ class GatedCell(nnx.RNNCellBase):
         return carry, h
 
 
-class FusedKernelCell(GatedCell):
-    r"""A cell with fused sequence kernels beside the generic scan: ``Loop.FUSED`` (custom VJP
-    in JAX) and ``Loop.NATIVE`` (the same contract as one C++ call on CPU).
+def scan_steps(
+    cell: GatedCell, carry: Any, xs: Array, valid: Array | None, request: LoopRequest
+) -> tuple[Any, Array, Any]:
+    """``Loop.SCAN``: ``jax.lax.scan`` over ``cell.step``, differentiated by autodiff — the
+    generic loop every cell runs and every other loop is tested equal to."""
 
-    Subclasses name their kernel functions in ``sequence_kernels`` (both share one signature),
-    implement ``_fused_unsupported`` (why the kernels do not cover this cell's configuration,
-    or None, after this class's own reasons) and ``_fused_scan`` (the kernel call), and set
-    ``remat``. The kernels compute :math:`\sigma` and :math:`\tanh`; other ``gate_fn`` /
-    ``activation_fn`` (Flax's arguments) run on the generic scan.
+    def body(carry, step_inputs):
+        x_t, valid_t = step_inputs
+        if not request.projected:
+            x_t = cell.project(x_t)
+        new_carry, h, gates = cell.step(
+            carry,
+            x_t,
+            gate_overrides=request.gate_overrides,
+            recurrent_mask=request.recurrent_mask,
+        )
+        new_carry = hold_invalid(valid_t, new_carry, carry)
+        h = zero_invalid(valid_t, h)
+        return new_carry, ((h, gates) if request.return_gates else h)
+
+    carry, ys = jax.lax.scan(
+        body, carry, (xs, valid), reverse=request.reverse, unroll=request.unroll
+    )
+    outputs, gates = ys if request.return_gates else (ys, None)
+    return carry, outputs, gates
+
+
+class FusedKernelCell(GatedCell):
+    r"""A cell the loop table has fused sequence kernels for (``Loop.FUSED``, custom VJP in
+    JAX, and ``Loop.NATIVE``, the same contract as one C++ call on CPU).
+
+    Subclasses implement :meth:`kernel_unsupported` (why the kernels do not cover this
+    configuration, or None) and :meth:`kernel_operands` (the cell's parameters as the kernel
+    takes them), and set ``remat``. The kernels compute :math:`\sigma` and :math:`\tanh`;
+    other ``gate_fn`` / ``activation_fn`` (Flax's arguments) run on the generic scan.
     """
 
-    loops = (Loop.NATIVE, Loop.FUSED, Loop.SCAN)
-    sequence_kernels: ClassVar[dict[Loop, Callable[..., Any]]]
     remat: bool
 
     def __init__(
@@ -425,10 +418,13 @@ class FusedKernelCell(GatedCell):
         *,
         dtype,
         param_dtype,
+        precision: PrecisionLike = None,
         gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
         activation_fn: Callable[[Array], Array] = jnp.tanh,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype, precision=precision
+        )
         for name, fn in (("gate_fn", gate_fn), ("activation_fn", activation_fn)):
             if not callable(fn):
                 raise TypeError(f"{name} must be a function of an array; got {fn!r}.")
@@ -440,93 +436,52 @@ class FusedKernelCell(GatedCell):
         """Whether the gates are sigmoids and the activations tanh (what the kernels compute)."""
         return self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
 
-    def _fused_unsupported(self) -> str | None:
-        if not self.standard_functions:
-            return (
-                "the fused kernels compute sigmoid gates and tanh activations; got gate_fn="
-                f"{getattr(self.gate_fn, '__name__', self.gate_fn)}, activation_fn="
-                f"{getattr(self.activation_fn, '__name__', self.activation_fn)}"
-            )
-        return None
+    def functions_unsupported(self) -> str | None:
+        """Why the kernels cannot compute this cell's ``gate_fn`` / ``activation_fn``."""
+        if self.standard_functions:
+            return None
+        return (
+            "the fused kernels compute sigmoid gates and tanh activations; got gate_fn="
+            f"{getattr(self.gate_fn, '__name__', self.gate_fn)}, activation_fn="
+            f"{getattr(self.activation_fn, '__name__', self.activation_fn)}"
+        )
 
-    def _fused_scan(
-        self,
-        carry: Any,
-        xs: Array,
-        valid: Array | None,
-        *,
-        dtype: Any,
-        input_kernel: Array | None,
-        bias: Array | None,
-        recurrent_mask: Array | None,
-        reverse: bool,
-        return_gates: bool,
-        overrides: tuple,
-        unroll: int,
-        kernel: Callable[..., Any],
-    ) -> tuple[Any, Array, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def kernel_unsupported(self) -> str | None:
+        """Why the fused kernels cannot run this cell's configuration, or None."""
 
-    def _loop_unsupported(self, loop, gate_overrides):
-        reason = super()._loop_unsupported(loop, gate_overrides)
-        if reason is None and loop in (Loop.FUSED, Loop.NATIVE):
-            reason = self._fused_unsupported()
-            if reason is None and constant_overrides(gate_overrides, self.gate_names) is None:
-                reason = (
-                    "the fused kernel takes gate_overrides only as scalar constants; got "
-                    f"{dict(gate_overrides)!r} (functions and arrays run on loop='scan')"
-                )
-        if reason is None and loop is Loop.NATIVE:
-            reason = self._native_unsupported()
-        return reason
+    @abc.abstractmethod
+    def kernel_operands(self, carry: Any, dtype: Any) -> tuple[tuple, dict[str, Any]]:
+        """``(positional state operands, keyword operands)`` the family's kernels take beside
+        the inputs: the recurrent kernel and initial states, and family-specific biases."""
 
-    def _native_unsupported(self) -> str | None:
-        from gatenets.kernels import native
+    @abc.abstractmethod
+    def kernel_results(self, results: tuple, return_gates: bool) -> tuple[Any, Array, Any]:
+        """The kernel's results as ``(carry_type, outputs, gates_type or None)``."""
 
-        dtype = compute_dtype(self.dtype, self.param_dtype)
-        if jax.default_backend() != "cpu":
-            return f"the native kernels run on CPU; the backend is {jax.default_backend()}"
-        if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-            return f"the native kernels compute in float32 or float64; got dtype {dtype}"
-        if self.remat:
-            return "the native kernels do not rematerialise (remat=True runs loop='fused')"
-        if not native.available():
-            return f"the native kernels are not available here: {native.unavailable_reason}"
-        return None
-
-    def _run_loop(
-        self,
-        loop,
-        carry,
-        xs,
-        valid,
-        *,
-        projected,
-        reverse,
-        return_gates,
-        gate_overrides,
-        recurrent_mask,
-        unroll,
-    ):
-        dtype = compute_dtype(self.dtype, self.param_dtype)
+    def run_kernel(self, kernel, carry, xs, valid, request):
+        dtype = self.compute_dtype
         input_kernel = bias = None
-        if not projected:
+        if not request.projected:
             input_kernel = self.kernel[...].astype(dtype)
             bias = self._input_bias(dtype)
             if bias is None:
                 bias = jnp.zeros((input_kernel.shape[-1],), dtype)
-        carry, hs, gates = self._fused_scan(
-            carry,
+        states, options = self.kernel_operands(carry, dtype)
+        mask = request.recurrent_mask
+        results = kernel(
             xs,
+            *states,
             valid,
-            dtype=dtype,
+            **options,
             input_kernel=input_kernel,
             bias=bias,
-            recurrent_mask=None if recurrent_mask is None else recurrent_mask.astype(dtype),
-            reverse=reverse,
-            return_gates=return_gates,
-            overrides=constant_overrides(gate_overrides, self.gate_names),
-            unroll=unroll,
-            kernel=self.sequence_kernels[loop],
+            recurrent_mask=None if mask is None else mask.astype(dtype),
+            reverse=request.reverse,
+            return_gates=request.return_gates,
+            overrides=constant_overrides(request.gate_overrides, self.gate_names),
+            remat=self.remat,
+            unroll=request.unroll,
         )
+        carry, hs, gates = self.kernel_results(results, request.return_gates)
         return carry, zero_invalid(valid, hs), gates

@@ -10,12 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import initializers
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
-from gatenets.kernels.gru import gru_sequence
-from gatenets.kernels.native import gru_sequence_native
-from gatenets.loop import Loop
 
 
 class GRUCarry(NamedTuple):
@@ -76,6 +73,8 @@ class GRUCell(FusedKernelCell):
       bias_init: initialiser of the biases.
       dtype: dtype of the computation.
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       gate_fn: the reset and update gates' function (Flax's argument), :math:`\sigma` by
         default; another one runs on ``loop="scan"`` and the trace holds what it returned.
       activation_fn: the candidate's function, :math:`\tanh` by default.
@@ -97,8 +96,8 @@ class GRUCell(FusedKernelCell):
       Machine Translation", 2014.
     """
 
+    family = "gru"
     gates_type = GRUGates
-    sequence_kernels = {Loop.FUSED: gru_sequence, Loop.NATIVE: gru_sequence_native}
     carry_type = GRUCarry
 
     def __init__(
@@ -113,6 +112,7 @@ class GRUCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
         gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
         activation_fn: Callable[[Array], Array] = jnp.tanh,
         remat: bool = False,
@@ -123,6 +123,7 @@ class GRUCell(FusedKernelCell):
             hidden_features,
             dtype=dtype,
             param_dtype=param_dtype,
+            precision=precision,
             gate_fn=gate_fn,
             activation_fn=activation_fn,
         )
@@ -153,48 +154,18 @@ class GRUCell(FusedKernelCell):
             )
         return bias.astype(dtype)
 
-    def _fused_unsupported(self) -> str | None:
-        reason = super()._fused_unsupported()
-        if reason is not None:
-            return reason
+    def kernel_unsupported(self) -> str | None:
         if not self.reset_after:
             return "the fused GRU kernel needs reset_after=True; got reset_after=False"
-        return None
+        return self.functions_unsupported()
 
-    def _fused_scan(
-        self,
-        carry,
-        xs,
-        valid,
-        *,
-        dtype,
-        input_kernel,
-        bias,
-        recurrent_mask,
-        reverse,
-        return_gates,
-        overrides,
-        unroll,
-        kernel,
-    ):
+    def kernel_operands(self, carry, dtype):
         hidden = self.hidden_features
-        h, hs, gates = kernel(
-            xs,
-            self.recurrent_kernel[...].astype(dtype),
-            carry.h,
-            valid,
-            recurrent_bias=(
-                self.recurrent_bias[2 * hidden :].astype(dtype) if self.use_bias else None
-            ),
-            input_kernel=input_kernel,
-            bias=bias,
-            recurrent_mask=recurrent_mask,
-            reverse=reverse,
-            return_gates=return_gates,
-            overrides=overrides,
-            remat=self.remat,
-            unroll=unroll,
-        )
+        b_hn = self.recurrent_bias[2 * hidden :].astype(dtype) if self.use_bias else None
+        return (self.recurrent_kernel[...].astype(dtype), carry.h), {"recurrent_bias": b_hn}
+
+    def kernel_results(self, results, return_gates):
+        h, hs, gates = results
         if return_gates:
             reset, update = jnp.split(gates, 2, axis=-1)
             gates = GRUGates(reset=reset, update=update)
@@ -221,19 +192,23 @@ class GRUCell(FusedKernelCell):
         kernel = self.recurrent_kernel[...].astype(dtype)
         x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
         if self.reset_after:
-            hh = jnp.dot(h_in, kernel)
+            hh = jnp.dot(h_in, kernel, precision=self.precision)
             h_r, h_z, h_n = jnp.split(hh, 3, axis=-1)
             if self.use_bias:
                 h_n = h_n + jnp.broadcast_to(
                     self.recurrent_bias[2 * hidden :].astype(dtype), h_n.shape
                 )
         else:
-            h_r, h_z = jnp.split(jnp.dot(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
+            h_r, h_z = jnp.split(
+                jnp.dot(h_in, kernel[:, : 2 * hidden], precision=self.precision), 2, axis=-1
+            )
         r = apply_override(self.gate_fn(x_r + h_r), overrides.get("reset"), "reset")
         z = apply_override(self.gate_fn(x_z + h_z), overrides.get("update"), "update")
         if self.reset_after:
             n = self.activation_fn(x_n + r * h_n)
         else:
-            n = self.activation_fn(x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :]))
+            n = self.activation_fn(
+                x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :], precision=self.precision)
+            )
         h = (1.0 - z) * n + z * h_prev
         return GRUCarry(h=h), h, GRUGates(reset=r, update=z)

@@ -10,18 +10,14 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import initializers
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.cells.base import (
     FusedKernelCell,
-    compute_dtype,
     fused_orthogonal,
     recurrent_input,
     state_dtype,
 )
 from gatenets.gates import GateOverride, apply_override
-from gatenets.kernels.lstm import lstm_sequence
-from gatenets.kernels.native import lstm_sequence_native
-from gatenets.loop import Loop
 
 
 class LSTMCarry(NamedTuple):
@@ -90,6 +86,8 @@ class LSTMCell(FusedKernelCell):
       bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
       dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       gate_fn: the gates' squashing function (Flax's argument), :math:`\sigma` by default;
         another one (e.g. ``nnx.hard_sigmoid``) runs on ``loop="scan"`` and the trace holds
         what it returned.
@@ -116,10 +114,9 @@ class LSTMCell(FusedKernelCell):
       time?", 2018.
     """
 
+    family = "lstm"
     gates_type = LSTMGates
-    sequence_kernels = {Loop.FUSED: lstm_sequence, Loop.NATIVE: lstm_sequence_native}
     carry_type = LSTMCarry
-    num_blocks = 4
 
     def __init__(
         self,
@@ -137,6 +134,7 @@ class LSTMCell(FusedKernelCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
         gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
         activation_fn: Callable[[Array], Array] = jnp.tanh,
         remat: bool = False,
@@ -147,6 +145,7 @@ class LSTMCell(FusedKernelCell):
             hidden_features,
             dtype=dtype,
             param_dtype=param_dtype,
+            precision=precision,
             gate_fn=gate_fn,
             activation_fn=activation_fn,
         )
@@ -193,7 +192,7 @@ class LSTMCell(FusedKernelCell):
         return self.proj_size or self.hidden_features
 
     def carry_spec(self) -> dict[str, tuple[int, Any]]:
-        dtype = compute_dtype(self.dtype, self.param_dtype)
+        dtype = self.compute_dtype
         return {"c": (self.hidden_features, state_dtype(dtype)), "h": (self.output_features, dtype)}
 
     def _input_bias(self, dtype) -> Array | None:
@@ -204,48 +203,19 @@ class LSTMCell(FusedKernelCell):
             bias = bias + self.recurrent_bias[...]
         return bias.astype(dtype)
 
-    def _fused_unsupported(self) -> str | None:
-        reason = super()._fused_unsupported()
-        if reason is not None:
-            return reason
+    def kernel_unsupported(self) -> str | None:
         if self.peephole or self.proj_size is not None:
             return (
                 "the fused LSTM kernel supports neither peephole nor proj_size; got "
                 f"peephole={self.peephole!r}, proj_size={self.proj_size!r}"
             )
-        return None
+        return self.functions_unsupported()
 
-    def _fused_scan(
-        self,
-        carry,
-        xs,
-        valid,
-        *,
-        dtype,
-        input_kernel,
-        bias,
-        recurrent_mask,
-        reverse,
-        return_gates,
-        overrides,
-        unroll,
-        kernel,
-    ):
-        c, h, hs, acts = kernel(
-            xs,
-            self.recurrent_kernel[...].astype(dtype),
-            carry.c,
-            carry.h,
-            valid,
-            input_kernel=input_kernel,
-            bias=bias,
-            recurrent_mask=recurrent_mask,
-            reverse=reverse,
-            return_gates=return_gates,
-            overrides=overrides,
-            remat=self.remat,
-            unroll=unroll,
-        )
+    def kernel_operands(self, carry, dtype):
+        return (self.recurrent_kernel[...].astype(dtype), carry.c, carry.h), {}
+
+    def kernel_results(self, results, return_gates):
+        c, h, hs, acts = results
         gates = None
         if return_gates:
             i, f, _, o = jnp.split(acts, 4, axis=-1)
@@ -267,7 +237,9 @@ class LSTMCell(FusedKernelCell):
         """
         dtype = projected.dtype
         h_prev = recurrent_input(carry.h, recurrent_mask)
-        z = projected + jnp.dot(h_prev.astype(dtype), self.recurrent_kernel[...].astype(dtype))
+        z = projected + jnp.dot(
+            h_prev.astype(dtype), self.recurrent_kernel[...].astype(dtype), precision=self.precision
+        )
         # Gate math in the cell-state dtype (float32 under bf16 compute).
         z = z.astype(carry.c.dtype)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
@@ -285,5 +257,5 @@ class LSTMCell(FusedKernelCell):
         gates = LSTMGates(input=i, forget=f, output=o)
         h = (o * self.activation_fn(c)).astype(dtype)
         if self.proj_size is not None:
-            h = jnp.dot(h, self.proj_kernel[...].astype(dtype))
+            h = jnp.dot(h, self.proj_kernel[...].astype(dtype), precision=self.precision)
         return LSTMCarry(c=c, h=h), h, gates

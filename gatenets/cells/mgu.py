@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import initializers
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
 
@@ -75,6 +75,8 @@ class MGUCell(GatedCell):
       bias_init: initialiser of the biases.
       dtype: dtype of the computation.
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -90,6 +92,7 @@ class MGUCell(GatedCell):
       Zhou, Wu, Zhang, Zhou, "Minimal Gated Unit for Recurrent Neural Networks", 2016.
     """
 
+    family = "mgu"
     gates_type = MGUGates
     carry_type = MGUCarry
 
@@ -105,9 +108,12 @@ class MGUCell(GatedCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype, precision=precision
+        )
         self.reset_after = reset_after
         self.use_bias = use_bias
         hidden = hidden_features
@@ -140,16 +146,16 @@ class MGUCell(GatedCell):
         kernel = self.recurrent_kernel[...].astype(dtype)
         x_f, x_n = jnp.split(projected, 2, axis=-1)
         if self.reset_after:
-            h_f, h_n = jnp.split(jnp.dot(h_in, kernel), 2, axis=-1)
+            h_f, h_n = jnp.split(jnp.dot(h_in, kernel, precision=self.precision), 2, axis=-1)
             if self.use_bias:
                 h_n = h_n + jnp.broadcast_to(self.recurrent_bias[...].astype(dtype), h_n.shape)
         else:
-            h_f = jnp.dot(h_in, kernel[:, :hidden])
+            h_f = jnp.dot(h_in, kernel[:, :hidden], precision=self.precision)
         overrides = gate_overrides or {}
         forget = apply_override(jax.nn.sigmoid(x_f + h_f), overrides.get("forget"), "forget")
         if self.reset_after:
             n = jnp.tanh(x_n + forget * h_n)
         else:
-            n = jnp.tanh(x_n + jnp.dot(forget * h_in, kernel[:, hidden:]))
+            n = jnp.tanh(x_n + jnp.dot(forget * h_in, kernel[:, hidden:], precision=self.precision))
         h = (1.0 - forget) * h_prev + forget * n
         return MGUCarry(h=h), h, MGUGates(forget=forget)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import initializers
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.cells.diagonal import DiagonalCell
 from gatenets.gates import GateOverride, apply_override
 
@@ -54,9 +54,12 @@ class _MinimalCell(DiagonalCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype, precision=precision
+        )
         self.use_bias = use_bias
         shape = (in_features, self.num_blocks * hidden_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
@@ -92,6 +95,8 @@ class MinGRUCell(_MinimalCell):
       bias_init: initialiser of the bias.
       dtype: dtype of the matmul (the recurrence runs in float32).
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -107,6 +112,7 @@ class MinGRUCell(_MinimalCell):
       Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, "Were RNNs All We Needed?", 2024.
     """
 
+    family = "mingru"
     gates_type = MinGRUGates
 
     num_blocks = 2
@@ -150,6 +156,8 @@ class MinLSTMCell(_MinimalCell):
       bias_init: initialiser of the bias.
       dtype: dtype of the matmul (the recurrence runs in float32).
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -166,6 +174,7 @@ class MinLSTMCell(_MinimalCell):
       Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, "Were RNNs All We Needed?", 2024.
     """
 
+    family = "minlstm"
     gates_type = MinLSTMGates
 
     num_blocks = 3

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn import initializers
 
-from gatenets._typing import Array, Dtype, Initializer
+from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.cells.diagonal import DiagonalCell
 from gatenets.gates import GateOverride, apply_override
 
@@ -108,6 +108,8 @@ class RGLRUCell(DiagonalCell):
       bias_init: initialiser of the bias.
       dtype: dtype of the matmul (the recurrence runs in float32).
       param_dtype: dtype of the parameters.
+      precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
+        default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -127,6 +129,7 @@ class RGLRUCell(DiagonalCell):
       Language Models", 2024.
     """
 
+    family = "rglru"
     gates_type = RGLRUGates
 
     def __init__(
@@ -143,9 +146,12 @@ class RGLRUCell(DiagonalCell):
         bias_init: Initializer = initializers.zeros_init(),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ):
-        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        super().__init__(
+            in_features, hidden_features, dtype=dtype, param_dtype=param_dtype, precision=precision
+        )
         if not (isinstance(c, int | float) and np.isfinite(c) and c > 0):
             raise ValueError(f"c must be a positive finite number; got {c!r}.")
         if not (0.0 < min_decay <= max_decay < 1.0):

@@ -138,3 +138,52 @@ def lstm_stack(
         jnp.where(empty, h0, h_n),
         jnp.where(empty, c0, c_n),
     )
+
+
+def why_not(stack: Any, request: Any) -> str | None:
+    """Why ``stack`` (a ``gatenets.LSTM``) and this call cannot run as one cuDNN call, beyond
+    the machine (the loop table checks :func:`available`), or None if they can."""
+    cells = [rnn.cell for rnn in stack.rnns]
+    if any(c.peephole or c.proj_size is not None for c in cells):
+        return "cuDNN has no peepholes or projection"
+    if not all(c.standard_functions for c in cells):
+        return "cuDNN computes sigmoid gates and tanh activations only"
+    if any(c.compute_dtype != jnp.float32 for c in cells):
+        return "cuDNN's LSTM computes in float32 only"
+    if request.padding == "mask":
+        return "it takes right padding by seq_lengths, not a general mask"
+    if request.return_gates:
+        return "cuDNN returns no gates (return_gates=True)"
+    if request.gate_overrides:
+        return "cuDNN takes no gate overrides"
+    dropouts = (stack.dropout, *(rnn.recurrent_dropout for rnn in stack.rnns))
+    if any(d.rate > 0 and not d.deterministic for d in dropouts):
+        return "dropout is active (training mode)"
+    return None
+
+
+def run_stack(stack: Any, kernel: Any, x: Array, carries: list[Any], lengths: Array):
+    """The stack as one call of ``kernel`` (:func:`lstm_stack`).
+
+    Args:
+      stack: the ``gatenets.LSTM``.
+      kernel: :func:`lstm_stack` (the loop table's kernel).
+      x: ``[batch, time, features]`` inputs, zero at padded steps.
+      carries: the initial ``LSTMCarry`` of every pass, in cuDNN's pseudo-layer order.
+      lengths: ``[batch]`` sequence lengths.
+
+    Returns:
+      ``(final carries as (c, h) pairs in pseudo-layer order, y [batch, time, out])``.
+    """
+    y, h_n, c_n = kernel(
+        x.astype(jnp.float32),
+        jnp.stack([c.h for c in carries]),
+        jnp.stack([c.c for c in carries]),
+        pack_lstm_weights([rnn.cell for rnn in stack.rnns]),
+        lengths,
+        input_size=x.shape[-1],
+        hidden_size=stack.hidden_features,
+        num_layers=stack.num_layers,
+        bidirectional=stack.bidirectional,
+    )
+    return [(c_n[k], h_n[k]) for k in range(len(carries))], y

@@ -21,6 +21,8 @@ them positive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +37,49 @@ def _combine(earlier: tuple[Array, Array], later: tuple[Array, Array]) -> tuple[
     return log_a_1 + log_a_2, jnp.exp(log_a_2) * b_1 + b_2
 
 
+def sequential_recurrence(
+    log_a: Array, b: Array, h0: Array, *, reverse: bool = False, unroll: int = 1
+) -> Array:
+    """``Loop.LINEAR_SCAN``'s solver: one multiply-add per step in ``jax.lax.scan``."""
+
+    def body(h, step):
+        a_t, b_t = step
+        h = a_t * h + b_t
+        return h, h
+
+    _, h = jax.lax.scan(
+        body, h0.astype(b.dtype), (jnp.exp(log_a), b), reverse=reverse, unroll=unroll
+    )
+    return h
+
+
+def associative_recurrence(
+    log_a: Array, b: Array, h0: Array, *, reverse: bool = False, unroll: int = 1
+) -> Array:
+    """``Loop.ASSOCIATIVE``'s solver: ``jax.lax.associative_scan`` over the log-space pairs
+    (``unroll`` has no meaning here)."""
+    del unroll
+    if reverse:
+        log_a, b = log_a[::-1], b[::-1]
+    # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
+    b = b.at[0].add(jnp.exp(log_a[0]) * h0.astype(b.dtype))
+    _, h = jax.lax.associative_scan(_combine, (log_a, b), axis=0)
+    return h[::-1] if reverse else h
+
+
+def solver(loop: Loop | str) -> Callable[..., Array]:
+    """The linear-recurrence solver the loop table holds for ``loop`` (``"linear_scan"`` or
+    ``"associative"``), or a ValueError naming those."""
+    loop = as_loop(loop)
+    from gatenets.loop import loop_table
+
+    kernels = loop_table()[loop].kernels or {}
+    found = kernels.get("mingru")
+    if found is None:
+        raise ValueError(f"loop must be 'linear_scan' or 'associative'; got {str(loop)!r}.")
+    return found
+
+
 def linear_recurrence(
     log_a: Array,
     b: Array,
@@ -42,7 +87,7 @@ def linear_recurrence(
     *,
     valid: Array | None = None,
     reverse: bool = False,
-    loop: Loop | str = Loop.ASSOCIATIVE,
+    loop: Loop | str | Callable[..., Array] = Loop.ASSOCIATIVE,
     unroll: int = 1,
 ) -> Array:
     r"""All states of :math:`h_t = e^{\ell_t} h_{t-1} + b_t` over the leading (time) axis.
@@ -54,9 +99,10 @@ def linear_recurrence(
       valid: ``[time, batch]`` booleans or None. An invalid step holds the state exactly
         (:math:`\ell_t = 0, b_t = 0`), so padding never leaks into later valid steps.
       reverse: run from the last step to the first (states stay in time order).
-      loop: ``"associative"`` (``jax.lax.associative_scan``, depth :math:`O(\log T)`) or
-        ``"scan"`` (``jax.lax.scan``, one multiply-add per step).
-      unroll: steps per loop iteration of ``"scan"``.
+      loop: ``"associative"`` (:func:`associative_recurrence`, depth :math:`O(\log T)`) or
+        ``"linear_scan"`` (:func:`sequential_recurrence`, one multiply-add per step), or a
+        solver of that signature.
+      unroll: steps per loop iteration of ``"linear_scan"``.
 
     Returns:
       ``[time, batch, hidden]`` states :math:`h_t`, in ``b``'s dtype; the last processed one is
@@ -76,27 +122,10 @@ def linear_recurrence(
         )
     if h0.shape != b.shape[1:]:
         raise ValueError(f"h0 must be [batch, hidden] = {b.shape[1:]}; got {h0.shape}.")
+    solve = loop if callable(loop) else solver(loop)
     if b.shape[0] == 0:
         return b
-    loop = as_loop(loop)
-    if loop not in (Loop.ASSOCIATIVE, Loop.SCAN):
-        raise ValueError(f"loop must be 'associative' or 'scan'; got {str(loop)!r}.")
     # An invalid step is the identity (a = 1, b = 0): the state is held.
     log_a = hold_invalid(valid, log_a, jnp.zeros((), log_a.dtype))
     b = hold_invalid(valid, b, jnp.zeros((), b.dtype))
-    if loop is Loop.SCAN:
-
-        def body(h, step):
-            a_t, b_t = step
-            h = a_t * h + b_t
-            return h, h
-
-        a = jnp.exp(log_a)
-        _, h = jax.lax.scan(body, h0.astype(b.dtype), (a, b), reverse=reverse, unroll=unroll)
-        return h
-    if reverse:
-        log_a, b = log_a[::-1], b[::-1]
-    # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
-    b = b.at[0].add(jnp.exp(log_a[0]) * h0.astype(b.dtype))
-    _, h = jax.lax.associative_scan(_combine, (log_a, b), axis=0)
-    return h[::-1] if reverse else h
+    return solve(log_a, b, h0, reverse=reverse, unroll=unroll)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import jax
@@ -36,8 +36,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
-from gatenets.kernels.parallel_scan import linear_recurrence
-from gatenets.loop import Loop, as_loop
+from gatenets.kernels.parallel_scan import linear_recurrence, sequential_recurrence, solver
+from gatenets.loop import Loop
 
 
 class SequenceSharding(NamedTuple):
@@ -137,7 +137,7 @@ def sharded_linear_recurrence(
     batch_axis: str | None = None,
     valid: Array | None = None,
     reverse: bool = False,
-    loop: Loop | str = Loop.ASSOCIATIVE,
+    loop: Loop | str | Callable[..., Array] = Loop.ASSOCIATIVE,
     unroll: int = 1,
 ) -> Array:
     r""":func:`~gatenets.kernels.parallel_scan.linear_recurrence` with the time axis split over
@@ -153,8 +153,9 @@ def sharded_linear_recurrence(
       batch_axis: a mesh axis for the batch as well, or None (batch replicated over the rest).
       valid: ``[time, batch]`` booleans or None; an invalid step holds the state.
       reverse: run from the last step to the first (states stay in time order).
-      loop: how each device scans its chunk: ``"associative"`` or ``"scan"``.
-      unroll: steps per loop iteration of ``"scan"``.
+      loop: how each device solves its chunk: ``"associative"`` or ``"linear_scan"`` (the
+        loop table's solvers, :func:`gatenets.kernels.parallel_scan.solver`).
+      unroll: steps per loop iteration of ``"linear_scan"``.
 
     Returns:
       ``[time, batch, hidden]`` states, equal to the unsplit recurrence up to rounding, split
@@ -192,9 +193,7 @@ def sharded_linear_recurrence(
             f"the batch size must be a multiple of the {mesh.shape[batch_axis]} devices of mesh "
             f"axis {batch_axis!r}; got {b.shape[1]}."
         )
-    loop = as_loop(loop)
-    if loop not in (Loop.ASSOCIATIVE, Loop.SCAN):
-        raise ValueError(f"loop must be 'associative' or 'scan'; got {str(loop)!r}.")
+    solve = loop if callable(loop) else solver(loop)
     if b.shape[0] == 0:
         return b
     # An invalid step is the identity (a = 1, b = 0), as in the unsplit recurrence.
@@ -207,7 +206,7 @@ def sharded_linear_recurrence(
         h0 = jax.lax.pcast(h0, (axis_name,), to="varying")
         if reverse:
             log_a, b = log_a[::-1], b[::-1]
-        local = linear_recurrence(log_a, b, jnp.zeros_like(h0), loop=loop, unroll=unroll)
+        local = solve(log_a, b, jnp.zeros_like(h0), unroll=unroll)
         decay = jnp.cumsum(log_a, axis=0)
         # One summary per device, in processing order: chunk k's decay and last state.
         decays = jax.lax.all_gather(decay[-1], axis_name)
@@ -216,7 +215,7 @@ def sharded_linear_recurrence(
         if reverse:
             decays, lasts, index = decays[::-1], lasts[::-1], devices - 1 - index
         # S_k = e^{L_k} S_{k-1} + B_k from S_{-1} = h0: a recurrence over the n chunks.
-        after = linear_recurrence(decays, lasts, h0, loop=Loop.SCAN)
+        after = sequential_recurrence(decays, lasts, h0)
         before = jnp.concatenate([h0[None], after[:-1]], axis=0)[index]
         h = local + jnp.exp(decay) * before[None]
         return h[::-1] if reverse else h
@@ -231,12 +230,15 @@ def sharded_linear_recurrence(
     return jax.shard_map(chunk, mesh=mesh, in_specs=in_specs, out_specs=steps)(log_a, b, h0)
 
 
-def run_linear_recurrence(log_a: Array, b: Array, h0: Array, **options) -> Array:
-    """:func:`sharded_linear_recurrence` inside a :func:`sequence_parallel` block, else
-    :func:`~gatenets.kernels.parallel_scan.linear_recurrence`; same arguments."""
+def run_linear_recurrence(
+    log_a: Array, b: Array, h0: Array, *, solver: Callable[..., Array], **options
+) -> Array:
+    """The recurrence solved by ``solver`` (a loop table solver): split over the time axis
+    inside a :func:`sequence_parallel` block (:func:`sharded_linear_recurrence`), else over the
+    whole sequence; ``options`` are ``valid``, ``reverse`` and ``unroll``."""
     sharding = active_sequence_sharding()
     if sharding is None:
-        return linear_recurrence(log_a, b, h0, **options)
+        return linear_recurrence(log_a, b, h0, loop=solver, **options)
     return sharded_linear_recurrence(
         log_a,
         b,
@@ -244,5 +246,6 @@ def run_linear_recurrence(log_a: Array, b: Array, h0: Array, **options) -> Array
         mesh=sharding.mesh,
         axis_name=sharding.axis_name,
         batch_axis=sharding.batch_axis,
+        loop=solver,
         **options,
     )
