@@ -309,7 +309,9 @@ def family_loops(family: str) -> tuple[Loop, ...]:
     )
 
 
-def _cell_candidates(cell: Any, request: LoopRequest) -> tuple[Loop, ...]:
+def resolve_candidates(cell: Any, request: LoopRequest = LoopRequest()) -> tuple[Loop, ...]:
+    """The loops that compute ``request`` exactly for ``cell`` here, in the static order:
+    what ``"auto"`` measures."""
     return tuple(
         loop
         for loop in static_order()
@@ -323,7 +325,7 @@ def resolve(cell: Any, loop: Loop | str, request: LoopRequest = LoopRequest()) -
     :func:`static_order` that does."""
     loop = as_loop(loop)
     if loop is Loop.AUTO:
-        return _cell_candidates(cell, request)[0]
+        return resolve_candidates(cell, request)[0]
     if loop in STACK_LOOPS:
         raise ValueError(
             f"loop={str(loop)!r} runs whole stacks ({type(cell).__name__} is one pass); use it "
@@ -341,7 +343,7 @@ def choose(cell: Any, loop: Loop | str, carry: Any, xs: Any, valid: Any, request
     loop = as_loop(loop)
     if loop is not Loop.AUTO:
         return resolve(cell, loop, request)
-    candidates = _cell_candidates(cell, request)
+    candidates = resolve_candidates(cell, request)
     if len(candidates) == 1 or not loop_tuning_enabled():
         return candidates[0]
     differentiated = _differentiated(nnx_state(cell), carry, xs)
@@ -357,7 +359,7 @@ def choose(cell: Any, loop: Loop | str, carry: Any, xs: Any, valid: Any, request
     def timers() -> dict[Loop, Callable[[], Any]]:
         return _cell_timers(cell, candidates, carry, xs, valid, request, differentiated)
 
-    return _measured(key, candidates, timers)
+    return _measured(key, candidates, timers, _MODES[differentiated])
 
 
 def run(cell: Any, loop: Loop, carry: Any, xs: Any, valid: Any, request: LoopRequest):
@@ -405,7 +407,9 @@ def choose_stack(
         return candidates[0]
     differentiated = _differentiated(nnx_state(stack), inputs)
     key = _key("stack", stack, request, _avals(inputs), differentiated, candidates)
-    return _measured(key, candidates, lambda: timers(candidates, differentiated))
+    return _measured(
+        key, candidates, lambda: timers(candidates, differentiated), _MODES[differentiated]
+    )
 
 
 def run_stack(stack: Any, loop: Loop, x: Any, carries: list[Any], lengths: Any):
@@ -418,6 +422,7 @@ def run_stack(stack: Any, loop: Loop, x: Any, carries: list[Any], lengths: Any):
 # --- measuring -------------------------------------------------------------------------------
 
 _TUNING = {"enabled": None}
+_MODES = {True: "train", False: "forward", None: "any"}
 _MEMO: dict[str, Loop] = {}
 _LOCK = threading.RLock()
 TUNING_STEPS = 128
@@ -552,7 +557,7 @@ def _key(kind, module, request, avals, differentiated, candidates) -> str:
             _configuration(module),
             avals,
             [request.projected, request.reverse, request.return_gates, overrides, request.unroll],
-            {True: "train", False: "forward", None: "any"}[differentiated],
+            _MODES[differentiated],
             [str(c) for c in candidates],
         ],
         default=str,
@@ -595,7 +600,7 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
         )
 
 
-def _measured(key: str, candidates: tuple[Loop, ...], timers: Callable) -> Loop:
+def _measured(key: str, candidates: tuple[Loop, ...], timers: Callable, mode: str) -> Loop:
     with _LOCK:
         if key in _MEMO:
             return _MEMO[key]
@@ -603,7 +608,7 @@ def _measured(key: str, candidates: tuple[Loop, ...], timers: Callable) -> Loop:
         if isinstance(cached, dict) and cached.get("loop") in [str(c) for c in candidates]:
             choice = Loop(cached["loop"])
         else:
-            choice, entry = _measure(candidates, timers)
+            choice, entry = _measure(candidates, timers, mode)
             if jax.process_count() > 1:
                 choice = _from_process_zero(choice, candidates)
                 entry["loop"] = str(choice)
@@ -621,7 +626,9 @@ def _from_process_zero(choice: Loop, candidates: tuple[Loop, ...]) -> Loop:
     return candidates[int(index)]
 
 
-def _measure(candidates: tuple[Loop, ...], timers: Callable) -> tuple[Loop, dict[str, Any]]:
+def _measure(
+    candidates: tuple[Loop, ...], timers: Callable, mode: str
+) -> tuple[Loop, dict[str, Any]]:
     """Interleaved rounds of every candidate: the one with the lowest median wins."""
     start = time.perf_counter()
     with jax.ensure_compile_time_eval():
@@ -643,8 +650,9 @@ def _measure(candidates: tuple[Loop, ...], timers: Callable) -> tuple[Loop, dict
     total = time.perf_counter() - start
     times = ", ".join(f"{loop} {1e3 * t:.3g} ms" for loop, t in medians.items())
     logger.info(
-        "loop='auto' measured %s in %.1f s (%d rounds): %s -> %s",
+        "loop='auto' measured %s (%s) in %.1f s (%d rounds): %s -> %s",
         device_name(),
+        mode,
         total,
         len(next(iter(samples.values()))),
         times,
@@ -652,6 +660,7 @@ def _measure(candidates: tuple[Loop, ...], timers: Callable) -> tuple[Loop, dict
     )
     entry = {
         "loop": str(choice),
+        "mode": mode,
         "median_ms": {str(k): 1e3 * v for k, v in medians.items()},
         "device": device_name(),
         "versions": _versions(),
