@@ -52,6 +52,7 @@ from gatenets.kernels.sequence_parallel import (
 from gatenets.loop import Loop as Loop
 from gatenets.loop import loop_tuning as loop_tuning
 from gatenets.loop import set_loop_tuning as set_loop_tuning
+from gatenets.loop import tune_loops as tune_loops
 from gatenets.recurrent import GRU as GRU
 from gatenets.recurrent import LSTM as LSTM
 from gatenets.recurrent import MGU as MGU
@@ -97,6 +98,7 @@ __all__ = [
     "Loop",
     "loop_tuning",
     "set_loop_tuning",
+    "tune_loops",
     "MGU",
     "MGUCarry",
     "MGUCell",

@@ -20,8 +20,11 @@ differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get 
 ``scan`` / ``fused`` / ``native`` / ``cudnn`` (that loop forced); ``before`` (input matmul
 before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32
 cell state); ``two_pass`` / ``one_loop`` (a bidirectional layer's directions one after the
-other, or in one vmapped loop). On a GPU, PyTorch runs on CUDA (cuDNN) and its thread count
-does not matter.
+other, or in one vmapped loop); ``loops`` (``plain`` and every loop this machine runs, each
+forced). Every row names the loop the layer ran (for ``plain``, the one ``loop="auto"``
+chose: measured, unless ``GATENETS_LOOP_TUNING=0``), and the header the CPU model, the BLAS
+and the core kernel OpenBLAS picked, or the GPU. On a GPU, PyTorch runs on CUDA (cuDNN) and
+its thread count does not matter.
 
 Example:
   gatenets bench --quick
@@ -49,6 +52,7 @@ import optax
 from flax import nnx
 
 import gatenets
+from gatenets import loop as loop_table
 
 SIZES = "64,128,64,256;32,256,128,512;16,512,32,128;128,64,256,1024;1,1024,32,256"
 QUICK_SIZES = "16,64,32,128"
@@ -66,6 +70,7 @@ VARIANTS = (
     "bf16",
     "two_pass",
     "one_loop",
+    "loops",
 )
 LEARNING_RATE = 1e-3
 BLOCKS = {"lstm": 4, "gru": 3}
@@ -109,9 +114,12 @@ class Point(NamedTuple):
 
 
 class Runner(NamedTuple):
+    """A timed function, its compile time, its temporary memory and the loops it runs."""
+
     run: Callable[[], None]
     compile_s: float
     temp_bytes: int | None
+    chosen: list[str] = []
 
 
 def _compiled(fn, *args) -> tuple[Any, float, int | None]:
@@ -336,8 +344,13 @@ def make_runners(point: Point, variants: Sequence[str], args: argparse.Namespace
     data = make_data(point)
     runners = {"matmul": matmul_runner(point, data)}
     for variant in variants:
-        runners[f"gatenets/{variant}"] = jax_runner(
-            gatenets_module(point, variant), gatenets_call(point, variant), point.mode, data
+        with loop_table.recorded_loops() as chosen:
+            runners[f"gatenets/{variant}"] = jax_runner(
+                gatenets_module(point, variant), gatenets_call(point, variant), point.mode, data
+            )
+        runner = runners[f"gatenets/{variant}"]
+        runners[f"gatenets/{variant}"] = runner._replace(
+            chosen=sorted({str(loop) for _, loop in chosen})
         )
     for variant in sorted({"mask" if v == "mask" else "plain" for v in variants}):
         runners[f"flax/{variant}"] = jax_runner(
@@ -381,6 +394,7 @@ def summarise(point: Point, variants, runners: dict, times: dict) -> list[dict]:
             {
                 **point._asdict(),
                 "variant": variant,
+                "loop": "+".join(runner.chosen),
                 "gatenets_ms": ours,
                 "times_ms": times[f"gatenets/{variant}"],
                 "peers_ms": peers,
@@ -420,6 +434,27 @@ def load_warning(load: float, cores: int) -> str | None:
     )
 
 
+def blas_description() -> str:
+    """The native kernels' BLAS and, for OpenBLAS, the core kernel it picked on this CPU."""
+    from gatenets.kernels import native
+
+    if jax.default_backend() != "cpu" or not native.available():
+        return "native kernels unavailable"
+    name = native.blas()
+    if name != "openblas":
+        return name
+    try:
+        import ctypes
+
+        import scipy_openblas32
+
+        library = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so"))
+        library.scipy_openblas_get_corename.restype = ctypes.c_char_p
+        return f"openblas ({library.scipy_openblas_get_corename().decode()} core)"
+    except (ImportError, OSError, AttributeError):
+        return "openblas"
+
+
 def environment(args: argparse.Namespace) -> dict:
     cpu = platform.processor()
     try:
@@ -437,6 +472,8 @@ def environment(args: argparse.Namespace) -> dict:
     versions["gatenets"] = gatenets.__version__
     return {
         "cpu": cpu,
+        "device": loop_table.device_name(),
+        "blas": blas_description(),
         "cores": os.cpu_count(),
         "torch_threads": args.torch_threads if torch_available() else [],
         "jax_backend": jax.default_backend(),
@@ -451,7 +488,8 @@ def format_row(row: dict) -> str:
     stack = f"{row['layers']}{'bi' if row['bidirectional'] else ''}"
     peers = " ".join(f"{name} {ms:7.1f}" for name, ms in row["peers_ms"].items())
     return (
-        f"{row['model']:4s} {row['mode']:7s} {row['variant']:6s} {stack:3s} {size:>16s} | "
+        f"{row['model']:4s} {row['mode']:7s} {row['variant']:6s} {row.get('loop', ''):>7s} "
+        f"{stack:3s} {size:>16s} | "
         f"{row['gatenets_ms']:8.1f} ms | {peers} | x{row['x_fastest_peer']:.2f} "
         f"{row['fastest_peer']:6s} x{row['x_flax']:.2f} flax | bound {row['matmul_bound_ms']:.1f}"
         f" ms, share {row['bound_share']:.2f}"
@@ -490,6 +528,23 @@ def parse_sizes(text: str) -> list[tuple[int, int, int, int]]:
             raise ValueError(f"--sizes: each point is B,T,I,H of positive ints; got {part!r}.")
         sizes.append(values)
     return sizes
+
+
+def expand_loops(variants: list[str]) -> list[str]:
+    """``loops`` as ``plain`` and every loop this machine runs for LSTM and GRU stacks."""
+    if "loops" not in variants:
+        return variants
+    runnable = [
+        str(loop)
+        for loop in loop_table.static_order()
+        if loop in (*loop_table.family_loops("lstm"), *loop_table.family_loops("gru"))
+        and loop_table.loop_table()[loop].available() is None
+    ]
+    expanded = [v for v in variants if v != "loops"]
+    for variant in ["plain", *sorted(runnable, key=VARIANTS.index)]:
+        if variant not in expanded:
+            expanded.append(variant)
+    return expanded
 
 
 def _choices(text: str, allowed: Sequence[str], flag: str) -> list[str]:
@@ -540,7 +595,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     models = _choices(args.models, tuple(BLOCKS), "--models")
     modes = _choices(args.modes, ("train", "forward"), "--modes")
-    variants = _choices(args.variants, VARIANTS, "--variants")
+    variants = expand_loops(_choices(args.variants, VARIANTS, "--variants"))
     if args.layers < 1 or args.repeats < 1 or args.warmup < 0:
         raise ValueError("--layers and --repeats must be >= 1 and --warmup >= 0.")
     args.torch_threads = [int(t) for t in args.torch_threads.split(",") if t]
@@ -548,8 +603,10 @@ def _main(args: argparse.Namespace) -> int:
         args.sizes, args.repeats, args.warmup = QUICK_SIZES, 3, 1
     sizes = parse_sizes(args.sizes)
     env = environment(args)
+    tuning = "on" if loop_table.loop_tuning_enabled() else "off (static order)"
     warning = load_warning(env["load_average_before"][0], env["cores"])
     print(f"# {env['cpu']}, {env['cores']} cores, load average {env['load_average_before']}")
+    print(f"# device {env['device']}; BLAS {env['blas']}; loop='auto' measures: {tuning}")
     print(f"# versions {env['versions']}; PyTorch threads {env['torch_threads']}")
     if warning:
         print(f"# {warning}", file=sys.stderr)

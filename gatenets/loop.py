@@ -364,6 +364,7 @@ def choose(cell: Any, loop: Loop | str, carry: Any, xs: Any, valid: Any, request
 
 def run(cell: Any, loop: Loop, carry: Any, xs: Any, valid: Any, request: LoopRequest):
     """Runs one pass of ``cell`` with the resolved ``loop``: ``(carry, outputs, gates)``."""
+    _record(cell, loop)
     row = loop_table()[loop]
     kernel = _scan_kernel if row.kernels is None else row.kernels[cell.family]
     with jax.named_scope(f"{type(cell).__name__}.{loop}"):
@@ -414,9 +415,59 @@ def choose_stack(
 
 def run_stack(stack: Any, loop: Loop, x: Any, carries: list[Any], lengths: Any):
     """Runs ``stack`` as one call of the stack loop ``loop`` (see :data:`STACK_LOOPS`)."""
+    _record(stack, loop)
     row = loop_table()[loop]
     with jax.named_scope(f"{type(stack).__name__}.{loop}"):
         return row.run(stack, row.kernels[stack.family], x, carries, lengths)
+
+
+_RECORDERS: list[list[tuple[str, Loop]]] = []
+
+
+def _record(module: Any, loop: Loop) -> None:
+    for recorder in _RECORDERS:
+        recorder.append((type(module).__name__, loop))
+
+
+@contextlib.contextmanager
+def recorded_loops() -> Iterator[list[tuple[str, Loop]]]:
+    """Collects ``(layer or cell class name, loop)`` for every pass traced inside the block.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.loop import recorded_loops
+      >>> with recorded_loops() as loops:
+      ...     _ = gatenets.GRU(2, 3, loop="scan", rngs=nnx.Rngs(0))(jnp.ones((1, 4, 2)))
+      >>> [(name, str(loop)) for name, loop in loops]
+      [('GRUCell', 'scan')]
+    """
+    recorder: list[tuple[str, Loop]] = []
+    _RECORDERS.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDERS.remove(recorder)
+
+
+def tune_loops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[tuple[str, Loop]]:
+    """Fills the loop-choice cache for ``fn(*args, **kwargs)`` ahead of time: traces it under
+    ``jax.jit`` with measuring on (nothing runs but the measurements) and returns the loop
+    every pass chose, as :func:`recorded_loops`. A later process that runs the same shapes
+    finds the choices on disk.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> layer = gatenets.MGU(2, 3, rngs=nnx.Rngs(0))
+      >>> [(name, str(loop)) for name, loop in gatenets.tune_loops(layer, jnp.ones((1, 4, 2)))]
+      [('MGUCell', 'scan')]
+    """
+    with loop_tuning(True), recorded_loops() as loops:
+        jax.jit(lambda a, k: fn(*a, **k)).lower(args, kwargs)
+    return loops
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -631,6 +682,38 @@ def _measure(
 ) -> tuple[Loop, dict[str, Any]]:
     """Interleaved rounds of every candidate: the one with the lowest median wins."""
     start = time.perf_counter()
+    recorders = _RECORDERS[:]
+    _RECORDERS.clear()  # the candidates' own traces are not what the call chose
+    try:
+        medians, rounds = _time_rounds(timers)
+    finally:
+        _RECORDERS.extend(recorders)
+    choice = min(medians, key=medians.get)
+    total = time.perf_counter() - start
+    times = ", ".join(f"{loop} {1e3 * t:.3g} ms" for loop, t in medians.items())
+    logger.info(
+        "loop='auto' measured %s (%s) in %.1f s (%d rounds): %s -> %s",
+        device_name(),
+        mode,
+        total,
+        rounds,
+        times,
+        choice,
+    )
+    entry = {
+        "loop": str(choice),
+        "mode": mode,
+        "median_ms": {str(k): 1e3 * v for k, v in medians.items()},
+        "device": device_name(),
+        "versions": _versions(),
+        "measured_s": round(total, 3),
+    }
+    return choice, entry
+
+
+def _time_rounds(timers: Callable) -> tuple[dict[Loop, float], int]:
+    """Compiles every candidate, then times interleaved rounds (at least three, at most
+    seven, stopping once :data:`TUNING_BUDGET_S` is spent): the median of each."""
     with jax.ensure_compile_time_eval():
         fns = timers()
         for fn in fns.values():
@@ -646,27 +729,7 @@ def _measure(
             if round_ >= 2 and time.perf_counter() - compiled > TUNING_BUDGET_S:
                 break
     medians = {loop: statistics.median(ts) for loop, ts in samples.items()}
-    choice = min(medians, key=medians.get)
-    total = time.perf_counter() - start
-    times = ", ".join(f"{loop} {1e3 * t:.3g} ms" for loop, t in medians.items())
-    logger.info(
-        "loop='auto' measured %s (%s) in %.1f s (%d rounds): %s -> %s",
-        device_name(),
-        mode,
-        total,
-        len(next(iter(samples.values()))),
-        times,
-        choice,
-    )
-    entry = {
-        "loop": str(choice),
-        "mode": mode,
-        "median_ms": {str(k): 1e3 * v for k, v in medians.items()},
-        "device": device_name(),
-        "versions": _versions(),
-        "measured_s": round(total, 3),
-    }
-    return choice, entry
+    return medians, len(next(iter(samples.values())))
 
 
 def concrete_like(tree: Any, seed: int = 0) -> Any:

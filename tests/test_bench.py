@@ -3,7 +3,9 @@
 import json
 
 import pytest
+from flax import nnx
 
+import gatenets
 from gatenets import bench
 from gatenets.cli import main
 
@@ -19,6 +21,11 @@ def test_bench_times_gatenets_against_every_installed_peer_and_writes_json(tmp_p
     assert len(data["environment"]["load_average_before"]) == 3
     rows = data["rows"]
     assert [row["variant"] for row in rows] == ["plain", "one_loop"]
+    # Tuning is off in the suite: "auto" ran the first loop of the static order that applies.
+    assert rows[0]["loop"] == str(
+        gatenets.loop.resolve_candidates(gatenets.GRUCell(2, 4, rngs=nnx.Rngs(0)))[0]
+    )
+    assert data["environment"]["device"] == gatenets.loop.device_name()
     for row in rows:
         assert set(row["peers_ms"]) == {"flax", "torch1", "torch2"}
         fastest = min(row["peers_ms"].values())
@@ -31,6 +38,15 @@ def test_bench_times_gatenets_against_every_installed_peer_and_writes_json(tmp_p
     assert main(["bench", "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| model | mode | layers |") and "forward (one_loop)" in table
+
+
+def test_loops_variant_is_plain_and_every_loop_this_machine_runs():
+    expanded = bench.expand_loops(["loops"])
+    assert expanded[0] == "plain" and "scan" in expanded and "fused" in expanded
+    cudnn_here = gatenets.loop.loop_table()[gatenets.Loop.CUDNN].available() is None
+    assert ("cudnn" in expanded) == cudnn_here
+    assert all(v in bench.VARIANTS for v in expanded)
+    assert bench.expand_loops(["plain", "gates"]) == ["plain", "gates"]
 
 
 def test_load_warning_only_above_half_the_cores():
