@@ -53,16 +53,16 @@ from gatenets.loop import Loop as Loop
 from gatenets.loop import loop_tuning as loop_tuning
 from gatenets.loop import set_loop_tuning as set_loop_tuning
 from gatenets.loop import tune_loops as tune_loops
-from gatenets.recurrent import GRU as GRU
-from gatenets.recurrent import LSTM as LSTM
-from gatenets.recurrent import MGU as MGU
-from gatenets.recurrent import RGLRU as RGLRU
 from gatenets.recurrent import RNN as RNN
 from gatenets.recurrent import Bidirectional as Bidirectional
 from gatenets.recurrent import BidirectionalCarry as BidirectionalCarry
-from gatenets.recurrent import MinGRU as MinGRU
-from gatenets.recurrent import MinLSTM as MinLSTM
 from gatenets.recurrent import RecurrentStack as RecurrentStack
+from gatenets.registry import GRU as GRU
+from gatenets.registry import LSTM as LSTM
+from gatenets.registry import MGU as MGU
+from gatenets.registry import RGLRU as RGLRU
+from gatenets.registry import MinGRU as MinGRU
+from gatenets.registry import MinLSTM as MinLSTM
 
 __version__ = "0.1.0"
 

@@ -24,11 +24,6 @@ from flax import nnx
 from gatenets import loop as loop_table
 from gatenets._typing import Array
 from gatenets.cells.base import GatedCell
-from gatenets.cells.gru import GRUCell
-from gatenets.cells.lstm import LSTMCell
-from gatenets.cells.mgu import MGUCell
-from gatenets.cells.minimal import MinGRUCell, MinLSTMCell
-from gatenets.cells.rglru import RGLRUCell
 from gatenets.gates import (
     GateTrace,
     check_gate_names,
@@ -507,6 +502,9 @@ class Bidirectional(nnx.Module):
         return results
 
 
+_STACKS: dict[type[GatedCell], type[RecurrentStack]] = {}
+
+
 class RecurrentStack(nnx.Module):
     """A stack of recurrent layers of one cell type, uni- or bidirectional, as PyTorch's
     ``nn.LSTM`` / ``nn.GRU``: the base of :class:`LSTM` and :class:`GRU`.
@@ -515,7 +513,8 @@ class RecurrentStack(nnx.Module):
     tuple with one entry per layer (a :class:`~gatenets.BidirectionalCarry` per layer when
     bidirectional).
 
-    Subclasses name their cell in ``cell_type``; ``LSTM`` and ``GRU`` are nothing more.
+    Each family's stack is ``RecurrentStack.of(cell)`` (:mod:`gatenets.registry`): a subclass
+    that names its cell in ``cell_type`` and nothing more.
 
     Args:
       in_features: size of each input step.
@@ -534,6 +533,29 @@ class RecurrentStack(nnx.Module):
     """
 
     cell_type: ClassVar[type[GatedCell]]
+
+    @classmethod
+    def of(cls, cell: type[GatedCell]) -> type[RecurrentStack]:
+        """The stacked layer of a cell family, made once: named as the cell without its
+        ``Cell`` suffix (``LSTMCell`` → ``LSTM``), documented by the cell's ``layer_doc``.
+
+        Example:
+          >>> import gatenets
+          >>> gatenets.RecurrentStack.of(gatenets.GRUCell) is gatenets.GRU
+          True
+        """
+        if not (isinstance(cell, type) and issubclass(cell, GatedCell)):
+            raise TypeError(f"cell must be a GatedCell subclass; got {cell!r}.")
+        if cell not in _STACKS:
+            name = cell.__name__.removesuffix("Cell")
+            doc = getattr(cell, "layer_doc", None) or (
+                f"A (stacked, optionally bidirectional) layer of :class:`{cell.__name__}` cells;"
+                " arguments are those of :class:`~gatenets.RecurrentStack`, and the cell's own go"
+                " to every layer's cell."
+            )
+            namespace = {"cell_type": cell, "__doc__": doc, "__qualname__": name}
+            _STACKS[cell] = type(name, (cls,), {**namespace, "__module__": "gatenets.registry"})
+        return _STACKS[cell]
 
     def __init__(
         self,
@@ -774,128 +796,3 @@ class RecurrentStack(nnx.Module):
             if k + 1 < self.num_layers:
                 x = self.dropout(x)
         return tuple(carries), x, traces
-
-
-class LSTM(RecurrentStack):
-    """A (stacked, optionally bidirectional) LSTM layer: the one-liner a PyTorch user expects.
-
-    Each layer is an :class:`~gatenets.LSTMCell` run by :class:`RNN`; see those for the
-    equations and the padding semantics. Arguments are those of :class:`RecurrentStack`; the
-    cell's own (``proj_size``, ``peephole``, ``forget_bias``, ``chrono_init``, ``use_bias``,
-    ``use_recurrent_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell.
-    Gate traces hold :class:`~gatenets.LSTMGates` under ``"layer{k}/forward"`` and
-    ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> lstm = gatenets.LSTM(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
-      >>> y, trace = lstm(jnp.ones((4, 6, 3)), return_gates=True)
-      >>> y.shape, sorted(trace.gates)[:2]
-      ((4, 6, 16), ['layer0/backward', 'layer0/forward'])
-    """
-
-    cell_type = LSTMCell
-
-
-class GRU(RecurrentStack):
-    """A (stacked, optionally bidirectional) GRU layer, as PyTorch's ``nn.GRU``.
-
-    Each layer is a :class:`~gatenets.GRUCell` run by :class:`RNN`. Arguments are those of
-    :class:`RecurrentStack`; the cell's own (``reset_after``, ``use_bias``, initialisers,
-    ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
-    :class:`~gatenets.GRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> gru = gatenets.GRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
-      >>> gru(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0])).shape
-      (4, 6, 8)
-    """
-
-    cell_type = GRUCell
-
-
-class MinGRU(RecurrentStack):
-    """A (stacked, optionally bidirectional) minGRU layer.
-
-    Each layer is a :class:`~gatenets.MinGRUCell` run by :class:`~gatenets.RNN`; arguments are
-    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
-    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
-    :class:`~gatenets.MinGRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.MinGRU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
-      >>> y, trace = model(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0]),
-      ...                  return_gates=True)
-      >>> y.shape, sorted(trace.flat())[0]
-      ((4, 6, 16), 'layer0/backward/update')
-    """
-
-    cell_type = MinGRUCell
-
-
-class MinLSTM(RecurrentStack):
-    """A (stacked, optionally bidirectional) minLSTM layer.
-
-    Each layer is a :class:`~gatenets.MinLSTMCell` run by :class:`~gatenets.RNN`; arguments are
-    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
-    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
-    :class:`~gatenets.MinLSTMGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.MinLSTM(3, 8, num_layers=2, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"layer1": {"forget": 1.0}}).shape
-      (4, 6, 8)
-    """
-
-    cell_type = MinLSTMCell
-
-
-class RGLRU(RecurrentStack):
-    """A (stacked, optionally bidirectional) layer of :class:`~gatenets.RGLRUCell` cells.
-
-    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``c``,
-    ``min_decay``, ``max_decay``, ``max_sqrt_gradient``, initialisers, ``dtype``,
-    ``param_dtype``) go to every layer's cell. Gate traces hold :class:`~gatenets.RGLRUGates`
-    under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.RGLRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"recurrence": 0.0}).shape
-      (4, 6, 8)
-    """
-
-    cell_type = RGLRUCell
-
-
-class MGU(RecurrentStack):
-    """A (stacked, optionally bidirectional) layer of :class:`~gatenets.MGUCell` cells.
-
-    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``reset_after``,
-    ``use_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate
-    traces hold :class:`~gatenets.MGUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax import nnx
-      >>> import gatenets
-      >>> model = gatenets.MGU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
-      >>> y, trace = model(jnp.ones((4, 6, 3)), return_gates=True)
-      >>> y.shape, sorted(trace.flat())[0]
-      ((4, 6, 16), 'layer0/backward/forget')
-    """
-
-    cell_type = MGUCell

@@ -146,3 +146,41 @@ def test_a_single_candidate_is_never_measured(tuning):
     gatenets.MGU(I, H, rngs=nnx.Rngs(0))(x())  # only the generic scan runs an MGU
     gatenets.LSTM(I, H, peephole=True, rngs=nnx.Rngs(0))(x())
     assert not tuning.exists()
+
+
+def test_a_cell_that_names_its_family_must_implement_every_abstract_method():
+    class Unfinished(gatenets.GatedCell):  # abstract: no family, may leave step out
+        gates_type = gatenets.GRUGates
+        carry_type = gatenets.GRUCarry
+
+    with pytest.raises(TypeError, match="Incomplete names a family, so it must implement step"):
+
+        class Incomplete(Unfinished):
+            family = "incomplete"
+
+    with pytest.raises(TypeError, match="must implement coefficients"):
+
+        class NoCoefficients(gatenets.DiagonalCell):
+            family = "no_coefficients"
+            gates_type = gatenets.MinGRUGates
+
+    with pytest.raises(TypeError, match="kernel_operands, kernel_results, kernel_unsupported"):
+
+        class NoKernelOperands(gatenets.cells.base.FusedKernelCell):
+            family = "no_kernel_operands"
+            gates_type = gatenets.GRUGates
+            carry_type = gatenets.GRUCarry
+
+            def step(self, carry, projected, **_):
+                return carry, carry.h, None
+
+
+def test_a_new_cell_is_one_file_and_one_row():
+    import gated_elman
+
+    row = gated_elman.ROW
+    assert row.layer.__name__ == "GatedElman" and row.layer.cell_type is gated_elman.GatedElmanCell
+    assert row.layer is gatenets.RecurrentStack.of(gated_elman.GatedElmanCell)
+    assert loop_table.family_loops(row.name) == (Loop.SCAN,)
+    with pytest.raises(ValueError, match="family must be a lower-case name"):
+        gatenets.registry.CellFamily.of(gatenets.GatedCell)

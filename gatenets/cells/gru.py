@@ -97,6 +97,21 @@ class GRUCell(FusedKernelCell):
     """
 
     family = "gru"
+    layer_doc = """A (stacked, optionally bidirectional) GRU layer, as PyTorch's ``nn.GRU``.
+
+    Each layer is a :class:`~gatenets.GRUCell` run by :class:`RNN`. Arguments are those of
+    :class:`RecurrentStack`; the cell's own (``reset_after``, ``use_bias``, initialisers,
+    ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.GRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> gru = gatenets.GRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> gru(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0])).shape
+      (4, 6, 8)
+    """
     gates_type = GRUGates
     carry_type = GRUCarry
 

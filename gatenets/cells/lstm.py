@@ -115,6 +115,24 @@ class LSTMCell(FusedKernelCell):
     """
 
     family = "lstm"
+    layer_doc = """A stacked, optionally bidirectional LSTM: the one-liner a PyTorch user expects.
+
+    Each layer is an :class:`~gatenets.LSTMCell` run by :class:`RNN`; see those for the
+    equations and the padding semantics. Arguments are those of :class:`RecurrentStack`; the
+    cell's own (``proj_size``, ``peephole``, ``forget_bias``, ``chrono_init``, ``use_bias``,
+    ``use_recurrent_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell.
+    Gate traces hold :class:`~gatenets.LSTMGates` under ``"layer{k}/forward"`` and
+    ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> lstm = gatenets.LSTM(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = lstm(jnp.ones((4, 6, 3)), return_gates=True)
+      >>> y.shape, sorted(trace.gates)[:2]
+      ((4, 6, 16), ['layer0/backward', 'layer0/forward'])
+    """
     gates_type = LSTMGates
     carry_type = LSTMCarry
 

@@ -93,6 +93,21 @@ class MGUCell(GatedCell):
     """
 
     family = "mgu"
+    layer_doc = """A (stacked, optionally bidirectional) layer of :class:`~gatenets.MGUCell` cells.
+
+    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``reset_after``,
+    ``use_bias``, initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate
+    traces hold :class:`~gatenets.MGUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MGU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = model(jnp.ones((4, 6, 3)), return_gates=True)
+      >>> y.shape, sorted(trace.flat())[0]
+      ((4, 6, 16), 'layer0/backward/forget')
+    """
     gates_type = MGUGates
     carry_type = MGUCarry
 

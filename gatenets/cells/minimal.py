@@ -113,6 +113,23 @@ class MinGRUCell(_MinimalCell):
     """
 
     family = "mingru"
+    layer_doc = """A (stacked, optionally bidirectional) minGRU layer.
+
+    Each layer is a :class:`~gatenets.MinGRUCell` run by :class:`~gatenets.RNN`; arguments are
+    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
+    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.MinGRUGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MinGRU(3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+      >>> y, trace = model(jnp.ones((4, 6, 3)), seq_lengths=jnp.array([6, 5, 1, 0]),
+      ...                  return_gates=True)
+      >>> y.shape, sorted(trace.flat())[0]
+      ((4, 6, 16), 'layer0/backward/update')
+    """
     gates_type = MinGRUGates
 
     num_blocks = 2
@@ -175,6 +192,21 @@ class MinLSTMCell(_MinimalCell):
     """
 
     family = "minlstm"
+    layer_doc = """A (stacked, optionally bidirectional) minLSTM layer.
+
+    Each layer is a :class:`~gatenets.MinLSTMCell` run by :class:`~gatenets.RNN`; arguments are
+    those of :class:`~gatenets.RecurrentStack`, and the cell's own (``use_bias``,
+    initialisers, ``dtype``, ``param_dtype``) go to every layer's cell. Gate traces hold
+    :class:`~gatenets.MinLSTMGates` under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.MinLSTM(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"layer1": {"forget": 1.0}}).shape
+      (4, 6, 8)
+    """
     gates_type = MinLSTMGates
 
     num_blocks = 3

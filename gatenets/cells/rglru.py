@@ -130,6 +130,21 @@ class RGLRUCell(DiagonalCell):
     """
 
     family = "rglru"
+    layer_doc = """A stacked, optionally bidirectional layer of :class:`~gatenets.RGLRUCell` cells.
+
+    Arguments are those of :class:`~gatenets.RecurrentStack`; the cell's own (``c``,
+    ``min_decay``, ``max_decay``, ``max_sqrt_gradient``, initialisers, ``dtype``,
+    ``param_dtype``) go to every layer's cell. Gate traces hold :class:`~gatenets.RGLRUGates`
+    under ``"layer{k}/forward"`` / ``"layer{k}/backward"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> model = gatenets.RGLRU(3, 8, num_layers=2, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((4, 6, 3)), gate_overrides={"recurrence": 0.0}).shape
+      (4, 6, 8)
+    """
     gates_type = RGLRUGates
 
     def __init__(
