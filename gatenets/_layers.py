@@ -23,6 +23,18 @@ default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
 
 
+def scoped(method: Callable) -> Callable:
+    """Runs a layer's ``__call__`` inside ``jax.named_scope(<class name>)``, so profiles and
+    HLO dumps show which layer each operation belongs to (as Equinox does)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with jax.named_scope(type(self).__name__):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 def check_precision(precision: Any, name: str = "precision") -> Any:
     """``precision`` if it is one a matmul takes (see :data:`gatenets._typing.PrecisionLike`),
     else a ValueError naming ``name``. Strings are checked by ``jax.lax.Precision``."""

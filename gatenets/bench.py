@@ -73,7 +73,23 @@ VARIANTS = (
     "loops",
 )
 LEARNING_RATE = 1e-3
-BLOCKS = {"lstm": 4, "gru": 3}
+
+
+class BenchModel(NamedTuple):
+    """What one benchmarked model is in each library."""
+
+    layer: Callable[..., nnx.Module]  # the gatenets stack
+    gate: str  # the gate the "gates" variant's penalty reads
+    blocks: int  # gate blocks of the fused kernel (matmul FLOPs)
+    flax_cell: Callable[..., nnx.Module]
+    flax_carry: Callable[[Any], Any]  # Flax's zero carry from one zero array
+    torch_layer: str  # the torch.nn class name
+
+
+MODELS = {
+    "lstm": BenchModel(gatenets.LSTM, "forget", 4, nnx.OptimizedLSTMCell, lambda z: (z, z), "LSTM"),
+    "gru": BenchModel(gatenets.GRU, "update", 3, nnx.GRUCell, lambda z: z, "GRU"),
+}
 
 
 class Point(NamedTuple):
@@ -98,7 +114,7 @@ class Point(NamedTuple):
 
     def flops(self) -> float:
         """Matmul FLOPs of the whole pass (train: forward plus twice that for the backward)."""
-        blocks = BLOCKS[self.model]
+        blocks = MODELS[self.model].blocks
         forward = (
             sum(
                 2.0 * self.batch * self.time * (n_in + self.hidden) * blocks * self.hidden
@@ -164,7 +180,7 @@ def jax_runner(module: nnx.Module, call: Callable, mode: str, data: dict) -> Run
 
 
 def gatenets_module(point: Point, variant: str) -> nnx.Module:
-    layer = gatenets.LSTM if point.model == "lstm" else gatenets.GRU
+    layer = MODELS[point.model].layer
     kwargs: dict[str, Any] = {"num_layers": point.layers, "bidirectional": point.bidirectional}
     if variant in ("scan", "fused", "native", "cudnn", "fused_before"):
         kwargs["loop"] = variant.removesuffix("_before")
@@ -182,7 +198,7 @@ def gatenets_module(point: Point, variant: str) -> nnx.Module:
 
 
 def gatenets_call(point: Point, variant: str) -> Callable:
-    gate = "forget" if point.model == "lstm" else "update"
+    gate = MODELS[point.model].gate
 
     def call(module, x, lengths):
         seq_lengths = lengths if variant == "mask" else None
@@ -199,7 +215,7 @@ def gatenets_call(point: Point, variant: str) -> Callable:
 def flax_module(point: Point) -> nnx.Module:
     """Flax NNX's own layers: ``OptimizedLSTMCell`` / ``GRUCell`` in ``nnx.RNN``, stacked and
     wrapped in ``nnx.Bidirectional`` by hand (Flax has no stacked layer)."""
-    cell_type = nnx.OptimizedLSTMCell if point.model == "lstm" else nnx.GRUCell
+    cell_type = MODELS[point.model].flax_cell
     rngs = nnx.Rngs(0)
     layers = []
     for n_in in point.layer_inputs():
@@ -221,7 +237,7 @@ def flax_call(point: Point, variant: str) -> Callable:
         # Zero carries passed in: Flax would otherwise draw them from an RNG stream inside
         # the traced function, which NNX refuses once the module is split and merged.
         zeros = jnp.zeros((x.shape[0], point.hidden), x.dtype)
-        carry = (zeros, zeros) if point.model == "lstm" else zeros
+        carry = MODELS[point.model].flax_carry(zeros)
         for layer in layers:
             if point.bidirectional:
                 x = layer(x, initial_carry=(carry, carry), seq_lengths=seq_lengths)
@@ -241,7 +257,7 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
     cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    cls = torch.nn.LSTM if point.model == "lstm" else torch.nn.GRU
+    cls = getattr(torch.nn, MODELS[point.model].torch_layer)
     layer = cls(
         point.features,
         point.hidden,
@@ -291,7 +307,7 @@ def matmul_runner(point: Point, data: dict) -> Runner:
     """The layer's matmuls alone, at the step's shape, in a ``lax.scan``: the floor a
     recurrent loop on this backend can reach. Each step feeds part of its result back, as the
     recurrence does, so nothing can be hoisted out of the loop."""
-    blocks, hidden = BLOCKS[point.model], point.hidden
+    blocks, hidden = MODELS[point.model].blocks, point.hidden
     key = jax.random.key(0)
     weights = [
         (
@@ -593,7 +609,7 @@ def _main(args: argparse.Namespace) -> int:
         with open(args.markdown) as f:
             print(markdown_table(json.load(f)["rows"]))
         return 0
-    models = _choices(args.models, tuple(BLOCKS), "--models")
+    models = _choices(args.models, tuple(MODELS), "--models")
     modes = _choices(args.modes, ("train", "forward"), "--modes")
     variants = expand_loops(_choices(args.variants, VARIANTS, "--variants"))
     if args.layers < 1 or args.repeats < 1 or args.warmup < 0:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets import loop as loop_table
+from gatenets._layers import scoped
 from gatenets._typing import Array
 from gatenets.cells.base import GatedCell
 from gatenets.gates import (
@@ -215,6 +216,7 @@ class RNN(nnx.Module):
         dtype = self.cell.carry_spec()["h"][1]
         return dropout(jnp.ones((batch, self.cell.output_features), dtype))
 
+    @scoped
     def __call__(
         self,
         inputs: Array,
@@ -388,6 +390,7 @@ class Bidirectional(nnx.Module):
     def cell(self) -> GatedCell:
         return self.forward_rnn.cell
 
+    @scoped
     def __call__(
         self,
         inputs: Array,
@@ -698,6 +701,7 @@ class RecurrentStack(nnx.Module):
         directions = ("forward", "backward") if self.bidirectional else ("forward",)
         return tuple(f"layer{k}/{d}" for k in range(self.num_layers) for d in directions)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

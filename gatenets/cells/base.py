@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets import loop as loop_table
-from gatenets._layers import check_precision
+from gatenets._layers import check_precision, scoped
 from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
 from gatenets.gates import GateOverride, hold_invalid, zero_invalid
 from gatenets.kernels._common import constant_overrides
@@ -357,6 +357,7 @@ class GatedCell(nnx.RNNCellBase):
             )
         return x
 
+    @scoped
     def __call__(self, carry: Any, inputs: Array) -> tuple[Any, Array]:
         """One step on raw input ``[batch, in_features]``: returns ``(new_carry, output)``."""
         inputs = self.check_input(inputs, "inputs")
