@@ -361,3 +361,9 @@ def zero_invalid(valid: Array | None, outputs: Array) -> Array:
     if valid is None:
         return outputs
     return hold_invalid(valid, outputs, jnp.zeros((), outputs.dtype))
+
+
+def check_switches(layer: Any, **switches: Any) -> None:
+    """Raises unless every switch is a Python bool (they decide what a call returns)."""
+    for name, value in switches.items():
+        check_static_flag(value, name, type(layer).__name__)

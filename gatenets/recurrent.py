@@ -28,7 +28,7 @@ from gatenets.cells.base import GatedCell
 from gatenets.gates import (
     GateTrace,
     check_gate_names,
-    check_static_flag,
+    check_switches,
     merge_traces,
     resolve_overrides,
     sequence_mask,
@@ -79,12 +79,6 @@ def _check_carry(carry: Any, expected: Any, name: str) -> Any:
             for g, w in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True)
         ],
     )
-
-
-def check_switches(layer: nnx.Module, **switches: Any) -> None:
-    """Raises unless every switch is a Python bool (they decide what a call returns)."""
-    for name, value in switches.items():
-        check_static_flag(value, name, type(layer).__name__)
 
 
 class PreparedSequence(NamedTuple):

@@ -26,7 +26,8 @@ from flax import nnx
 
 from gatenets.cells.gru import GRUCell
 from gatenets.cells.lstm import LSTMCell
-from gatenets.recurrent import GRU, LSTM, RecurrentStack
+from gatenets.recurrent import RecurrentStack
+from gatenets.registry import GRU, LSTM
 
 
 def _torch():
