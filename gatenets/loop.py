@@ -660,21 +660,29 @@ def _measured(key: str, candidates: tuple[Loop, ...], timers: Callable, mode: st
             choice = Loop(cached["loop"])
         else:
             choice, entry = _measure(candidates, timers, mode)
-            if jax.process_count() > 1:
-                choice = _from_process_zero(choice, candidates)
-                entry["loop"] = str(choice)
             _write_cache(key, entry)
+        if jax.process_count() > 1:
+            # Every process traces the same program, so each reaches this point for the same
+            # keys in the same order; caches may differ between hosts, process 0's choice wins.
+            choice = _from_process_zero(key, choice, candidates)
         _MEMO[key] = choice
         return choice
 
 
-def _from_process_zero(choice: Loop, candidates: tuple[Loop, ...]) -> Loop:
-    """Process 0's choice on every process (they must all compile the same program)."""
-    from jax.experimental import multihost_utils
+def _from_process_zero(key: str, choice: Loop, candidates: tuple[Loop, ...]) -> Loop:
+    """Process 0's choice on every process (they must all compile the same program), passed
+    through ``jax.distributed``'s key-value store: it needs no computation, so it works while
+    a function is being traced."""
+    from jax._src import distributed
 
-    with jax.ensure_compile_time_eval():
-        index = multihost_utils.broadcast_one_to_all(np.int32(candidates.index(choice)))
-    return candidates[int(index)]
+    client = distributed.global_state.client
+    name = f"gatenets/loop/{key}"
+    if jax.process_index() == 0:
+        client.key_value_set(name, str(choice))
+        return choice
+    # Process 0 may still be measuring; it takes seconds, never this long.
+    chosen = Loop(client.blocking_key_value_get(name, 600_000))
+    return chosen if chosen in candidates else choice
 
 
 def _measure(
