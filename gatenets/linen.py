@@ -70,7 +70,7 @@ def _run(module: nnx.Module, inputs: Array, *, deterministic: bool, **call_kwarg
     return module(inputs, **call_kwargs)
 
 
-class _Bridge(nn.Module):
+class _NNXModule(nn.Module):
     """Builds a gatenets NNX layer through ``bridge.ToLinen`` and calls it.
 
     Subclasses set ``layer_type`` and say how the layer is built from the input's feature size
@@ -126,7 +126,7 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
-class _Bridged(_Bridge):
+class _StackModule(_NNXModule):
     """A gatenets recurrent stack as a linen module (subclasses set ``layer_type``)."""
 
     hidden_features: int
@@ -165,7 +165,7 @@ class _Bridged(_Bridge):
         return self._bridge(inputs, deterministic, call_kwargs)
 
 
-def _bridged(family: CellFamily) -> type[_Bridged]:
+def _stack_module(family: CellFamily) -> type[_StackModule]:
     """The linen wrapper of a registered family's stacked layer, named as that layer."""
     name = family.layer.__name__
     doc = f""":class:`gatenets.{name}` as a ``flax.linen`` module (stacks of
@@ -186,12 +186,12 @@ def _bridged(family: CellFamily) -> type[_Bridged]:
       True
     """
     namespace = {"layer_type": family.layer, "__doc__": doc, "__module__": __name__}
-    return type(name, (_Bridged,), {**namespace, "__qualname__": name})
+    return type(name, (_StackModule,), {**namespace, "__qualname__": name})
 
 
 # One wrapper per registered family (gl.LSTM, gl.GRU, …): a new family gets its own for free.
-_WRAPPERS: dict[str, type[_Bridged]] = {
-    family.layer.__name__: _bridged(family) for family in FAMILIES.values()
+_WRAPPERS: dict[str, type[_StackModule]] = {
+    family.layer.__name__: _stack_module(family) for family in FAMILIES.values()
 }
 globals().update(_WRAPPERS)
 __all__ += sorted(_WRAPPERS)
@@ -353,7 +353,7 @@ def params_to_nnx(params: Mapping[str, Any], layer: nnx.Module) -> nnx.Module:
     return layer
 
 
-class GatedAttention(_Bridge):
+class GatedAttention(_NNXModule):
     """:class:`gatenets.GatedAttention` as a ``flax.linen`` module.
 
     Attributes:
