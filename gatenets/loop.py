@@ -476,7 +476,7 @@ _TUNING = {"enabled": None}
 _MODES = {True: "train", False: "forward", None: "any"}
 _MEMO: dict[str, Loop] = {}
 _LOCK = threading.RLock()
-TUNING_STEPS = 128
+TUNING_STEPS = 64
 """Sequences are timed over at most this many steps: the loops differ per step."""
 TUNING_BUDGET_S = 1.0
 """Time spent on timed rounds per new request (compilation aside), after three rounds."""
