@@ -10,7 +10,7 @@ from flax import nnx
 from test_cells import randomize
 
 import gatenets
-from gatenets.interop import from_equinox, to_equinox
+from gatenets.interop import from_equinox, reseed_dropout, to_equinox
 
 B, T, I, H = 2, 5, 3, 4
 TOLERANCE = 1e-6
@@ -103,13 +103,14 @@ class Classifier(eqx.Module):
 
     def __call__(self, x, *, key=None):
         if key is not None:  # a fresh dropout stream for this step
-            nnx.reseed(self.lstm, dropout=key)
+            reseed_dropout(self.lstm, key)
         return jax.vmap(self.head)(self.lstm(x)[:, -1])
 
 
-def test_a_gatenets_layer_inside_an_equinox_model():
+@pytest.mark.parametrize("rngs", [nnx.Rngs(0), nnx.Rngs(params=0, dropout=1)])
+def test_a_gatenets_layer_inside_an_equinox_model(rngs):
     model = Classifier(
-        gatenets.LSTM(I, H, num_layers=2, dropout=0.5, rngs=nnx.Rngs(params=0, dropout=1)),
+        gatenets.LSTM(I, H, num_layers=2, dropout=0.5, recurrent_dropout=0.2, rngs=rngs),
         eqx.nn.Linear(H, 2, key=jax.random.key(0)),
     )
     x = inputs(3)
@@ -128,3 +129,8 @@ def test_a_gatenets_layer_inside_an_equinox_model():
     assert kernel_grad.shape == (I, 4 * H) and bool(jnp.any(kernel_grad != 0))
     model.lstm.eval()  # dropout off: the key no longer matters
     assert loss(model, x, jax.random.key(1)) == loss(model, x, jax.random.key(2))
+
+
+def test_reseed_dropout_needs_a_stream():
+    with pytest.raises(ValueError, match="holds no random stream"):
+        reseed_dropout(gatenets.LSTMCell(I, H, rngs=nnx.Rngs(0)), jax.random.key(0))

@@ -7,6 +7,7 @@ PyTorch, Keras and Equinox are imported lazily, only when a conversion runs.
 """
 
 from gatenets.interop.equinox import from_equinox as from_equinox
+from gatenets.interop.equinox import reseed_dropout as reseed_dropout
 from gatenets.interop.equinox import to_equinox as to_equinox
 from gatenets.interop.flax import from_flax as from_flax
 from gatenets.interop.flax import to_flax as to_flax
@@ -30,6 +31,7 @@ __all__ = [
     "from_flax",
     "from_keras",
     "from_torch",
+    "reseed_dropout",
     "to_equinox",
     "to_flax",
     "to_keras",

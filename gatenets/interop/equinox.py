@@ -154,3 +154,49 @@ def to_equinox(cell: LSTMCell | GRUCell) -> Any:
     return eqx.tree_at(
         lambda c: (c.weight_ih, c.weight_hh, c.bias, c.bias_n)[: len(values)], target, values
     )
+
+
+def reseed_dropout(module: Any, key: Any) -> None:
+    """Gives every random stream in ``module`` a fresh key drawn from ``key``, whatever the
+    stream's name: for a gatenets (or any NNX) module inside an Equinox model, whose advanced
+    streams are thrown away with the traced copy under ``eqx.filter_jit``.
+
+    ``nnx.reseed(module, dropout=key)`` does the same for streams named ``"dropout"`` only;
+    a module built with ``nnx.Rngs(0)`` holds its dropout streams under ``"default"``, and that
+    call would leave them as they were, without a word. Each stream gets its own key.
+
+    Args:
+      module: an NNX module (a gatenets layer).
+      key: a JAX random key, a fresh one per step (``jax.random.split``).
+
+    Raises:
+      ValueError: if the module holds no random stream (nothing would change).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import gatenets
+      >>> from gatenets.interop import reseed_dropout
+      >>> lstm = gatenets.LSTM(3, 4, num_layers=2, dropout=0.5, rngs=nnx.Rngs(0))
+      >>> def masked(key):
+      ...     reseed_dropout(lstm, key)
+      ...     return lstm(jnp.ones((1, 6, 3)))
+      >>> bool(jnp.all(masked(jax.random.key(1)) == masked(jax.random.key(1))))
+      True
+      >>> bool(jnp.all(masked(jax.random.key(1)) == masked(jax.random.key(2))))
+      False
+    """
+    tags = sorted(
+        {
+            stream.key.tag
+            for _, stream in nnx.iter_graph(module)
+            if isinstance(stream, nnx.RngStream)
+        }
+    )
+    if not tags:
+        raise ValueError(
+            f"module ({type(module).__name__}) holds no random stream; build it with rngs= "
+            "(its dropout layers keep theirs)."
+        )
+    keys = jax.random.split(key, len(tags))
+    nnx.reseed(module, **dict(zip(tags, keys, strict=True)))
