@@ -263,6 +263,8 @@ def test_stacked_carries_are_one_list_per_layer():
             "merge_mode=None",
         ),
         (lambda: layers.SimpleRNN(H), TypeError, "SimpleRNN 'simple_rnn.*' does not convert"),
+        (lambda: layers.GRU(H, stateful=True), ValueError, "stateful=True keeps the state"),
+        (lambda: layers.LSTM(H, dtype="mixed_bfloat16"), ValueError, "mixed_bfloat16: variables"),
     ],
 )
 def test_from_keras_refuses_what_it_cannot_convert(make, error, message):

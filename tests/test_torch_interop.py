@@ -1,6 +1,8 @@
 """Numerical equivalence with PyTorch's nn.LSTM / nn.GRU, and weight conversion both ways."""
 
 import itertools
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -406,3 +408,15 @@ def test_model_parts_convert_to_nnx():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_torch(torch.nn.Embedding(6, 3))
+
+
+def test_import_gatenets_gives_interop_without_importing_frameworks():
+    script = (
+        "import sys, gatenets; "
+        "assert gatenets.interop.from_keras and gatenets.interop.carry_from_torch; "
+        "print(sorted(m for m in ('torch', 'keras', 'equinox') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -168,6 +168,13 @@ def _cell_settings(layer: Any, where: str) -> dict[str, Any]:
     cell = layer.cell
     if not cell.built:
         raise ValueError(f"{where}: the Keras layer is not built (call it once or build it).")
+    if layer.stateful:
+        raise ValueError(
+            f"{where}: stateful=True keeps the state between calls inside the Keras layer; "
+            "gatenets layers take it explicitly. Convert the layer built with stateful=False "
+            "and thread the state with initial_carry= / return_carry=True (carry_from_keras "
+            "converts Keras's states)."
+        )
     settings: dict[str, Any] = {
         "kind": "LSTM" if isinstance(layer, keras.layers.LSTM) else "GRU",
         "in_features": int(cell.kernel.shape[0]),
@@ -315,6 +322,12 @@ def _layer_pieces(layer: Any, rngs: nnx.Rngs) -> list[Any]:
     keras = _keras()
     where = f"{type(layer).__name__} {layer.name!r}"
     layers = keras.layers
+    if layer.compute_dtype != layer.variable_dtype:
+        raise ValueError(
+            f"{where}: a mixed-precision policy ({layer.dtype_policy.name}: variables in "
+            f"{layer.variable_dtype}, computation in {layer.compute_dtype}) is not converted; "
+            "convert the model with a float32 policy, then set the gatenets layers' dtype=."
+        )
     if isinstance(layer, keras.Model):
         return [piece for inner in _model_layers(layer) for piece in _layer_pieces(inner, rngs)]
     if isinstance(layer, layers.LSTM | layers.GRU | layers.Bidirectional):
