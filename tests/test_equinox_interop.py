@@ -85,6 +85,7 @@ def test_to_equinox_matches_equinox(make):
         (lambda r: gatenets.LSTMCell(I, H, proj_size=2, rngs=r), "projection"),
         (lambda r: gatenets.GRUCell(I, H, reset_after=False, rngs=r), "reset_after=False"),
         (lambda r: gatenets.GRUCell(I, H, gate_fn=jax.nn.hard_sigmoid, rngs=r), "hard_sigmoid"),
+        (lambda r: gatenets.LSTMCell(I, H, dtype=jnp.bfloat16, rngs=r), "computes in bfloat16"),
         (lambda r: gatenets.LSTM(I, H, rngs=r), "For a layer, convert each of its cells"),
     ],
 )

@@ -291,6 +291,7 @@ def test_from_keras_refuses_masks_and_branches():
         (lambda r: gatenets.LSTM(I, H, proj_size=2, rngs=r), "projection"),
         (lambda r: gatenets.GRU(I, H, learn_initial_carry=True, rngs=r), "initial carry"),
         (lambda r: gatenets.GRU(I, H, gate_fn=lambda z: z, rngs=r), "gate_fn=<lambda>"),
+        (lambda r: gatenets.GRU(I, H, dtype=jnp.float16, rngs=r), "computes in float16"),
     ],
 )
 def test_to_keras_refuses_what_keras_cannot_express(make, message):

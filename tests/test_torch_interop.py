@@ -178,6 +178,10 @@ def test_state_dict_errors_name_what_is_wrong():
             lambda: gatenets.GRU(I, H, num_layers=2, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0)),
             "activation_fn=relu",
         ),
+        (
+            lambda: gatenets.LSTM(I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+            "float32 parameters and computes in bfloat16",
+        ),
     ],
 )
 def test_to_torch_refuses_what_torch_cannot_express(layer, message):

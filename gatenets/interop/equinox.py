@@ -28,6 +28,7 @@ from flax import nnx
 
 from gatenets.cells.gru import GRUCell
 from gatenets.cells.lstm import LSTMCell
+from gatenets.interop.torch import check_compute_dtype
 
 
 def _equinox():
@@ -121,6 +122,7 @@ def to_equinox(cell: LSTMCell | GRUCell) -> Any:
             f"cell has gate_fn={getattr(cell.gate_fn, '__name__', cell.gate_fn)}, activation_fn="
             f"{getattr(cell.activation_fn, '__name__', cell.activation_fn)}."
         )
+    check_compute_dtype(cell, "to_equinox: an Equinox cell")
     hidden = cell.hidden_features
     dtype = jnp.dtype(cell.param_dtype)
     key = jax.random.key(0)

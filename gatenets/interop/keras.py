@@ -45,6 +45,7 @@ from flax import nnx
 
 from gatenets.cells.gru import GRUCarry, GRUCell
 from gatenets.cells.lstm import LSTMCarry, LSTMCell
+from gatenets.interop.torch import check_compute_dtype
 from gatenets.recurrent import GRU, LSTM, RNN, Bidirectional, BidirectionalCarry
 
 _RECURRENT_FUNCTIONS = {
@@ -512,6 +513,7 @@ def _keras_name(fn: Any, what: str) -> str:
 
 def _keras_layer(cell: LSTMCell | GRUCell, recurrent_dropout: float, go_backwards: bool) -> Any:
     keras = _keras()
+    check_compute_dtype(cell, "to_keras: a Keras layer (float32 or bfloat16 policy)")
     kwargs = dict(
         units=cell.hidden_features,
         activation=_keras_name(cell.activation_fn, "activation_fn"),

@@ -53,6 +53,18 @@ def _torch():
     return torch
 
 
+def check_compute_dtype(cell: Any, target: str) -> None:
+    """Raises if ``cell`` computes in a dtype other than its parameters' (``dtype=`` given):
+    PyTorch's, Keras's and Equinox's recurrent cells compute in their weights' dtype."""
+    computes = jnp.dtype(cell.dtype if cell.dtype is not None else cell.param_dtype)
+    if computes != jnp.dtype(cell.param_dtype):
+        raise ValueError(
+            f"{target} computes in its parameters' dtype; this cell has {jnp.dtype(cell.param_dtype)} "
+            f"parameters and computes in {computes} (dtype=). Convert it with dtype=None, or "
+            f"with param_dtype={computes}."
+        )
+
+
 def _directions(layer: Any) -> list[tuple[str, Any]]:
     """``[(suffix, cell), …]`` of one stack layer: ``""`` forward, ``"_reverse"`` backward."""
     if hasattr(layer, "forward_rnn"):
@@ -475,6 +487,7 @@ def to_torch(layer: RecurrentStack, *, state_dict: bool = False, prefix: str = "
         raise ValueError("to_torch: torch.nn RNNs have no recurrent_dropout; set it to 0 first.")
     for k, stack_layer in enumerate(layer.layers):
         for suffix, layer_cell in _directions(stack_layer):
+            check_compute_dtype(layer_cell, f"to_torch: torch.nn.{type(layer).__name__}")
             if not layer_cell.standard_functions:
                 raise ValueError(
                     f"to_torch: torch.nn.{type(layer).__name__} computes sigmoid gates and tanh "
