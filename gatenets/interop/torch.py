@@ -57,9 +57,10 @@ def check_compute_dtype(cell: Any, target: str) -> None:
     """Raises if ``cell`` computes in a dtype other than its parameters' (``dtype=`` given):
     PyTorch's, Keras's and Equinox's recurrent cells compute in their weights' dtype."""
     computes = jnp.dtype(cell.dtype if cell.dtype is not None else cell.param_dtype)
-    if computes != jnp.dtype(cell.param_dtype):
+    params = jnp.dtype(cell.param_dtype)
+    if computes != params:
         raise ValueError(
-            f"{target} computes in its parameters' dtype; this cell has {jnp.dtype(cell.param_dtype)} "
+            f"{target} computes in its parameters' dtype; this cell has {params} "
             f"parameters and computes in {computes} (dtype=). Convert it with dtype=None, or "
             f"with param_dtype={computes}."
         )
