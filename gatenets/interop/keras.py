@@ -14,7 +14,7 @@ Keras                               gatenets
 ``Bidirectional``                   a bidirectional :class:`~gatenets.LSTM` / ``GRU``
                                     (:class:`~gatenets.Bidirectional` if the two differ)
 ``activation``,                     ``activation_fn``, ``gate_fn`` (``tanh``, ``sigmoid``,
-``recurrent_activation``            ``hard_sigmoid``, ``relu``, ``linear``)
+``recurrent_activation``            ``hard_sigmoid``, ``relu``)
 ``dropout`` (on the inputs)         ``nnx.Dropout(rate, broadcast_dims=(1,))`` before the layer:
                                     one mask per sequence, as Keras draws it
 ``recurrent_dropout``               ``recurrent_dropout`` (one mask on ``h`` per sequence)
@@ -23,6 +23,11 @@ Keras                               gatenets
 ``LayerNormalization``,             ``nnx.LayerNorm``, ``nnx.Dropout``
 ``Dropout``
 ==================================  ======================================================
+
+Dropout differs in training only, and only in which masks are tied: gatenets draws one input
+mask and one recurrent mask per sequence, shared by every gate (and by both directions of a
+bidirectional layer's input); Keras, once ``recurrent_dropout`` is set, draws one per gate
+(and one per direction). The rates, the scaling and inference are the same.
 
 States: Keras's LSTM state is ``[h, c]`` (``h`` first), a GRU's ``[h]``, a Bidirectional's
 the forward states then the backward ones; gatenets' carry is ``LSTMCarry(c, h)`` /
@@ -437,7 +442,8 @@ def from_keras(source: Any, *, model: Any = None, rngs: nnx.Rngs | None = None) 
     of layers) becomes an ``nnx.Sequential`` of every layer's pieces; ``Embedding``, ``Dense``,
     ``LayerNormalization`` and ``Dropout`` convert to their NNX twins. Inputs are batch-major.
     As a Keras layer called outside ``fit``, the result runs in inference mode (dropout off)
-    until ``.train()``.
+    until ``.train()``; in training, its dropout masks are tied across gates where Keras's
+    are not (see the module's notes).
 
     Args:
       source: a Keras layer or model; the path of a ``.keras`` file (loaded with Keras's safe
