@@ -95,6 +95,9 @@ LAYERS = {
         layers.LSTM(H, return_sequences=True),
         backward_layer=layers.LSTM(3, go_backwards=True, return_sequences=True),
     ),
+    "bi-lstm-gru-last": lambda: layers.Bidirectional(
+        layers.LSTM(H), backward_layer=layers.GRU(3, go_backwards=True)
+    ),
 }
 
 

@@ -297,10 +297,10 @@ def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
             [first_layer.forward_rnn, first_layer.backward_rnn] if bidirectional else [first_layer]
         )
     else:
-        cell_type = LSTMCell if first["kind"] == "LSTM" else GRUCell
+        cell_types = {"LSTM": LSTMCell, "GRU": GRUCell}
         rnns = [
             RNN(
-                cell_type(s["in_features"], s["hidden"], rngs=rngs, **_cell_kwargs(s)),
+                cell_types[s["kind"]](s["in_features"], s["hidden"], rngs=rngs, **_cell_kwargs(s)),
                 reverse=k == 1,
                 recurrent_dropout=s["recurrent_dropout"],
                 rngs=rngs,
