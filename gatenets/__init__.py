@@ -1,6 +1,7 @@
 """gatenets: recurrent and attention layers built around sigmoid gates you can inspect."""
 
 from gatenets import inspect as inspect
+from gatenets import interop as interop
 from gatenets import linen as linen
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
@@ -124,6 +125,7 @@ __all__ = [
     "__version__",
     "gru_sequence",
     "inspect",
+    "interop",
     "linen",
     "lstm_sequence",
     "sequence_parallel",
