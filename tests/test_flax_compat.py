@@ -49,26 +49,32 @@ def test_initialize_carry_draws_what_flax_draws(ours, theirs):
         np.testing.assert_array_equal(a, b)
 
 
-def test_flax_format_carries_go_in_and_named_tuples_come_out():
+def test_bare_arrays_go_in_named_tuples_come_out_and_ambiguous_tuples_are_refused():
     x = jnp.asarray(inputs())
-    for cell, flax_carry in (
-        (lstm(), lambda c: (c.c, c.h)),
-        (gru(), lambda c: c.h),
-    ):
-        carry = cell.initialize_carry((B, I), nnx.Rngs(carry=2), nnx.initializers.normal(0.5))
-        new_named, y_named = cell(carry, x[:, 0])
-        new_flax, y_flax = cell(flax_carry(carry), x[:, 0])
-        assert isinstance(new_flax, cell.carry_type)
-        np.testing.assert_array_equal(y_named, y_flax)
-        rnn = gatenets.RNN(cell, return_carry=True)
-        (final_named, out_named), (final_flax, out_flax) = (
-            rnn(x, initial_carry=carry),
-            rnn(x, initial_carry=flax_carry(carry)),
-        )
-        np.testing.assert_array_equal(out_named, out_flax)
-        assert isinstance(final_flax, cell.carry_type)
-        for a, b in zip(final_named, final_flax, strict=True):
-            np.testing.assert_array_equal(a, b)
+    cell = gru()
+    carry = cell.initialize_carry((B, I), nnx.Rngs(carry=2), nnx.initializers.normal(0.5))
+    new_named, y_named = cell(carry, x[:, 0])
+    new_bare, y_bare = cell(carry.h, x[:, 0])  # Flax's GRU carry: the bare h
+    assert isinstance(new_bare, cell.carry_type)
+    np.testing.assert_array_equal(y_named, y_bare)
+    rnn = gatenets.RNN(cell, return_carry=True)
+    (final_named, out_named), (final_bare, out_bare) = (
+        rnn(x, initial_carry=carry),
+        rnn(x, initial_carry=carry.h),
+    )
+    np.testing.assert_array_equal(out_named, out_bare)
+    assert isinstance(final_bare, cell.carry_type)
+    np.testing.assert_array_equal(final_named.h, final_bare.h)
+    # An LSTM's (c, h) and PyTorch's (h, c) look alike: a plain pair is refused, both named.
+    cell = lstm()
+    carry = cell.initialize_carry((B, I))
+    for bad in ((carry.c, carry.h), [carry.h, carry.c]):
+        with pytest.raises(
+            TypeError, match=r"reads two ways: \(c, h\) as Flax .*\(h, c\) as PyTorch"
+        ):
+            cell(bad, x[:, 0])
+        with pytest.raises(TypeError, match="initial_carry is a plain"):
+            gatenets.RNN(cell)(x, initial_carry=bad)
 
 
 @pytest.mark.parametrize("make", [lstm, gru])
@@ -113,6 +119,8 @@ def test_nnx_bidirectional_with_merge_fn_equals_gatenets_bidirectional():
 
 class TupleCarryLSTM(gatenets.LSTMCell):
     """A subclass that builds its carry as Flax code does: a plain ``(c, h)`` tuple."""
+
+    tuple_carries = True
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         carry = super().initialize_carry(input_shape, rngs, carry_init)
@@ -175,7 +183,9 @@ def test_gate_fn_and_activation_fn_run_on_the_scan_and_match_a_numpy_loop():
     "call, error, message",
     [
         (
-            lambda c: c((jnp.zeros((B, H + 1)), jnp.zeros((B, H))), jnp.ones((B, I))),
+            lambda c: c(
+                gatenets.LSTMCarry(c=jnp.zeros((B, H + 1)), h=jnp.zeros((B, H))), jnp.ones((B, I))
+            ),
             ValueError,
             r"carry.c must have 4 features .* got shape \(2, 5\)",
         ),
@@ -190,7 +200,9 @@ def test_gate_fn_and_activation_fn_run_on_the_scan_and_match_a_numpy_loop():
             "in_features = 3",
         ),
         (
-            lambda c: gatenets.RNN(c)(jnp.ones((B, T, I)), initial_carry=(jnp.zeros((B, 2)),) * 2),
+            lambda c: gatenets.RNN(c)(
+                jnp.ones((B, T, I)), initial_carry=gatenets.LSTMCarry(*(jnp.zeros((B, 2)),) * 2)
+            ),
             ValueError,
             "initial_carry.c must have 4 features",
         ),
@@ -236,7 +248,10 @@ def test_from_flax_cells_rnn_and_bidirectional_compute_what_flax_computes(name):
     lengths = jnp.array([T, 3])
     cell = from_flax(flax_cells[0])
     carry = flax_cells[0].initialize_carry((B, I), nnx.Rngs(carry=5), nnx.initializers.normal())
-    (flax_new, flax_y), (new, y) = flax_cells[0](carry, x[:, 0]), cell(carry, x[:, 0])
+    # A Flax carry is a plain tuple in the carry type's field order ((c, h) for an LSTM, the
+    # bare h for a GRU): named once, it goes in.
+    ours = cell.carry_type(*carry) if isinstance(carry, tuple) else carry
+    (flax_new, flax_y), (new, y) = flax_cells[0](carry, x[:, 0]), cell(ours, x[:, 0])
     np.testing.assert_allclose(y, flax_y, atol=1e-6)
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(flax_new), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)

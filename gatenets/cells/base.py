@@ -82,6 +82,8 @@ class GatedCell(nnx.RNNCellBase):
         kernels there runs ``Loop.SCAN``, the generic loop over :meth:`step`.
       gates_type: NamedTuple of the cell's post-sigmoid gates. Its field names are the names
         ``gate_overrides`` takes and a trace shows.
+      tuple_carries: whether plain tuples in ``carry_type``'s field order are taken as
+        carries (see :meth:`as_carry`); False: only ``carry_type`` or, for one field, an array.
       carry_type: NamedTuple of the state between steps. It must have a field ``h``: the
         output of the step and the recurrent input of the next one (checked when the class is
         made).
@@ -103,6 +105,7 @@ class GatedCell(nnx.RNNCellBase):
     family: ClassVar[str]
     gates_type: ClassVar[type]
     carry_type: ClassVar[type]
+    tuple_carries: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -208,13 +211,25 @@ class GatedCell(nnx.RNNCellBase):
     def as_carry(self, carry: Any, name: str = "carry") -> Any:
         """``carry`` as this cell's ``carry_type``, checked against ``carry_spec``.
 
-        Takes the carries Flax code builds too: a plain tuple of the fields in order (an
-        ``(c, h)`` tuple for an LSTM) or, for a one-field carry, the bare array (a GRU's
-        ``h``). Carries that come out of gatenets are always ``carry_type``.
+        Takes, for a one-field carry, the bare array (a GRU's ``h``). A plain tuple of several
+        arrays reads two ways — Flax orders an LSTM carry ``(c, h)``, PyTorch, Keras and
+        Equinox ``(h, c)`` — so it is refused, naming both, unless the class sets
+        ``tuple_carries = True`` (a subclass that builds Flax-style tuples in ``carry_type``'s
+        field order). Carries that come out of gatenets are always ``carry_type``.
         """
         fields = self.carry_type._fields
         if not isinstance(carry, self.carry_type):
             if isinstance(carry, tuple | list) and len(carry) == len(fields):
+                if len(fields) > 1 and not self.tuple_carries:
+                    readings = ", ".join(fields)
+                    raise TypeError(
+                        f"{name} is a plain {type(carry).__name__} of {len(carry)} arrays, which "
+                        f"reads two ways: ({readings}) as Flax orders it, or "
+                        f"({', '.join(reversed(fields))}) as PyTorch, Keras and Equinox do. "
+                        f"Build {self.carry_type.__name__}({', '.join(f'{f}=…' for f in fields)})"
+                        " by name, or convert a PyTorch or Keras state with "
+                        "gatenets.interop.carry_from_torch / carry_from_keras."
+                    )
                 carry = self.carry_type(*carry)
             elif hasattr(carry, "shape") and len(fields) == 1:
                 carry = self.carry_type(carry)

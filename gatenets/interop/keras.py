@@ -51,7 +51,8 @@ from flax import nnx
 from gatenets.cells.gru import GRUCarry, GRUCell
 from gatenets.cells.lstm import LSTMCarry, LSTMCell
 from gatenets.interop.torch import check_compute_dtype
-from gatenets.recurrent import GRU, LSTM, RNN, Bidirectional, BidirectionalCarry
+from gatenets.recurrent import RNN, Bidirectional, BidirectionalCarry
+from gatenets.registry import GRU, LSTM
 
 _RECURRENT_FUNCTIONS = {
     "sigmoid": jax.nn.sigmoid,
