@@ -15,6 +15,7 @@ import pytest
 from jax.test_util import check_grads
 
 from gatenets.kernels import gru_sequence, lstm_sequence, native
+from gatenets.kernels.native import _registration
 
 pytestmark = pytest.mark.skipif(
     not native.available(),
@@ -360,11 +361,7 @@ def test_vmap_over_independent_sequences():
     np.testing.assert_allclose(batched[0], run(xs[0]), rtol=1e-6)
 
 
-def test_applies_and_errors_name_the_argument():
-    assert native.applies(jnp.float32) and native.applies(np.float64, overrides=(0.5, None))
-    assert not native.applies(jnp.bfloat16)
-    assert not native.applies(jnp.float32, remat=True)
-    assert not native.applies(jnp.float32, overrides=(lambda g: g, None))
+def test_errors_name_the_argument():
     params, _ = _lstm_case({})
     xs, u, c0, h0 = params["xs"], params["u"], params["c0"], params["h0"]
     with pytest.raises(ValueError, match=r"remat=True is not supported"):
@@ -388,11 +385,9 @@ def test_applies_and_errors_name_the_argument():
 
 
 def test_unavailable_reports_why(monkeypatch):
-    monkeypatch.setattr(native, "_state", {})
-    monkeypatch.setattr(native, "unavailable_reason", "")
+    monkeypatch.setattr(_registration, "_state", {})
     monkeypatch.setenv("GATENETS_NATIVE", "0")
     assert not native.available()
-    assert not native.applies(jnp.float32)
     assert "GATENETS_NATIVE" in native.unavailable_reason
     params, _ = _lstm_case({})
     with pytest.raises(RuntimeError, match=r"unavailable: disabled by .*GATENETS_NATIVE"):

@@ -12,6 +12,37 @@ import numpy as np
 
 from gatenets._typing import Array
 
+#: A canonical matmul precision: None (JAX's default, which ``jax.default_matmul_precision``
+#: sets) or a pair of :class:`jax.lax.Precision` (one per operand), hashable.
+Precision = tuple[jax.lax.Precision, jax.lax.Precision] | None
+
+
+def canonical_precision(precision: Any) -> Precision:
+    """``precision`` as the kernels store it: None, or a pair of :class:`jax.lax.Precision`.
+
+    Accepts what :func:`jax.lax.dot_general` and Flax's ``Linear`` accept: None, a
+    :class:`jax.lax.Precision`, one of its names (``"default"``, ``"high"``, ``"highest"``,
+    ``"bfloat16"``, ``"tensorfloat32"``, ``"float32"``), or a pair of those.
+
+    Example:
+      >>> canonical_precision("highest")
+      (<Precision.HIGHEST: 2>, <Precision.HIGHEST: 2>)
+      >>> canonical_precision(None) is None
+      True
+    """
+    if precision is None:
+        return None
+    pair = tuple(precision) if isinstance(precision, tuple | list) else (precision, precision)
+    try:
+        if len(pair) != 2 or not all(isinstance(p, str | jax.lax.Precision) for p in pair):
+            raise ValueError
+        return tuple(jax.lax.Precision(p) for p in pair)
+    except ValueError:
+        raise ValueError(
+            "precision must be None, a jax.lax.Precision, one of 'default', 'high', 'highest', "
+            f"'bfloat16', 'tensorfloat32', 'float32', or a pair of them; got {precision!r}."
+        ) from None
+
 
 def constant_overrides(
     overrides: Mapping[str, Any] | None, gate_names: tuple[str, ...]
@@ -57,11 +88,12 @@ def accumulation(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def flat_matmul(a: Array, b: Array) -> Array:
+def flat_matmul(a: Array, b: Array, precision: Precision = None) -> Array:
     """``sum_t a[t].T @ b[t]`` as one ``[features, time * batch] @ [time * batch, out]`` matmul:
     the weight gradient of a whole sequence, left out of the loop."""
     return jnp.dot(
         a.reshape(-1, a.shape[-1]).T,
         b.reshape(-1, b.shape[-1]),
+        precision=precision,
         preferred_element_type=accumulation(jnp.result_type(a, b)),
     )
