@@ -372,6 +372,13 @@ def test_errors_name_the_argument():
     xs, u, c0, h0 = params["xs"], params["u"], params["c0"], params["h0"]
     with pytest.raises(ValueError, match=r"remat=True is not supported"):
         native.lstm_sequence_native(xs, u, c0, h0, remat=True)
+    with pytest.raises(ValueError, match=r"precision must be None, .*; got 'bogus'"):
+        native.lstm_sequence_native(xs, u, c0, h0, precision="bogus")
+    # Accepted and, on CPU where every BLAS matmul is full precision, without effect.
+    np.testing.assert_array_equal(
+        native.lstm_sequence_native(xs, u, c0, h0, precision="highest")[2],
+        native.lstm_sequence_native(xs, u, c0, h0)[2],
+    )
     with pytest.raises(ValueError, match=r"c0 must have shape \(3, 6\); got \(2, 6\)"):
         native.lstm_sequence_native(xs, u, c0[:2], h0)
     with pytest.raises(ValueError, match=r"xs must have shape \(5, 3, 24\); got \(5, 3, 18\)"):
