@@ -8,8 +8,15 @@
 // gatenets/kernels/lstm.py and gatenets/kernels/gru.py expression by expression, so that the
 // results agree with the JAX kernels to rounding.
 //
+// Layout, after ATen's RNN.cpp and jax's examples/ffi: ONE forward and ONE backward time loop
+// (run_forward, run_backward) templated over a cell policy (LstmCell<T>, GruCell<T>: the gate
+// math of a step and its backward, and what the cell saves); the sizes, weights and options of
+// a call bundled in CellParams<T>; the attributes decoded into one Options struct; one dtype
+// dispatch (float32, float64); four small handlers that check shapes, fill the parameters and
+// call the loop.
+//
 // Conventions: arrays are row-major and time-major ([time, batch, ...]). Optional arguments
-// that are absent arrive as zero-size buffers; the integer attributes say which are present.
+// that are absent arrive as zero-size buffers; the Options flags say which are present.
 // `valid` is uint8 [time, batch] (0: hold the carry at that step). The loop visits
 // s = reverse ? T-1-k : k for k = 0..T-1.
 
