@@ -281,3 +281,67 @@ def test_bad_loop_choices_raise_clear_errors():
         rnn = gatenets.RNN(CELLS[kind](I, H, rngs=nnx.Rngs(0)), loop="fused")
         with pytest.raises(ValueError, match=r"fused kernel takes gate_overrides only as scalar"):
             rnn(jnp.asarray(inputs()), gate_overrides={GATE[kind]: jnp.ones((B, H))})
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every ``dot_general`` in a jaxpr and in its sub-jaxprs (scan
+    bodies, custom-VJP calls)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    found += _dot_precisions(inner)
+    return found
+
+
+@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_precision_reaches_every_matmul_forward_and_backward(kind, remat):
+    gates = 4 if kind == "lstm" else 3
+    rng = np.random.default_rng(0)
+    weights = {
+        "xs": jnp.asarray(rng.standard_normal((T, B, I)), jnp.float32),
+        "input_kernel": jnp.asarray(rng.standard_normal((I, gates * H)), jnp.float32),
+        "bias": jnp.zeros((gates * H,), jnp.float32),
+        "recurrent_kernel": jnp.asarray(rng.standard_normal((H, gates * H)), jnp.float32),
+    }
+    carry = [jnp.zeros((B, H), jnp.float32)] * (2 if kind == "lstm" else 1)
+    kernel = lstm_sequence if kind == "lstm" else gru_sequence
+
+    def loss(weights, precision):
+        xs, recurrent_kernel = weights["xs"], weights["recurrent_kernel"]
+        outputs = kernel(
+            xs, recurrent_kernel, *carry, input_kernel=weights["input_kernel"],
+            bias=weights["bias"], remat=remat, precision=precision,
+        )  # fmt: skip
+        return outputs[-2].sum()
+
+    found = {}
+    # The context asks for low precision; an explicit argument must win over it in every
+    # matmul, and None must leave every matmul to it.
+    with jax.default_matmul_precision("bfloat16"):
+        for precision in ("highest", None, (jax.lax.Precision.HIGH, "highest")):
+            jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(weights, precision)
+            found[str(precision)] = _dot_precisions(jaxpr.jaxpr)
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    # Forward: x W and h U; backward: dz U^T in the loop, then dU, dW, dX (with remat: the
+    # recomputed x W and h U, and the per-step sums, in the loop).
+    assert len(found["highest"]) >= 6
+    assert found["highest"] == [highest] * len(found["highest"])
+    # JAX records the context's precision at trace time (or leaves None for the compiler).
+    context = (jax.lax.Precision.DEFAULT, jax.lax.Precision.DEFAULT)
+    assert found["None"] in ([context] * len(found["highest"]), [None] * len(found["highest"]))
+    pair = found[str((jax.lax.Precision.HIGH, "highest"))]
+    assert pair == [(jax.lax.Precision.HIGH, jax.lax.Precision.HIGHEST)] * len(found["highest"])
+
+
+def test_bad_precision_names_the_argument():
+    xs, u, h = jnp.ones((2, 1, 6)), jnp.zeros((2, 6)), jnp.zeros((1, 2))
+    with pytest.raises(ValueError, match=r"precision must be None, .*; got 'fastest-ever'"):
+        gru_sequence(xs, u, h, precision="fastest-ever")
+    with pytest.raises(ValueError, match=r"precision must be .*; got 3"):
+        lstm_sequence(jnp.ones((2, 1, 8)), jnp.zeros((2, 8)), h, h, precision=3)

@@ -8,6 +8,12 @@ also pass a finite-difference check. Each configuration folds several features t
 runs under ``jit(value_and_grad)``, to keep the number of compiles small.
 """
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +21,7 @@ import pytest
 from jax.test_util import check_grads
 
 from gatenets.kernels import gru_sequence, lstm_sequence, native
+from gatenets.kernels.native import _build, _registration
 
 pytestmark = pytest.mark.skipif(
     not native.available(),
@@ -360,15 +367,18 @@ def test_vmap_over_independent_sequences():
     np.testing.assert_allclose(batched[0], run(xs[0]), rtol=1e-6)
 
 
-def test_applies_and_errors_name_the_argument():
-    assert native.applies(jnp.float32) and native.applies(np.float64, overrides=(0.5, None))
-    assert not native.applies(jnp.bfloat16)
-    assert not native.applies(jnp.float32, remat=True)
-    assert not native.applies(jnp.float32, overrides=(lambda g: g, None))
+def test_errors_name_the_argument():
     params, _ = _lstm_case({})
     xs, u, c0, h0 = params["xs"], params["u"], params["c0"], params["h0"]
     with pytest.raises(ValueError, match=r"remat=True is not supported"):
         native.lstm_sequence_native(xs, u, c0, h0, remat=True)
+    with pytest.raises(ValueError, match=r"precision must be None, .*; got 'bogus'"):
+        native.lstm_sequence_native(xs, u, c0, h0, precision="bogus")
+    # Accepted and, on CPU where every BLAS matmul is full precision, without effect.
+    np.testing.assert_array_equal(
+        native.lstm_sequence_native(xs, u, c0, h0, precision="highest")[2],
+        native.lstm_sequence_native(xs, u, c0, h0)[2],
+    )
     with pytest.raises(ValueError, match=r"c0 must have shape \(3, 6\); got \(2, 6\)"):
         native.lstm_sequence_native(xs, u, c0[:2], h0)
     with pytest.raises(ValueError, match=r"xs must have shape \(5, 3, 24\); got \(5, 3, 18\)"):
@@ -388,12 +398,143 @@ def test_applies_and_errors_name_the_argument():
 
 
 def test_unavailable_reports_why(monkeypatch):
-    monkeypatch.setattr(native, "_state", {})
-    monkeypatch.setattr(native, "unavailable_reason", "")
+    monkeypatch.setattr(_registration, "_state", {})
     monkeypatch.setenv("GATENETS_NATIVE", "0")
     assert not native.available()
-    assert not native.applies(jnp.float32)
     assert "GATENETS_NATIVE" in native.unavailable_reason
     params, _ = _lstm_case({})
     with pytest.raises(RuntimeError, match=r"unavailable: disabled by .*GATENETS_NATIVE"):
         native.lstm_sequence_native(params["xs"], params["u"], params["c0"], params["h0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of built libraries: verified before loading, rebuilt when damaged
+
+
+def _built_library() -> Path:
+    """The library this process loaded (built and verified by ``native.available()``)."""
+    return Path(_registration._state["library"]._name)
+
+
+def _damage(path: Path, kind: str) -> None:
+    size = path.stat().st_size
+    if kind == "truncated":
+        os.truncate(path, size // 2)
+    elif kind == "empty":
+        os.truncate(path, 0)
+    elif kind == "tiny":
+        path.write_bytes(b"\x7fELF")
+    elif kind == "zeros":
+        path.write_bytes(bytes(size))
+
+
+@pytest.fixture
+def fake_compiler(monkeypatch):
+    """Replaces the compiler run by one that writes the real library's bytes to the ``-o``
+    path, counting its calls: the cache logic runs without a real compile."""
+    good = _built_library().read_bytes()
+    calls = []
+
+    def compile_(command):
+        calls.append(command)
+        Path(command[command.index("-o") + 1]).write_bytes(good)
+
+    monkeypatch.setattr(_build, "_compile", compile_)
+    return good, calls
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "tiny", "zeros"])
+def test_damaged_cached_library_is_rebuilt_not_loaded(kind, tmp_path, monkeypatch, fake_compiler):
+    good, calls = fake_compiler
+    monkeypatch.setenv("GATENETS_NATIVE_CACHE", str(tmp_path))
+    first = _build.build()
+    assert len(calls) == 1 and first.path.parent == tmp_path and not first.temporary
+    assert _build.verified(first.path)
+    # A matching library is loaded as it is: no compile, no write.
+    with monkeypatch.context() as patch:
+        patch.setattr(_build, "_unwritable", lambda directory: pytest.fail("wrote"))
+        assert _build.build() == first and len(calls) == 1
+    _damage(first.path, kind)
+    assert not _build.verified(first.path)
+    again = _build.build()
+    assert again.path == first.path and len(calls) == 2
+    assert again.path.read_bytes() == good and _build.verified(again.path)
+    # Nothing partial is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        first.path.name,
+        first.path.name + ".sha256",
+    ]
+
+
+def test_library_without_a_matching_record_is_rebuilt(tmp_path, monkeypatch, fake_compiler):
+    good, calls = fake_compiler
+    monkeypatch.setenv("GATENETS_NATIVE_CACHE", str(tmp_path))
+    path = _build.build().path
+    record = path.with_name(path.name + ".sha256")
+    for content in ("", "null", f'{{"sha256": "0", "size": {len(good)}}}'):
+        record.write_text(content)
+        assert not _build.verified(path)
+    record.unlink()
+    assert not _build.verified(path)
+    _build.build()
+    assert len(calls) == 2 and _build.verified(path)
+
+
+def test_unwritable_cache_warns_once_and_builds_in_a_temporary_directory(
+    tmp_path, monkeypatch, fake_compiler
+):
+    good, calls = fake_compiler
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GATENETS_NATIVE_CACHE", str(blocker / "cache"))
+    with pytest.warns(
+        RuntimeWarning, match=r"native kernel cache .*a-file/cache cannot be written"
+    ):
+        built = _build.build()
+    try:
+        assert built.temporary and built.path.read_bytes() == good and _build.verified(built.path)
+        assert len(calls) == 1 and not str(built.path).startswith(str(blocker))
+    finally:
+        shutil.rmtree(built.path.parent)
+
+
+def test_truncated_cached_library_does_not_crash_a_fresh_process(tmp_path, monkeypatch):
+    # A truncated library under the cache's own name, with its build's record, once made every
+    # native call of a process die with a bus error (exit 135). The "compiler" of the fresh
+    # process copies the real library (the real compile runs once per suite, not here).
+    library = _built_library()
+    compiler = tmp_path / "fake-c++"
+    compiler.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo fake; exit 0; fi\n'
+        f'while [ $# -gt 0 ]; do [ "$1" = -o ] && exec cp "{library}" "$2"; shift; done\n'
+        "exit 1\n"
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    blas = _build.find_blas()
+    key = _build._cache_key(str(compiler), _build._compile_flags(), blas)
+    planted = tmp_path / f"gatenets_native_{blas['name']}_{key}.so"
+    shutil.copy(library.with_name(library.name + ".sha256"), f"{planted}.sha256")
+    planted.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    script = (
+        "import jax.numpy as jnp\n"
+        "from gatenets.kernels import native\n"
+        "assert native.available(), native.unavailable_reason\n"
+        "xs, u, zero = jnp.ones((3, 2, 8)), jnp.zeros((2, 8)), jnp.zeros((2, 2))\n"
+        "print(float(native.lstm_sequence_native(xs, u, zero, zero)[1][0, 0]))\n"
+    )
+    env = dict(os.environ, GATENETS_NATIVE_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # h after 3 steps of an LSTM with zero weights and inputs of one: computed by hand.
+    c = h = 0.0
+    for _ in range(3):
+        gate = 1.0 / (1.0 + np.exp(-1.0))
+        c = gate * c + gate * np.tanh(1.0)
+        h = gate * np.tanh(c)
+    np.testing.assert_allclose(float(result.stdout.split()[-1]), h, rtol=1e-6)
+    assert _build.verified(planted) and planted.read_bytes() == library.read_bytes()

@@ -19,14 +19,21 @@ gradients summed inside the backward loop.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
-from gatenets.kernels._common import accumulation, flat_matmul, previous
+from gatenets.kernels._common import (
+    Precision,
+    WeightGradients,
+    accumulation,
+    apply_mask,
+    canonical_precision,
+    previous,
+)
 
 
 class GRUKernelConfig(NamedTuple):
@@ -37,59 +44,50 @@ class GRUKernelConfig(NamedTuple):
     overrides: tuple[float | None, float | None]  # reset, update
     remat: bool
     unroll: int
+    precision: Precision = None
 
 
-def _step_values(
-    x_t, input_kernel, bias, h, recurrent_kernel, recurrent_bias, recurrent_mask, overrides
-):
+class _Weights(NamedTuple):
+    """The GRU's weights, as the forward and the recomputing backward step read them."""
+
+    input_kernel: Array | None
+    bias: Array | None
+    recurrent_kernel: Array
+    recurrent_bias: Array | None
+    recurrent_mask: Array | None
+
+
+def _step_values(x_t, h, weights: _Weights, config: GRUKernelConfig) -> Array:
     """``[r, z, n, m]`` (``[batch, 4 hidden]``) of one step from the carried ``h``."""
-    dtype = recurrent_kernel.dtype
-    h_in = h if recurrent_mask is None else h * recurrent_mask
-    if input_kernel is not None:
-        x_t = jnp.dot(x_t.astype(dtype), input_kernel)
-        x_t = x_t + jnp.broadcast_to(bias, x_t.shape)
-    hh = jnp.dot(h_in.astype(dtype), recurrent_kernel)
+    dtype = weights.recurrent_kernel.dtype
+    h_in = apply_mask(h, weights.recurrent_mask)
+    if weights.input_kernel is not None:
+        x_t = jnp.dot(x_t.astype(dtype), weights.input_kernel, precision=config.precision)
+        x_t = x_t + jnp.broadcast_to(weights.bias, x_t.shape)
+    hh = jnp.dot(h_in.astype(dtype), weights.recurrent_kernel, precision=config.precision)
     x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
     hh_r, hh_z, m = jnp.split(hh, 3, axis=-1)
-    if recurrent_bias is not None:
-        m = m + jnp.broadcast_to(recurrent_bias, m.shape)
+    if weights.recurrent_bias is not None:
+        m = m + jnp.broadcast_to(weights.recurrent_bias, m.shape)
     r = jax.nn.sigmoid(x_r + hh_r)
     z = jax.nn.sigmoid(x_z + hh_z)
-    if overrides[0] is not None:
-        r = jnp.full_like(r, overrides[0])
-    if overrides[1] is not None:
-        z = jnp.full_like(z, overrides[1])
+    if config.overrides[0] is not None:
+        r = jnp.full_like(r, config.overrides[0])
+    if config.overrides[1] is not None:
+        z = jnp.full_like(z, config.overrides[1])
     n = jnp.tanh(x_n + r * m)
     return jnp.concatenate([r, z, n, m], axis=-1)
 
 
-def _forward(
-    config,
-    xs,
-    input_kernel,
-    bias,
-    recurrent_kernel,
-    recurrent_bias,
-    h0,
-    valid,
-    recurrent_mask,
-    for_backward,
-):
+def _forward(config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, *rest):
+    valid, recurrent_mask, for_backward = rest
+    weights = _Weights(input_kernel, bias, recurrent_kernel, recurrent_bias, recurrent_mask)
     # Without a backward pass to feed, the loop stacks only what the caller gets.
     keep_values = config.return_gates or (for_backward and not config.remat)
 
     def body(h, step):
         x_t, valid_t = step
-        values = _step_values(
-            x_t,
-            input_kernel,
-            bias,
-            h,
-            recurrent_kernel,
-            recurrent_bias,
-            recurrent_mask,
-            config.overrides,
-        )
+        values = _step_values(x_t, h, weights, config)
         _, z, n, _ = jnp.split(values, 4, axis=-1)
         h_new = hold_invalid(valid_t, (1.0 - z) * n + z * h, h)
         return h_new, (h_new, values if keep_values else None)
@@ -118,153 +116,102 @@ def _gru_fwd(config, *operands):
     keep_xs = config.remat or input_kernel is not None
     residuals = (
         xs if keep_xs else None,
-        input_kernel,
-        bias,
-        recurrent_kernel,
-        recurrent_bias,
+        _Weights(input_kernel, bias, recurrent_kernel, recurrent_bias, recurrent_mask),
         h0,
         valid,
-        recurrent_mask,
         hs,
         None if config.remat else values,
     )
     return (h_last, hs, _gates(config, values)), residuals
 
 
+def _step_gradient(values_t, h_prev_t, dh_step, dgates_t, overrides):
+    r"""One step's gradients of the pre-activations ``a_r``, ``a_z`` and ``a_n``, from the saved
+    ``[r, z, n, m]`` and the step's :math:`\delta h` (zero where the step is held); also
+    returns ``r`` and ``z``."""
+    r, z, n, m = jnp.split(values_t, 4, axis=-1)
+    d_an = dh_step * (1.0 - z) * (1.0 - n * n)
+    d_r = d_an * m
+    d_z = dh_step * (h_prev_t - n)
+    if dgates_t is not None:
+        dg_r, dg_z = jnp.split(dgates_t, 2, axis=-1)
+        d_r, d_z = d_r + dg_r, d_z + dg_z
+    # A constant gate has no pre-activation: nothing flows through it.
+    d_ar = jnp.zeros_like(d_r) if overrides[0] is not None else d_r * r * (1.0 - r)
+    d_az = jnp.zeros_like(d_z) if overrides[1] is not None else d_z * z * (1.0 - z)
+    return d_ar, d_az, d_an, r, z
+
+
+def _stacked_recurrent_cotangent(dx: Array, values: Array, dtype) -> Array:
+    """``d_hh`` of every step, ``[time, batch, 3 hidden]``: ``dx`` with its last block times
+    the reset gate (rebuilt after the loop rather than stacked by it)."""
+    hidden = dx.shape[-1] // 3
+    reset = values[..., :hidden]
+    last = (dx[..., 2 * hidden :] * reset).astype(dtype)
+    return jnp.concatenate([dx[..., : 2 * hidden], last], axis=-1)
+
+
 def _gru_bwd(config, residuals, cotangents):
-    (
-        xs,
-        input_kernel,
-        bias,
-        recurrent_kernel,
-        recurrent_bias,
-        h0,
-        valid,
-        recurrent_mask,
-        hs,
-        values,
-    ) = residuals
+    xs, weights, h0, valid, hs, values = residuals
     dh_last, dhs, dgates = cotangents
-    dtype = recurrent_kernel.dtype
+    _, _, kernel, recurrent_bias, mask = weights
+    dtype, hidden, precision = kernel.dtype, h0.shape[-1], config.precision
+    # Backward arithmetic in at least float32: bf16 accumulations over time lose the gradient.
+    acc = accumulation(dtype)
     h_prev = previous(hs, h0, config.reverse)
     recompute = values is None
     gate_cotangent = config.return_gates and dgates is not None
-    kernel_t = recurrent_kernel.T
-
-    # Backward arithmetic in at least float32: bf16 accumulations over time lose the gradient.
-    acc = accumulation(dtype)
-
-    # With remat nothing [time, batch, 3 hidden] may exist, so the weight gradients are summed
-    # in the loop (one small matmul per step) instead of one large matmul after it.
-    accumulate = config.remat
+    gradients = WeightGradients(
+        config.remat, kernel, weights.input_kernel, weights.bias, xs, precision
+    )
+    sums = gradients.initial()
+    if config.remat and recurrent_bias is not None:
+        sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, acc)
 
     def body(carry, step):
         dh, sums = carry
         h_prev_t, dh_out_t, valid_t, dgates_t, values_t, x_t = step
         if recompute:
-            values_t = _step_values(
-                x_t,
-                input_kernel,
-                bias,
-                h_prev_t,
-                recurrent_kernel,
-                recurrent_bias,
-                recurrent_mask,
-                config.overrides,
-            )
-        r, z, n, m = jnp.split(values_t.astype(acc), 4, axis=-1)
+            values_t = _step_values(x_t, h_prev_t, weights, config)
         dh = dh + dh_out_t.astype(acc)
         zero = jnp.zeros((), acc)
         dh_step = dh if valid_t is None else jnp.where(valid_t[:, None], dh, zero)
-        d_an = dh_step * (1.0 - z) * (1.0 - n * n)
-        d_r = d_an * m
-        d_z = dh_step * (h_prev_t.astype(acc) - n)
-        if gate_cotangent:
-            dg_r, dg_z = jnp.split(dgates_t.astype(acc), 2, axis=-1)
-            d_r, d_z = d_r + dg_r, d_z + dg_z
-        d_ar = jnp.zeros_like(d_r) if config.overrides[0] is not None else d_r * r * (1.0 - r)
-        d_az = jnp.zeros_like(d_z) if config.overrides[1] is not None else d_z * z * (1.0 - z)
+        dgates_t = None if dgates_t is None else dgates_t.astype(acc)
+        d_ar, d_az, d_an, r, z = _step_gradient(
+            values_t.astype(acc), h_prev_t.astype(acc), dh_step, dgates_t, config.overrides
+        )
         d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-        dh_rec = jnp.dot(d_hh.astype(dtype), kernel_t, preferred_element_type=acc)
-        if recurrent_mask is not None:
-            dh_rec = dh_rec * recurrent_mask.astype(acc)
-        dh_prev = dh_step * z + dh_rec
+        dh_rec = jnp.dot(
+            d_hh.astype(dtype), kernel.T, precision=precision, preferred_element_type=acc
+        )
+        dh_prev = dh_step * z + apply_mask(dh_rec, None if mask is None else mask.astype(acc))
         if valid_t is not None:
+            # A held step passes its gradient through to the step before.
             dh_prev = dh_prev + jnp.where(valid_t[:, None], zero, dh)
         dx = jnp.concatenate([d_ar, d_az, d_an], axis=-1).astype(dtype)
         d_hh = d_hh.astype(dtype)
-        if not accumulate:
-            # d_hh is dx with its last block times r: rebuilt after the loop, not stacked.
-            return (dh_prev, sums), dx
-        h_in_t = h_prev_t if recurrent_mask is None else h_prev_t * recurrent_mask
-        sums = dict(sums)
-        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), d_hh)
-        if recurrent_bias is not None:
-            sums["recurrent_bias"] = sums["recurrent_bias"] + d_hh[:, 2 * hidden :].astype(acc).sum(
-                axis=0
-            )
-        if input_kernel is None:
-            return (dh_prev, sums), dx
-        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dx)
-        sums["bias"] = sums["bias"] + dx.astype(acc).sum(axis=0)
-        return (dh_prev, sums), jnp.dot(dx, input_kernel.T).astype(xs.dtype)
+        if "recurrent_bias" in sums:
+            d_b_hn = d_hh[:, 2 * hidden :].astype(acc).sum(axis=0)
+            sums = dict(sums, recurrent_bias=sums["recurrent_bias"] + d_b_hn)
+        h_in_t = apply_mask(h_prev_t, mask) if config.remat else None
+        # Without remat d_hh is dx with its last block times r: rebuilt after the loop.
+        sums, emitted = gradients.step(sums, h_in_t, d_hh, x_t, dx)
+        return (dh_prev, sums), emitted
 
-    steps = (
-        h_prev,
-        dhs,
-        valid,
-        dgates if gate_cotangent else None,
-        None if recompute else values,
-        xs if recompute or accumulate else None,
-    )
-    hidden = h0.shape[-1]
-    sums = {}
-    if accumulate:
-        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, acc)
-        if recurrent_bias is not None:
-            sums["recurrent_bias"] = jnp.zeros(recurrent_bias.shape, acc)
-        if input_kernel is not None:
-            sums["input"] = jnp.zeros(input_kernel.shape, acc)
-            sums["bias"] = jnp.zeros(bias.shape, acc)
+    steps = (h_prev, dhs, valid, dgates if gate_cotangent else None)
+    steps += (None if recompute else values, xs if recompute or config.remat else None)
     (dh0, sums), emitted = jax.lax.scan(
-        body,
-        (dh_last.astype(acc), sums),
-        steps,
-        reverse=not config.reverse,
-        unroll=config.unroll,
+        body, (dh_last.astype(acc), sums), steps, reverse=not config.reverse, unroll=config.unroll
     )
-    if accumulate:
-        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
-        d_recurrent_bias = (
-            None if recurrent_bias is None else sums["recurrent_bias"].astype(recurrent_bias.dtype)
-        )
-        if input_kernel is None:
-            dxs, d_input, d_bias = emitted, None, None
-        else:
-            dxs = emitted
-            d_input = sums["input"].astype(input_kernel.dtype)
-            d_bias = sums["bias"].astype(bias.dtype)
-    else:
-        dx = emitted
-        reset = values[..., :hidden]
-        d_hh = jnp.concatenate(
-            [dx[..., : 2 * hidden], (dx[..., 2 * hidden :] * reset).astype(dtype)], axis=-1
-        )
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
-        d_recurrent = flat_matmul(h_in.astype(dtype), d_hh).astype(recurrent_kernel.dtype)
-        d_recurrent_bias = (
-            None
-            if recurrent_bias is None
-            else d_hh[..., 2 * hidden :].astype(acc).sum(axis=(0, 1)).astype(recurrent_bias.dtype)
-        )
-        if input_kernel is None:
-            dxs, d_input, d_bias = dx, None, None
-        else:
-            dxs = jnp.dot(dx, input_kernel.T).astype(xs.dtype)
-            d_input = flat_matmul(xs.astype(dtype), dx).astype(input_kernel.dtype)
-            d_bias = dx.astype(acc).sum(axis=(0, 1)).astype(bias.dtype)
-    d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
-    return dxs, d_input, d_bias, d_recurrent, d_recurrent_bias, dh0.astype(h0.dtype), None, d_mask
+    d_hh = None if config.remat else _stacked_recurrent_cotangent(emitted, values, dtype)
+    if d_hh is not None and recurrent_bias is not None:
+        sums["recurrent_bias"] = d_hh[..., 2 * hidden :].astype(acc).sum(axis=(0, 1))
+    dxs, d_input, d_bias, d_recurrent = gradients.finish(
+        sums, emitted, apply_mask(h_prev, mask), d_hh
+    )
+    d_b_hn = None if recurrent_bias is None else sums["recurrent_bias"].astype(recurrent_bias.dtype)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
+    return dxs, d_input, d_bias, d_recurrent, d_b_hn, dh0.astype(h0.dtype), None, d_mask
 
 
 _gru.defvjp(_gru_fwd, _gru_bwd)
@@ -285,6 +232,7 @@ def gru_sequence(
     overrides: tuple[float | None, float | None] = (None, None),
     remat: bool = False,
     unroll: int = 1,
+    precision: Any = None,
 ) -> tuple[Array, Array, Array | None]:
     r"""Runs a GRU (``reset_after=True``, gate order ``r, z, n``) over a time-major sequence.
 
@@ -312,6 +260,10 @@ def gru_sequence(
       overrides: constants replacing the reset and update gates, or None each.
       remat: save only the hidden states and recompute the rest in the backward pass.
       unroll: steps per loop iteration.
+      precision: the precision of every matmul, forward and backward, as in
+        :func:`jax.lax.dot_general` and Flax's ``Linear``: None (JAX's default, which
+        :func:`jax.default_matmul_precision` sets; TF32 on NVIDIA GPUs), a
+        :class:`jax.lax.Precision` or its name (``"highest"`` is full float32), or a pair.
 
     Returns:
       ``(h_last, hs, gates)``: the final state, the carried state after every step
@@ -326,7 +278,9 @@ def gru_sequence(
       >>> jax.grad(lambda u: gru_sequence(xs, u, h)[1].sum())(u).shape
       (3, 9)
     """
-    config = GRUKernelConfig(reverse, return_gates, tuple(overrides), remat, unroll)
+    config = GRUKernelConfig(
+        reverse, return_gates, tuple(overrides), remat, unroll, canonical_precision(precision)
+    )
     return _gru(
         config, xs, input_kernel, bias, recurrent_kernel, recurrent_bias, h0, valid, recurrent_mask
     )

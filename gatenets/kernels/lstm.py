@@ -21,14 +21,20 @@ more matmul per step, and per-step weight-gradient matmuls, for about a third of
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
-from gatenets.kernels._common import accumulation, flat_matmul, previous
+from gatenets.kernels._common import (
+    Precision,
+    WeightGradients,
+    apply_mask,
+    canonical_precision,
+    previous,
+)
 
 
 class LSTMKernelConfig(NamedTuple):
@@ -39,6 +45,7 @@ class LSTMKernelConfig(NamedTuple):
     overrides: tuple[float | None, float | None, float | None]  # input, forget, output
     remat: bool
     unroll: int
+    precision: Precision = None
 
 
 def _gate_list(z: Array, overrides: tuple) -> list[Array]:
@@ -55,13 +62,13 @@ def _activations(z: Array, overrides: tuple) -> Array:
     return jnp.concatenate(_gate_list(z, overrides), axis=-1)
 
 
-def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype):
+def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype, precision):
     dtype = recurrent_kernel.dtype
-    z = jnp.dot(h_in.astype(dtype), recurrent_kernel)
+    z = jnp.dot(h_in.astype(dtype), recurrent_kernel, precision=precision)
     if input_kernel is None:
         z = x_t + z
     else:
-        z = z + jnp.dot(x_t.astype(dtype), input_kernel)
+        z = z + jnp.dot(x_t.astype(dtype), input_kernel, precision=precision)
         z = z + jnp.broadcast_to(bias, z.shape)
     return z.astype(state_dtype)
 
@@ -77,7 +84,9 @@ def _forward(
         c, h = carry
         x_t, valid_t = step
         h_in = h if recurrent_mask is None else h * recurrent_mask
-        z = _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, c.dtype)
+        z = _preactivation(
+            x_t, input_kernel, bias, h_in, recurrent_kernel, c.dtype, config.precision
+        )
         # Concatenated only when stacked: a loop that keeps nothing pays for no copy.
         i, f, g, o = _gate_list(z, config.overrides)
         acts = jnp.concatenate([i, f, g, o], axis=-1) if keep_acts else None
@@ -123,130 +132,79 @@ def _lstm_fwd(config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, r
     return (c_last, h_last, hs, acts if config.return_gates else None), residuals
 
 
+def _step_gradient(acts_t, c_t, c_prev_t, dh_step, dc_step, dacts_t, overrides):
+    r"""One step's pre-activation gradient ``dz`` ``[batch, 4 hidden]`` and the cell-state
+    gradient passed back, :math:`\delta c_t f_t`, from the gates ``acts_t`` and the step's
+    :math:`\delta h`, :math:`\delta c` (zero where the step is held)."""
+    i, f, g, o = jnp.split(acts_t, 4, axis=-1)
+    tanh_c = jnp.tanh(c_t)
+    dc_t = dc_step + dh_step * o * (1.0 - tanh_c * tanh_c)
+    d_acts = [dc_t * g, dc_t * c_prev_t, dc_t * i, dh_step * tanh_c]
+    if dacts_t is not None:
+        d_acts = [
+            d + extra for d, extra in zip(d_acts, jnp.split(dacts_t, 4, axis=-1), strict=True)
+        ]
+    derivative = [i * (1.0 - i), f * (1.0 - f), 1.0 - g * g, o * (1.0 - o)]
+    # A constant gate has no pre-activation: nothing flows through it.
+    constant = [overrides[0] is not None, overrides[1] is not None, False, overrides[2] is not None]
+    dz = [
+        jnp.zeros_like(d) if const else d * slope
+        for d, slope, const in zip(d_acts, derivative, constant, strict=True)
+    ]
+    return jnp.concatenate(dz, axis=-1), dc_t * f
+
+
 def _lstm_bwd(config, residuals, cotangents):
     xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask, cs, hs, acts = (
         residuals
     )
     dc_last, dh_last, dhs, dacts = cotangents
-    dtype = recurrent_kernel.dtype
-    state = c0.dtype
-    h_prev = previous(hs, h0, config.reverse)
-    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask[None]
+    dtype, state, precision = recurrent_kernel.dtype, c0.dtype, config.precision
+    h_in = apply_mask(previous(hs, h0, config.reverse), recurrent_mask)
     c_prev = previous(cs, c0, config.reverse)
     gate_cotangent = dacts is not None and config.return_gates
     recompute = acts is None
-    constant = [config.overrides[0] is not None, config.overrides[1] is not None, False]
-    constant.append(config.overrides[2] is not None)
     kernel_t = recurrent_kernel.T
-
-    # With remat nothing [time, batch, 4 hidden] may exist, so the weight gradients are summed
-    # in the loop (one small matmul per step) instead of one large matmul after it.
-    accumulate = config.remat
-    acc = accumulation(dtype)
+    weights = WeightGradients(config.remat, recurrent_kernel, input_kernel, bias, xs, precision)
 
     def body(carry, step):
         dh, dc, sums = carry
         c_t, c_prev_t, dh_out_t, valid_t, dacts_t, acts_t, x_t, h_in_t = step
         if recompute:
-            z = _preactivation(x_t, input_kernel, bias, h_in_t, recurrent_kernel, state)
+            z = _preactivation(x_t, input_kernel, bias, h_in_t, recurrent_kernel, state, precision)
             acts_t = _activations(z, config.overrides)
         dh = dh + dh_out_t.astype(state)
-        if valid_t is None:
-            dh_step, dc_step = dh, dc
-        else:
-            keep = valid_t[:, None]
-            dh_step = jnp.where(keep, dh, jnp.zeros((), state))
-            dc_step = jnp.where(keep, dc, jnp.zeros((), state))
-        i, f, g, o = jnp.split(acts_t.astype(state), 4, axis=-1)
-        tanh_c = jnp.tanh(c_t)
-        dc_t = dc_step + dh_step * o * (1.0 - tanh_c * tanh_c)
-        d_acts = [dc_t * g, dc_t * c_prev_t, dc_t * i, dh_step * tanh_c]
-        if gate_cotangent:
-            d_acts = [
-                d + extra
-                for d, extra in zip(
-                    d_acts, jnp.split(dacts_t.astype(state), 4, axis=-1), strict=True
-                )
-            ]
-        derivative = [i * (1.0 - i), f * (1.0 - f), 1.0 - g * g, o * (1.0 - o)]
-        dz = jnp.concatenate(
-            [
-                jnp.zeros_like(d) if const else d * slope
-                for d, slope, const in zip(d_acts, derivative, constant, strict=True)
-            ],
-            axis=-1,
+        zero = jnp.zeros((), state)
+        dh_step = dh if valid_t is None else jnp.where(valid_t[:, None], dh, zero)
+        dc_step = dc if valid_t is None else jnp.where(valid_t[:, None], dc, zero)
+        dacts_t = None if dacts_t is None else dacts_t.astype(state)
+        dz, dc_prev = _step_gradient(
+            acts_t.astype(state), c_t, c_prev_t, dh_step, dc_step, dacts_t, config.overrides
         )
-        dh_prev = jnp.dot(dz.astype(dtype), kernel_t, preferred_element_type=state)
+        dh_prev = jnp.dot(
+            dz.astype(dtype), kernel_t, precision=precision, preferred_element_type=state
+        )
         if recurrent_mask is not None:
             dh_prev = dh_prev * recurrent_mask.astype(state)
-        dc_prev = dc_t * f
         if valid_t is not None:
-            dh_prev = dh_prev + jnp.where(keep, jnp.zeros((), state), dh)
-            dc_prev = jnp.where(keep, dc_prev, dc)
+            # A held step passes its gradients through to the step before.
+            dh_prev = dh_prev + jnp.where(valid_t[:, None], zero, dh)
+            dc_prev = jnp.where(valid_t[:, None], dc_prev, dc)
         dz = dz.astype(dtype)
-        if not accumulate:
-            return (dh_prev, dc_prev, sums), dz
-        sums = dict(sums)
-        sums["recurrent"] = sums["recurrent"] + flat_matmul(h_in_t.astype(dtype), dz)
-        if input_kernel is None:
-            return (dh_prev, dc_prev, sums), dz
-        sums["input"] = sums["input"] + flat_matmul(x_t.astype(dtype), dz)
-        sums["bias"] = sums["bias"] + dz.astype(acc).sum(axis=0)
-        return (dh_prev, dc_prev, sums), jnp.dot(dz, input_kernel.T).astype(xs.dtype)
+        sums, emitted = weights.step(sums, h_in_t, dz, x_t, dz)
+        return (dh_prev, dc_prev, sums), emitted
 
-    steps = (
-        cs,
-        c_prev,
-        dhs,
-        valid,
-        dacts if gate_cotangent else None,
-        None if recompute else acts,
-        xs if recompute or accumulate else None,
-        h_in if recompute or accumulate else None,
-    )
-    sums = {}
-    if accumulate:
-        sums["recurrent"] = jnp.zeros(recurrent_kernel.shape, acc)
-        if input_kernel is not None:
-            sums["input"] = jnp.zeros(input_kernel.shape, acc)
-            sums["bias"] = jnp.zeros(bias.shape, acc)
+    in_loop = recompute or config.remat
+    steps = (cs, c_prev, dhs, valid, dacts if gate_cotangent else None)
+    steps += (None if recompute else acts, xs if in_loop else None, h_in if in_loop else None)
+    carry = (dh_last.astype(state), dc_last.astype(state), weights.initial())
     (dh0, dc0, sums), emitted = jax.lax.scan(
-        body,
-        (dh_last.astype(state), dc_last.astype(state), sums),
-        steps,
-        reverse=not config.reverse,
-        unroll=config.unroll,
+        body, carry, steps, reverse=not config.reverse, unroll=config.unroll
     )
-    if accumulate:
-        d_recurrent = sums["recurrent"].astype(recurrent_kernel.dtype)
-        if input_kernel is None:
-            dxs, d_input, d_bias = emitted, None, None
-        else:
-            dxs = emitted
-            d_input = sums["input"].astype(input_kernel.dtype)
-            d_bias = sums["bias"].astype(bias.dtype)
-    elif input_kernel is None:
-        # The projected inputs were made in the compute dtype, which dz is in.
-        dz = emitted
-        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
-        dxs, d_input, d_bias = dz, None, None
-    else:
-        dz = emitted
-        d_recurrent = flat_matmul(h_in.astype(dtype), dz).astype(recurrent_kernel.dtype)
-        dxs = jnp.dot(dz, input_kernel.T).astype(xs.dtype)
-        d_input = flat_matmul(xs.astype(dtype), dz).astype(input_kernel.dtype)
-        d_bias = dz.astype(acc).sum(axis=(0, 1)).astype(bias.dtype)
+    dxs, d_input, d_bias, d_recurrent = weights.finish(sums, emitted, h_in, emitted)
     d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
-    return (
-        dxs,
-        d_input,
-        d_bias,
-        d_recurrent,
-        dc0.astype(c0.dtype),
-        dh0.astype(h0.dtype),
-        None,
-        d_mask,
-    )
+    dc0, dh0 = dc0.astype(c0.dtype), dh0.astype(h0.dtype)
+    return dxs, d_input, d_bias, d_recurrent, dc0, dh0, None, d_mask
 
 
 _lstm.defvjp(_lstm_fwd, _lstm_bwd)
@@ -267,6 +225,7 @@ def lstm_sequence(
     overrides: tuple[float | None, float | None, float | None] = (None, None, None),
     remat: bool = False,
     unroll: int = 1,
+    precision: Any = None,
 ) -> tuple[Array, Array, Array, Array | None]:
     r"""Runs an LSTM (no peepholes, no projection) over a time-major sequence.
 
@@ -293,6 +252,10 @@ def lstm_sequence(
       overrides: constants replacing the input, forget and output gates, or None each.
       remat: save only the states and recompute the gates in the backward pass.
       unroll: steps per loop iteration.
+      precision: the precision of every matmul, forward and backward, as in
+        :func:`jax.lax.dot_general` and Flax's ``Linear``: None (JAX's default, which
+        :func:`jax.default_matmul_precision` sets; TF32 on NVIDIA GPUs), a
+        :class:`jax.lax.Precision` or its name (``"highest"`` is full float32), or a pair.
 
     Returns:
       ``(c_last, h_last, hs, acts)``: the final carry, the carried hidden state after every step
@@ -310,5 +273,7 @@ def lstm_sequence(
       >>> grad.shape
       (5, 2, 12)
     """
-    config = LSTMKernelConfig(reverse, return_gates, tuple(overrides), remat, unroll)
+    config = LSTMKernelConfig(
+        reverse, return_gates, tuple(overrides), remat, unroll, canonical_precision(precision)
+    )
     return _lstm(config, xs, input_kernel, bias, recurrent_kernel, c0, h0, valid, recurrent_mask)

@@ -8,8 +8,15 @@
 // gatenets/kernels/lstm.py and gatenets/kernels/gru.py expression by expression, so that the
 // results agree with the JAX kernels to rounding.
 //
+// Layout, after ATen's RNN.cpp and jax's examples/ffi: ONE forward and ONE backward time loop
+// (run_forward, run_backward) templated over a cell policy (LstmCell<T>, GruCell<T>: the gate
+// math of a step and its backward, and what the cell saves); the sizes, weights and options of
+// a call bundled in CellParams<T>; the attributes decoded into one Options struct; one dtype
+// dispatch (float32, float64); four small handlers that check shapes, fill the parameters and
+// call the loop.
+//
 // Conventions: arrays are row-major and time-major ([time, batch, ...]). Optional arguments
-// that are absent arrive as zero-size buffers; the integer attributes say which are present.
+// that are absent arrive as zero-size buffers; the Options flags say which are present.
 // `valid` is uint8 [time, batch] (0: hold the carry at that step). The loop visits
 // s = reverse ? T-1-k : k for k = 0..T-1.
 
@@ -516,101 +523,179 @@ void copy_cols(int64_t rows, int64_t width, int64_t j0, int64_t j1, const T* src
 }
 
 // ---------------------------------------------------------------------------------------------
-// LSTM forward
-//
-// z = x_t (+ x_t W + b) + (h_{t-1} * mask) U;  [i, f, g, o] = [sig, sig, tanh, sig](z)
-// c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  held where valid[t] is 0.
+// Call options and parameters
 
-// Units [0, count) of one batch row of the LSTM gate math: the pre-activation of gate q of
-// unit j is zx[q * stride + j] (projected input) + zh[q * zh_stride + j] (recurrent part, in
-// the thread's own layout). h_old is read and h_new written (the other threads still read h_old in
-// their matmul). kUpdate false: the step is held; only the gates are computed (return_gates and
-// the backward pass need them) and the state is copied through.
-template <typename T, bool kActs, bool kUpdate>
-void lstm_units(int64_t count, int64_t stride, const T* __restrict zx, const T* __restrict zh,
-                int64_t zh_stride, T* __restrict c, const T* __restrict h_old,
-                T* __restrict h_new, T* __restrict acts, const Overrides& ov) {
-  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
-  const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
-  for (int64_t j = 0; j < count; ++j) {
-    const T si = sigmoid(zx[j] + zh[j]);
-    const T sf = sigmoid(zx[stride + j] + zh[zh_stride + j]);
-    const T g = tanh_act(zx[2 * stride + j] + zh[2 * zh_stride + j]);
-    const T so = sigmoid(zx[3 * stride + j] + zh[3 * zh_stride + j]);
-    const T i = si * ki + oi;
-    const T f = sf * kf + of;
-    const T o = so * ko + oo;
-    if (kActs) {
-      acts[j] = i;
-      acts[stride + j] = f;
-      acts[2 * stride + j] = g;
-      acts[3 * stride + j] = o;
-    }
-    if (kUpdate) {
-      const T c_new = f * c[j] + i * g;
-      c[j] = c_new;
-      h_new[j] = o * tanh_act(c_new);
-    } else {
-      h_new[j] = h_old[j];
-    }
-  }
+// The attributes of every handler, decoded by name into one struct (the Python side passes all
+// of them to each call). Absent optional arrays arrive as zero-size buffers; these flags say
+// which are present.
+struct Options {
+  int64_t reverse;
+  int64_t has_input;           // input_kernel and bias given: the projection runs in the loop
+  int64_t has_valid;           // valid [time, batch] given
+  int64_t has_mask;            // recurrent_mask [batch, hidden] given
+  int64_t has_recurrent_bias;  // GRU: b_hn given
+  int64_t has_gate_cotangent;  // backward: the returned gates have a cotangent
+  int64_t override_mask;       // bit q set: gate q is the constant override_q
+  double override_0;
+  double override_1;
+  double override_2;
+};
+
+Overrides make_overrides(const Options& o) {
+  const int64_t m = o.override_mask;
+  return Overrides{{(m & 1) != 0, (m & 2) != 0, (m & 4) != 0},
+                   {o.override_0, o.override_1, o.override_2}};
 }
 
+struct Sizes {
+  int64_t steps, batch, features, hidden;
+};
+
+// The sizes, weights and options of one call in one place, as ATen's CellParams: the loops and
+// the cells read them from here instead of taking a dozen arguments each.
 template <typename T>
-ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
-                       const ffi::AnyBuffer& bias, const ffi::AnyBuffer& recurrent_kernel,
-                       const ffi::AnyBuffer& c0, const ffi::AnyBuffer& h0,
-                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
-                       bool reverse, bool has_input, bool has_valid, bool has_mask,
-                       const Overrides& ov, ffi::Result<ffi::AnyBuffer>& c_last,
-                       ffi::Result<ffi::AnyBuffer>& h_last, ffi::Result<ffi::AnyBuffer>& hs_out,
-                       ffi::Result<ffi::AnyBuffer>& acts_out, ffi::Result<ffi::AnyBuffer>& cs_out) {
+struct CellParams {
+  int64_t steps, batch, features, hidden;
+  bool reverse;
+  bool has_input;
+  const T* x;             // [steps, batch, features]: raw inputs (has_input) or projected ones
+  const T* w;             // [features, gates * hidden] with has_input, else null
+  const T* b;             // [gates * hidden] with has_input in the forward call, else null
+  const T* u;             // [hidden, gates * hidden]
+  const T* h0;            // [batch, hidden]
+  const uint8_t* valid;   // [steps, batch] (0: hold the carry at that step), or null
+  const T* mask;          // [batch, hidden] multiplier of h_{t-1}, or null
+  Overrides overrides;
+};
+
+template <typename T>
+CellParams<T> make_params(const Sizes& n, const Options& o, const ffi::AnyBuffer& xs,
+                          const ffi::AnyBuffer& input_kernel, const ffi::AnyBuffer* bias,
+                          const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& h0,
+                          const ffi::AnyBuffer& valid, const ffi::AnyBuffer& mask) {
+  CellParams<T> p;
+  p.steps = n.steps;
+  p.batch = n.batch;
+  p.features = n.features;
+  p.hidden = n.hidden;
+  p.reverse = o.reverse != 0;
+  p.has_input = o.has_input != 0;
+  p.x = data<T>(xs);
+  p.w = p.has_input ? data<T>(input_kernel) : nullptr;
+  p.b = p.has_input && bias != nullptr ? data<T>(*bias) : nullptr;
+  p.u = data<T>(recurrent_kernel);
+  p.h0 = data<T>(h0);
+  p.valid = o.has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
+  p.mask = o.has_mask ? data<T>(mask) : nullptr;
+  p.overrides = make_overrides(o);
+  return p;
+}
+
+// An output that the caller may leave empty: its data, or null.
+template <typename T>
+T* optional_data(ffi::Result<ffi::AnyBuffer>& b) {
+  return b->element_count() > 0 ? data<T>(b) : nullptr;
+}
+
+// Checks the arrays every forward call takes, for a cell of `gates` gate blocks.
+ffi::Error forward_sizes(int gates, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                         const ffi::AnyBuffer& bias, const ffi::AnyBuffer& recurrent_kernel,
+                         const ffi::AnyBuffer& h0, const ffi::AnyBuffer& valid,
+                         const ffi::AnyBuffer& mask, const Options& o, Sizes* n) {
   auto xd = xs.dimensions();
   if (xd.size() != 3) return shape_error("xs must be [time, batch, features]; got " + dims_string(xs));
-  const int64_t steps = xd[0], batch = xd[1], features = xd[2];
-  const int64_t hidden = recurrent_kernel.dimensions()[0];
-  const int64_t g4 = 4 * hidden;
-  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g4}));
-  RETURN_IF_ERROR(expect_dims("c0", c0, {batch, hidden}));
-  RETURN_IF_ERROR(expect_dims("h0", h0, {batch, hidden}));
-  if (has_input) {
-    RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g4}));
-    RETURN_IF_ERROR(expect_dims("bias", bias, {g4}));
-  } else if (features != g4) {
-    return shape_error("xs (pre-projected) has shape " + dims_string(xs) +
-                       "; expected last dimension 4 * hidden = " + std::to_string(g4));
+  if (recurrent_kernel.dimensions().size() != 2)
+    return shape_error("recurrent_kernel must be 2-d; got " + dims_string(recurrent_kernel));
+  *n = Sizes{xd[0], xd[1], xd[2], recurrent_kernel.dimensions()[0]};
+  const int64_t width = gates * n->hidden;
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {n->hidden, width}));
+  RETURN_IF_ERROR(expect_dims("h0", h0, {n->batch, n->hidden}));
+  if (o.has_input) {
+    RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {n->features, width}));
+    RETURN_IF_ERROR(expect_dims("bias", bias, {width}));
+  } else if (n->features != width) {
+    return shape_error("xs (pre-projected) has shape " + dims_string(xs) + "; expected last " +
+                       "dimension " + std::to_string(gates) + " * hidden = " +
+                       std::to_string(width));
   }
-  if (has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {steps, batch}));
-  if (has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", recurrent_mask, {batch, hidden}));
-  const bool keep_acts = acts_out->element_count() > 0;
-  const bool keep_cs = cs_out->element_count() > 0;
+  if (o.has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {n->steps, n->batch}));
+  if (o.has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", mask, {n->batch, n->hidden}));
+  return ffi::Error::Success();
+}
 
-  const T* x = data<T>(xs);
-  const T* w = has_input ? data<T>(input_kernel) : nullptr;
-  const T* b = has_input ? data<T>(bias) : nullptr;
-  const T* u = data<T>(recurrent_kernel);
-  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
-  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  // The cell state lives in its output; h alternates between two buffers.
-  T* c = data<T>(c_last);
-  std::memcpy(c, data<T>(c0), sizeof(T) * batch * hidden);
-  std::vector<T> h_a(data<T>(h0), data<T>(h0) + batch * hidden), h_b(batch * hidden);
+// Checks the arrays every backward call takes. xs is read only with the projection inside the
+// loop (else it arrives empty): the sizes come from the saved states.
+ffi::Error backward_sizes(int gates, const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
+                          const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& h0,
+                          const ffi::AnyBuffer& valid, const ffi::AnyBuffer& mask,
+                          const ffi::AnyBuffer& hs, const ffi::AnyBuffer& dh_last,
+                          const ffi::AnyBuffer& dhs, const Options& o, Sizes* n) {
+  auto hd = hs.dimensions();
+  if (hd.size() != 3) return shape_error("hs must be [time, batch, hidden]; got " + dims_string(hs));
+  if (recurrent_kernel.dimensions().size() != 2)
+    return shape_error("recurrent_kernel must be 2-d; got " + dims_string(recurrent_kernel));
+  if (o.has_input && input_kernel.dimensions().size() != 2)
+    return shape_error("input_kernel must be 2-d; got " + dims_string(input_kernel));
+  const int64_t hidden = recurrent_kernel.dimensions()[0], width = gates * hidden;
+  *n = Sizes{hd[0], hd[1], o.has_input ? input_kernel.dimensions()[0] : width, hidden};
+  if (o.has_input) RETURN_IF_ERROR(expect_dims("xs", xs, {n->steps, n->batch, n->features}));
+  if (o.has_input) RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {n->features, width}));
+  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, width}));
+  RETURN_IF_ERROR(expect_dims("hs", hs, {n->steps, n->batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("h0", h0, {n->batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("dh_last", dh_last, {n->batch, hidden}));
+  RETURN_IF_ERROR(expect_dims("dhs", dhs, {n->steps, n->batch, hidden}));
+  if (o.has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {n->steps, n->batch}));
+  if (o.has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", mask, {n->batch, hidden}));
+  return ffi::Error::Success();
+}
+
+// Threads for a step's recurrent matmul: one per ~1 MFLOP of it at least.
+inline Split unit_split(int64_t batch, int64_t hidden, int gates) {
+  return Split(hidden, 2 * batch * hidden * gates * hidden < (int64_t(1) << 20) ? 1 : pool_threads());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The time loops, written once for every cell
+//
+// A Cell policy (LstmCell, GruCell below) provides:
+//   kGates                       gate blocks of the pre-activation ([batch, kGates * hidden])
+//   forward_units(s, r, j0, width, zx, zh, zh_stride, h_old, h_new, keep)
+//       the gate math of units [j0, j0 + width) of batch row r at step s, with zx the projected
+//       inputs (gate q of unit j at q * hidden + j) and zh the recurrent part (at
+//       q * zh_stride + j); reads h_old, writes h_new (held: copied), saves what it keeps.
+//   store_step(s, j0, j1)        after a step's rows: the cell's own per-step copies.
+//   state_before(prev)           backward: the saved state the step before reads (-1: initial).
+//   backward_units(s, r, j0, width, before, dh_out, dh, keep)
+//       the backward gate math of those units: writes the pre-activation gradient.
+//   recurrent_cotangent(s)       [batch, kGates * hidden] to multiply by U^T for dh_{t-1}.
+//   carry_units(s, j0, j1, dh_rec, dh)   dh_{t-1} of units [j0, j1) of every row from dh_rec.
+//   input_cotangent()            [time * batch, kGates * hidden] gradient of the projected inputs.
+//   recurrent_gradient(rows, h_in, du)   dU (and any recurrent bias) after the loop.
+
+// Forward: per step the projected inputs (a chunk of steps at a time inside the loop, else the
+// given ones), h_{t-1} times the recurrent mask, then per thread ONE GEMM with its block of U
+// and the cell's gate math over its units, row by row. h alternates between two buffers: the
+// other threads still read h_{t-1} in their matmul while a thread writes h_t.
+template <typename Cell, typename T>
+void run_forward(const CellParams<T>& p, Cell& cell, T* hs, T* h_last) {
+  constexpr int kGates = Cell::kGates;
+  const int64_t batch = p.batch, hidden = p.hidden, g = kGates * hidden;
+  std::vector<T> h_a(p.h0, p.h0 + batch * hidden), h_b(batch * hidden);
   T* h_cur = h_a.data();
   T* h_nxt = h_b.data();
-  T* hs = data<T>(hs_out);
-  T* acts = keep_acts ? data<T>(acts_out) : nullptr;
-  T* cs = keep_cs ? data<T>(cs_out) : nullptr;
-
-  std::vector<T> h_in(has_mask ? batch * hidden : 0);
-  InputProjection<T> projection(has_input, steps, batch, features, g4, reverse, x, w, b);
-  // One thread per ~1 MFLOP of recurrent matmul at least.
-  const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
-  RecurrentBlocks<T> blocks(split, batch, hidden, 4, u);
-  for (int64_t k = 0; k < steps; ++k) {
-    const int64_t s = step_index(k, steps, reverse);
-    const T* zx = has_input ? projection.step(s) : x + s * batch * g4;
+  const uint8_t* v = p.valid;
+  const T* mask = p.mask;
+  std::vector<T> h_in(mask != nullptr ? batch * hidden : 0);
+  InputProjection<T> projection(p.has_input, p.steps, batch, p.features, g, p.reverse, p.x, p.w,
+                                p.b);
+  const Split split = unit_split(batch, hidden, kGates);
+  RecurrentBlocks<T> blocks(split, batch, hidden, kGates, p.u);
+  for (int64_t k = 0; k < p.steps; ++k) {
+    const int64_t s = step_index(k, p.steps, p.reverse);
+    const T* zx = p.has_input ? projection.step(s) : p.x + s * batch * g;
     const T* hp = h_cur;
-    if (has_mask) {
+    if (mask != nullptr) {
       for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h_cur[i] * mask[i];
       hp = h_in.data();
     }
@@ -620,573 +705,608 @@ ffi::Error LstmForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_ker
       const T* zh = blocks.multiply(part, hp);
       for (int64_t r = 0; r < batch; ++r) {
         const bool keep = v == nullptr || v[s * batch + r];
-        T* ar = keep_acts ? acts + (s * batch + r) * g4 + j0 : nullptr;
         const int64_t o = r * hidden + j0;
-        const T* zxr = zx + r * g4 + j0;
-        const T* zhr = zh + r * 4 * width;
-        // Compile-time variants: a branch inside the unit loop would stop it vectorising.
-        if (ar != nullptr) {
-          if (keep) {
-            lstm_units<T, true, true>(width, hidden, zxr, zhr, width, c + o, h_cur + o,
-                                      h_nxt + o, ar, ov);
-          } else {
-            lstm_units<T, true, false>(width, hidden, zxr, zhr, width, c + o, h_cur + o,
-                                       h_nxt + o, ar, ov);
-          }
-        } else if (keep) {
-          lstm_units<T, false, true>(width, hidden, zxr, zhr, width, c + o, h_cur + o, h_nxt + o,
-                                     ar, ov);
-        } else {
-          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * width);
-        }
+        cell.forward_units(s, r, j0, width, zx + r * g + j0, zh + r * kGates * width, width,
+                           h_cur + o, h_nxt + o, keep);
       }
       copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
-      if (keep_cs) copy_cols(batch, hidden, j0, j1, c, cs + s * batch * hidden);
+      cell.store_step(s, j0, j1);
     });
     std::swap(h_cur, h_nxt);
   }
-  std::memcpy(data<T>(h_last), h_cur, sizeof(T) * batch * hidden);
-  return ffi::Error::Success();
+  std::memcpy(h_last, h_cur, sizeof(T) * batch * hidden);
+}
+
+// Backward (reverse loop order): per step, each thread runs the cell's backward gate math of its
+// units, then (once every unit's pre-activation gradient is there: a second fork-join) its
+// columns of dh_{t-1} = (cotangent U^T) * mask. Only this is sequential; dU, dW, db and dX are
+// one large GEMM (or sum) each after the loop. `dh` holds dh_last on entry and dh0 on return.
+template <typename Cell, typename T>
+void run_backward(const CellParams<T>& p, Cell& cell, const T* hs, const T* dhs, T* dh, T* du,
+                  T* dw, T* db, T* dx) {
+  constexpr int kGates = Cell::kGates;
+  const int64_t steps = p.steps, batch = p.batch, hidden = p.hidden, g = kGates * hidden;
+  const uint8_t* v = p.valid;
+  std::vector<T> dh_rec(batch * hidden);
+  const Split split = unit_split(batch, hidden, kGates);
+  // Thread part's columns of cotangent U^T: rows [j0, j1) of U, transposed.
+  std::vector<FixedOperand<T>> operands;
+  operands.reserve(split.parts);
+  for (int part = 0; part < split.parts; ++part) {
+    const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+    operands.emplace_back(batch, j1 - j0, g, true, p.u + j0 * g, g);
+  }
+
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t s = step_index(k, steps, p.reverse);
+    const T* before = cell.state_before(previous_index(k, steps, p.reverse));
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      for (int64_t r = 0; r < batch; ++r) {
+        const int64_t row = s * batch + r;
+        const bool keep = v == nullptr || v[row];
+        cell.backward_units(s, r, j0, j1 - j0, before + r * hidden + j0,
+                            dhs + row * hidden + j0, dh + r * hidden + j0, keep);
+      }
+    });
+    Pool::get().run(split.parts, [&](int part) {
+      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
+      operands[part].multiply(cell.recurrent_cotangent(s), g, T(0), dh_rec.data() + j0, hidden);
+      cell.carry_units(s, j0, j1, dh_rec.data(), dh);
+    });
+  }
+
+  const int64_t rows = steps * batch;
+  std::vector<T> h_in(rows * hidden);
+  previous_states(steps, batch, hidden, hs, p.h0, p.mask, p.reverse, h_in.data());
+  cell.recurrent_gradient(rows, h_in.data(), du);
+  if (p.has_input) {
+    const T* dproj = cell.input_cotangent();
+    const int64_t features = p.features;
+    gemm_cols(true, false, features, g, rows, p.x, features, dproj, g, T(0), dw, g);
+    column_sums(rows, g, dproj, g, db);
+    gemm_cols(false, true, rows, features, g, dproj, g, p.w, g, T(0), dx, features);
+  }
+}
+
+// Calls the unit function `run(std::bool_constant<a>, ...)` with its runtime flags as
+// compile-time ones: a branch inside a unit loop would stop it vectorising.
+template <typename F>
+void with_flags(F&& run, bool a, bool b) {
+  const std::true_type yes;
+  const std::false_type no;
+  if (a) {
+    b ? run(yes, yes) : run(yes, no);
+  } else {
+    b ? run(no, yes) : run(no, no);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// LSTM backward
+// LSTM
 //
-// Per step (reverse loop order): dh += dhs[t]; masked by valid;
+// z = x_t (+ x_t W + b) + (h_{t-1} * mask) U;  [i, f, g, o] = [sig, sig, tanh, sig](z)
+// c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  held where valid[t] is 0.
+//
+// Backward, per step: dh += dhs[t]; masked by valid;
 // dc_t = dc + dh o (1 - tanh(c_t)^2); d[i, f, g, o] = [dc_t g, dc_t c_{t-1}, dc_t i, dh tanh c_t]
 // (+ the gates' cotangent); dz = d * activation slope (0 for a constant gate);
 // dh_prev = (dz U^T) * mask; dc_prev = dc_t f. After the loop: dU = H_in^T dz,
 // and with the projection inside the loop dW = X^T dz, db = sum dz, dX = dz W^T.
 
-// Units [0, count) of one batch row of the LSTM backward gate math (gate q of unit j at
-// q * stride + j). kKeep false: the step was held, so only the gates' own cotangent reaches dz,
-// and dc passes through unchanged.
-template <typename T, bool kDacts, bool kKeep>
-void lstm_units_backward(int64_t count, int64_t stride, const T* __restrict acts,
-                         const T* __restrict dacts, const T* __restrict c_t,
-                         const T* __restrict c_prev, const T* __restrict dh_out,
-                         T* __restrict dc, T* __restrict dh, T* __restrict dz,
-                         const Overrides& ov) {
-  const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
-  for (int64_t j = 0; j < count; ++j) {
-    const T dh_acc = dh[j] + dh_out[j];
-    dh[j] = dh_acc;
-    const T dh_step = kKeep ? dh_acc : T(0);
-    const T dc_step = kKeep ? dc[j] : T(0);
-    const T i = acts[j], f = acts[stride + j], g = acts[2 * stride + j], o = acts[3 * stride + j];
-    const T tanh_c = tanh_act(c_t[j]);
-    const T dc_t = dc_step + dh_step * o * (T(1) - tanh_c * tanh_c);
-    T di = dc_t * g, df = dc_t * c_prev[j], dg = dc_t * i, d_o = dh_step * tanh_c;
-    if (kDacts) {
-      di = di + dacts[j];
-      df = df + dacts[stride + j];
-      dg = dg + dacts[2 * stride + j];
-      d_o = d_o + dacts[3 * stride + j];
-    }
-    const T zi = di * (i * (T(1) - i));
-    const T zf = df * (f * (T(1) - f));
-    const T zo = d_o * (o * (T(1) - o));
-    dz[j] = zi * ki;
-    dz[stride + j] = zf * kf;
-    dz[2 * stride + j] = dg * (T(1) - g * g);
-    dz[3 * stride + j] = zo * ko;
-    if (kKeep) dc[j] = dc_t * f;
-  }
-}
-
 template <typename T>
-ffi::Error LstmBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
-                        const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& c0,
-                        const ffi::AnyBuffer& h0, const ffi::AnyBuffer& valid,
-                        const ffi::AnyBuffer& recurrent_mask, const ffi::AnyBuffer& cs_in,
-                        const ffi::AnyBuffer& hs_in, const ffi::AnyBuffer& acts_in,
-                        const ffi::AnyBuffer& dc_last, const ffi::AnyBuffer& dh_last,
-                        const ffi::AnyBuffer& dhs_in, const ffi::AnyBuffer& dacts_in,
-                        bool reverse, bool has_input, bool has_valid, bool has_mask,
-                        bool has_dacts, const Overrides& ov, ffi::Result<ffi::AnyBuffer>& dc0_out,
-                        ffi::Result<ffi::AnyBuffer>& dh0_out, ffi::Result<ffi::AnyBuffer>& dz_out,
-                        ffi::Result<ffi::AnyBuffer>& du_out, ffi::Result<ffi::AnyBuffer>& dw_out,
-                        ffi::Result<ffi::AnyBuffer>& db_out, ffi::Result<ffi::AnyBuffer>& dx_out) {
-  // xs is read only with the projection inside the loop (else it arrives empty): the sizes come
-  // from the saved states.
-  auto hd = hs_in.dimensions();
-  if (hd.size() != 3) return shape_error("hs must be [time, batch, hidden]; got " + dims_string(hs_in));
-  const int64_t steps = hd[0], batch = hd[1];
-  const int64_t hidden = recurrent_kernel.dimensions()[0];
-  const int64_t g4 = 4 * hidden;
-  const int64_t features = has_input ? input_kernel.dimensions()[0] : g4;
-  if (has_input) RETURN_IF_ERROR(expect_dims("xs", xs, {steps, batch, features}));
-  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g4}));
-  RETURN_IF_ERROR(expect_dims("cs", cs_in, {steps, batch, hidden}));
-  RETURN_IF_ERROR(expect_dims("hs", hs_in, {steps, batch, hidden}));
-  RETURN_IF_ERROR(expect_dims("acts", acts_in, {steps, batch, g4}));
-  RETURN_IF_ERROR(expect_dims("dhs", dhs_in, {steps, batch, hidden}));
-  if (has_dacts) RETURN_IF_ERROR(expect_dims("dacts", dacts_in, {steps, batch, g4}));
-  if (has_input) RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g4}));
+class LstmCell {
+ public:
+  static constexpr int kGates = 4;
 
-  const T* u = data<T>(recurrent_kernel);
-  const T* cs = data<T>(cs_in);
-  const T* hs = data<T>(hs_in);
-  const T* acts = data<T>(acts_in);
-  const T* dhs = data<T>(dhs_in);
-  const T* dacts = has_dacts ? data<T>(dacts_in) : nullptr;
-  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
-  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  T* dc = data<T>(dc0_out);
-  T* dh = data<T>(dh0_out);
-  std::memcpy(dc, data<T>(dc_last), sizeof(T) * batch * hidden);
-  std::memcpy(dh, data<T>(dh_last), sizeof(T) * batch * hidden);
-  T* dz = data<T>(dz_out);
-  std::vector<T> dh_rec(batch * hidden);
-  const Split split(hidden, 2 * batch * hidden * g4 < (int64_t(1) << 20) ? 1 : pool_threads());
-  // Thread p's columns of dz U^T: rows [j0, j1) of U, transposed.
-  std::vector<FixedOperand<T>> operands;
-  operands.reserve(split.parts);
-  for (int p = 0; p < split.parts; ++p) {
-    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
-    operands.emplace_back(batch, j1 - j0, g4, true, u + j0 * g4, g4);
+  explicit LstmCell(const CellParams<T>& p)
+      : p_(p), batch_(p.batch), hidden_(p.hidden), g4_(4 * p.hidden) {}
+
+  // Forward buffers: the cell state lives in c (the c_last output, started from c0); acts
+  // [time, batch, 4 hidden] and cs [time, batch, hidden] are kept when not null.
+  void start_forward(const T* c0, T* c, T* acts, T* cs) {
+    std::memcpy(c, c0, sizeof(T) * batch_ * hidden_);
+    c_ = c;
+    acts_ = acts;
+    cs_ = cs;
   }
 
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t s = step_index(k, steps, reverse);
-    const int64_t p = previous_index(k, steps, reverse);
-    const T* c_prev = p < 0 ? data<T>(c0) : cs + p * batch * hidden;
-    // Each thread: the gate math of its units, then (once every unit's dz is there) its
-    // columns of dz U^T.
-    Pool::get().run(split.parts, [&](int part) {
-      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      for (int64_t r = 0; r < batch; ++r) {
-        const int64_t row = s * batch + r;
-        const bool keep = v == nullptr || v[row];
-        const T* dar = dacts != nullptr ? dacts + row * g4 + j0 : nullptr;
-        auto run = [&](auto with_dacts, auto kept) {
-          lstm_units_backward<T, decltype(with_dacts)::value, decltype(kept)::value>(
-              j1 - j0, hidden, acts + row * g4 + j0, dar, cs + row * hidden + j0,
-              c_prev + r * hidden + j0, dhs + row * hidden + j0, dc + r * hidden + j0,
-              dh + r * hidden + j0, dz + row * g4 + j0, ov);
-        };
-        const std::true_type yes;
-        const std::false_type no;
-        if (dar != nullptr) keep ? run(yes, yes) : run(yes, no);
-        else keep ? run(no, yes) : run(no, no);
+  // Backward buffers: the saved c0, cs, acts, the gates' cotangent (or null), dc (dc_last in,
+  // dc0 out) and dz [time, batch, 4 hidden], the gradient of the projected inputs.
+  void start_backward(const T* c0, const T* cs, const T* acts, const T* dacts, const T* dc_last,
+                      T* dc, T* dz) {
+    std::memcpy(dc, dc_last, sizeof(T) * batch_ * hidden_);
+    c0_ = c0;
+    saved_cs_ = cs;
+    saved_acts_ = acts;
+    dacts_ = dacts;
+    dc_ = dc;
+    dz_ = dz;
+  }
+
+  void forward_units(int64_t s, int64_t r, int64_t j0, int64_t width, const T* zx, const T* zh,
+                     int64_t zh_stride, const T* h_old, T* h_new, bool keep) const {
+    T* ar = acts_ != nullptr ? acts_ + (s * batch_ + r) * g4_ + j0 : nullptr;
+    T* c = c_ + r * hidden_ + j0;
+    const Overrides& ov = p_.overrides;
+    if (ar != nullptr) {
+      if (keep) {
+        units<true, true>(width, hidden_, zx, zh, zh_stride, c, h_old, h_new, ar, ov);
+      } else {
+        units<true, false>(width, hidden_, zx, zh, zh_stride, c, h_old, h_new, ar, ov);
       }
-    });
-    Pool::get().run(split.parts, [&](int part) {
-      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      operands[part].multiply(dz + s * batch * g4, g4, T(0), dh_rec.data() + j0, hidden);
-      for (int64_t r = 0; r < batch; ++r) {
-        // A held step passes its dh through to the step before, beside the recurrent part.
-        const T held = (v == nullptr || v[s * batch + r]) ? T(0) : T(1);
-        T* __restrict dhr = dh + r * hidden;
-        const T* __restrict rec = &dh_rec[r * hidden];
-        if (mask != nullptr) {
-          const T* __restrict mr = mask + r * hidden;
-          for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] * mr[j] + held * dhr[j];
-        } else {
-          for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] + held * dhr[j];
-        }
-      }
-    });
+    } else if (keep) {
+      units<false, true>(width, hidden_, zx, zh, zh_stride, c, h_old, h_new, ar, ov);
+    } else {
+      std::memcpy(h_new, h_old, sizeof(T) * width);
+    }
   }
 
-  const int64_t rows = steps * batch;
-  std::vector<T> h_in(rows * hidden);
-  previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
-  gemm_cols(true, false, hidden, g4, rows, h_in.data(), hidden, dz, g4, T(0), data<T>(du_out), g4);
-  if (has_input) {
-    const T* x = data<T>(xs);
-    const T* w = data<T>(input_kernel);
-    gemm_cols(true, false, features, g4, rows, x, features, dz, g4, T(0), data<T>(dw_out), g4);
-    column_sums(rows, g4, dz, g4, data<T>(db_out));
-    gemm_cols(false, true, rows, features, g4, dz, g4, w, g4, T(0), data<T>(dx_out), features);
+  void store_step(int64_t s, int64_t j0, int64_t j1) const {
+    if (cs_ != nullptr) copy_cols(batch_, hidden_, j0, j1, c_, cs_ + s * batch_ * hidden_);
   }
-  return ffi::Error::Success();
-}
+
+  const T* state_before(int64_t prev) const {
+    return prev < 0 ? c0_ : saved_cs_ + prev * batch_ * hidden_;
+  }
+
+  void backward_units(int64_t s, int64_t r, int64_t j0, int64_t width, const T* c_prev,
+                      const T* dh_out, T* dh, bool keep) const {
+    const int64_t row = s * batch_ + r;
+    const T* dar = dacts_ != nullptr ? dacts_ + row * g4_ + j0 : nullptr;
+    with_flags(
+        [&](auto with_dacts, auto kept) {
+          units_backward<decltype(with_dacts)::value, decltype(kept)::value>(
+              width, hidden_, saved_acts_ + row * g4_ + j0, dar, saved_cs_ + row * hidden_ + j0,
+              c_prev, dh_out, dc_ + r * hidden_ + j0, dh, dz_ + row * g4_ + j0, p_.overrides);
+        },
+        dar != nullptr, keep);
+  }
+
+  const T* recurrent_cotangent(int64_t s) const { return dz_ + s * batch_ * g4_; }
+
+  void carry_units(int64_t s, int64_t j0, int64_t j1, const T* dh_rec, T* dh) const {
+    const uint8_t* v = p_.valid;
+    for (int64_t r = 0; r < batch_; ++r) {
+      // A held step passes its dh through to the step before, beside the recurrent part.
+      const T held = (v == nullptr || v[s * batch_ + r]) ? T(0) : T(1);
+      T* __restrict dhr = dh + r * hidden_;
+      const T* __restrict rec = dh_rec + r * hidden_;
+      if (p_.mask != nullptr) {
+        const T* __restrict mr = p_.mask + r * hidden_;
+        for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] * mr[j] + held * dhr[j];
+      } else {
+        for (int64_t j = j0; j < j1; ++j) dhr[j] = rec[j] + held * dhr[j];
+      }
+    }
+  }
+
+  const T* input_cotangent() const { return dz_; }
+
+  void recurrent_gradient(int64_t rows, const T* h_in, T* du) const {
+    gemm_cols(true, false, hidden_, g4_, rows, h_in, hidden_, dz_, g4_, T(0), du, g4_);
+  }
+
+ private:
+  // Units [0, count) of one batch row: the pre-activation of gate q of unit j is
+  // zx[q * stride + j] (projected input) + zh[q * zh_stride + j] (recurrent part, in the
+  // thread's own layout). kUpdate false: the step is held; only the gates are computed
+  // (return_gates and the backward pass need them) and the state is copied through.
+  template <bool kActs, bool kUpdate>
+  static void units(int64_t count, int64_t stride, const T* __restrict zx, const T* __restrict zh,
+                    int64_t zh_stride, T* __restrict c, const T* __restrict h_old,
+                    T* __restrict h_new, T* __restrict acts, const Overrides& ov) {
+    const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
+    const T oi = ov.offset<T>(0), of = ov.offset<T>(1), oo = ov.offset<T>(2);
+    for (int64_t j = 0; j < count; ++j) {
+      const T si = sigmoid(zx[j] + zh[j]);
+      const T sf = sigmoid(zx[stride + j] + zh[zh_stride + j]);
+      const T g = tanh_act(zx[2 * stride + j] + zh[2 * zh_stride + j]);
+      const T so = sigmoid(zx[3 * stride + j] + zh[3 * zh_stride + j]);
+      const T i = si * ki + oi;
+      const T f = sf * kf + of;
+      const T o = so * ko + oo;
+      if (kActs) {
+        acts[j] = i;
+        acts[stride + j] = f;
+        acts[2 * stride + j] = g;
+        acts[3 * stride + j] = o;
+      }
+      if (kUpdate) {
+        const T c_new = f * c[j] + i * g;
+        c[j] = c_new;
+        h_new[j] = o * tanh_act(c_new);
+      } else {
+        h_new[j] = h_old[j];
+      }
+    }
+  }
+
+  // The backward gate math of units [0, count) of one batch row (gate q of unit j at
+  // q * stride + j). kKeep false: the step was held, so only the gates' own cotangent reaches
+  // dz, and dc passes through unchanged.
+  template <bool kDacts, bool kKeep>
+  static void units_backward(int64_t count, int64_t stride, const T* __restrict acts,
+                             const T* __restrict dacts, const T* __restrict c_t,
+                             const T* __restrict c_prev, const T* __restrict dh_out,
+                             T* __restrict dc, T* __restrict dh, T* __restrict dz,
+                             const Overrides& ov) {
+    const T ki = ov.keep<T>(0), kf = ov.keep<T>(1), ko = ov.keep<T>(2);
+    for (int64_t j = 0; j < count; ++j) {
+      const T dh_acc = dh[j] + dh_out[j];
+      dh[j] = dh_acc;
+      const T dh_step = kKeep ? dh_acc : T(0);
+      const T dc_step = kKeep ? dc[j] : T(0);
+      const T i = acts[j], f = acts[stride + j], g = acts[2 * stride + j];
+      const T o = acts[3 * stride + j];
+      const T tanh_c = tanh_act(c_t[j]);
+      const T dc_t = dc_step + dh_step * o * (T(1) - tanh_c * tanh_c);
+      T di = dc_t * g, df = dc_t * c_prev[j], dg = dc_t * i, d_o = dh_step * tanh_c;
+      if (kDacts) {
+        di = di + dacts[j];
+        df = df + dacts[stride + j];
+        dg = dg + dacts[2 * stride + j];
+        d_o = d_o + dacts[3 * stride + j];
+      }
+      const T zi = di * (i * (T(1) - i));
+      const T zf = df * (f * (T(1) - f));
+      const T zo = d_o * (o * (T(1) - o));
+      dz[j] = zi * ki;
+      dz[stride + j] = zf * kf;
+      dz[2 * stride + j] = dg * (T(1) - g * g);
+      dz[3 * stride + j] = zo * ko;
+      if (kKeep) dc[j] = dc_t * f;
+    }
+  }
+
+  const CellParams<T>& p_;
+  int64_t batch_, hidden_, g4_;
+  // Forward
+  T* c_ = nullptr;
+  T* acts_ = nullptr;
+  T* cs_ = nullptr;
+  // Backward
+  const T* c0_ = nullptr;
+  const T* saved_cs_ = nullptr;
+  const T* saved_acts_ = nullptr;
+  const T* dacts_ = nullptr;
+  T* dc_ = nullptr;
+  T* dz_ = nullptr;
+};
 
 // ---------------------------------------------------------------------------------------------
-// GRU (reset applied after the recurrent matmul), forward
+// GRU (reset applied after the recurrent matmul)
 //
 // a = x_t (+ x_t W + b);  hh = (h_{t-1} * mask) U;  m = hh_n + b_hn
 // r = sig(a_r + hh_r), z = sig(a_z + hh_z), n = tanh(a_n + r m), h_t = (1 - z) n + z h_{t-1}
-
-// Units [0, count) of one batch row of the GRU gate math (gate q of unit j at q * stride + j
-// in a, values and gates, at q * hh_stride + j in hh); reads h_old, writes h_new. kUpdate false: the step is held (gates still computed).
-template <typename T, bool kValues, bool kGates, bool kUpdate>
-void gru_units(int64_t count, int64_t stride, const T* __restrict a, const T* __restrict hh,
-               int64_t hh_stride, const T* __restrict bhn, const T* __restrict h_old,
-               T* __restrict h_new, T* __restrict values, T* __restrict gates,
-               const Overrides& ov) {
-  const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
-  const T or_ = ov.offset<T>(0), oz = ov.offset<T>(1);
-  for (int64_t j = 0; j < count; ++j) {
-    const T m = hh[2 * hh_stride + j] + bhn[j];
-    const T sr = sigmoid(a[j] + hh[j]);
-    const T sz = sigmoid(a[stride + j] + hh[hh_stride + j]);
-    const T r = sr * kr + or_;
-    const T z = sz * kz + oz;
-    const T n = tanh_act(a[2 * stride + j] + r * m);
-    if (kValues) {
-      values[j] = r;
-      values[stride + j] = z;
-      values[2 * stride + j] = n;
-      values[3 * stride + j] = m;
-    }
-    if (kGates) {
-      gates[j] = r;
-      gates[stride + j] = z;
-    }
-    h_new[j] = kUpdate ? (T(1) - z) * n + z * h_old[j] : h_old[j];
-  }
-}
-
-template <typename T>
-ffi::Error GruForward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
-                      const ffi::AnyBuffer& bias, const ffi::AnyBuffer& recurrent_kernel,
-                      const ffi::AnyBuffer& recurrent_bias, const ffi::AnyBuffer& h0,
-                      const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
-                      bool reverse, bool has_input, bool has_valid, bool has_mask,
-                      bool has_recurrent_bias, const Overrides& ov,
-                      ffi::Result<ffi::AnyBuffer>& h_last, ffi::Result<ffi::AnyBuffer>& hs_out,
-                      ffi::Result<ffi::AnyBuffer>& values_out,
-                      ffi::Result<ffi::AnyBuffer>& gates_out) {
-  auto xd = xs.dimensions();
-  if (xd.size() != 3) return shape_error("xs must be [time, batch, features]; got " + dims_string(xs));
-  const int64_t steps = xd[0], batch = xd[1], features = xd[2];
-  const int64_t hidden = recurrent_kernel.dimensions()[0];
-  const int64_t g3 = 3 * hidden;
-  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g3}));
-  RETURN_IF_ERROR(expect_dims("h0", h0, {batch, hidden}));
-  if (has_input) {
-    RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g3}));
-    RETURN_IF_ERROR(expect_dims("bias", bias, {g3}));
-  } else if (features != g3) {
-    return shape_error("xs (pre-projected) has shape " + dims_string(xs) +
-                       "; expected last dimension 3 * hidden = " + std::to_string(g3));
-  }
-  if (has_recurrent_bias) RETURN_IF_ERROR(expect_dims("recurrent_bias", recurrent_bias, {hidden}));
-  if (has_valid) RETURN_IF_ERROR(expect_dims("valid", valid, {steps, batch}));
-  if (has_mask) RETURN_IF_ERROR(expect_dims("recurrent_mask", recurrent_mask, {batch, hidden}));
-  const bool keep_values = values_out->element_count() > 0;
-  const bool keep_gates = gates_out->element_count() > 0;
-
-  const T* x = data<T>(xs);
-  const T* w = has_input ? data<T>(input_kernel) : nullptr;
-  const T* b = has_input ? data<T>(bias) : nullptr;
-  const T* u = data<T>(recurrent_kernel);
-  const T* bhn = has_recurrent_bias ? data<T>(recurrent_bias) : nullptr;
-  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
-  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  std::vector<T> h_a(data<T>(h0), data<T>(h0) + batch * hidden), h_b(batch * hidden);
-  T* h_cur = h_a.data();
-  T* h_nxt = h_b.data();
-  T* hs = data<T>(hs_out);
-  T* values = keep_values ? data<T>(values_out) : nullptr;
-  T* gates = keep_gates ? data<T>(gates_out) : nullptr;
-
-  std::vector<T> h_in(has_mask ? batch * hidden : 0);
-  std::vector<T> zero_bias(hidden, T(0));
-  if (bhn == nullptr) bhn = zero_bias.data();
-  InputProjection<T> projection(has_input, steps, batch, features, g3, reverse, x, w, b);
-  const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
-  RecurrentBlocks<T> blocks(split, batch, hidden, 3, u);
-  for (int64_t k = 0; k < steps; ++k) {
-    const int64_t s = step_index(k, steps, reverse);
-    const T* ap = has_input ? projection.step(s) : x + s * batch * features;
-    const T* hp = h_cur;
-    if (has_mask) {
-      for (int64_t i = 0; i < batch * hidden; ++i) h_in[i] = h_cur[i] * mask[i];
-      hp = h_in.data();
-    }
-    Pool::get().run(split.parts, [&](int part) {
-      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      const int64_t width = j1 - j0;
-      const T* hh = blocks.multiply(part, hp);
-      for (int64_t r = 0; r < batch; ++r) {
-        const int64_t row = s * batch + r;
-        const bool keep = v == nullptr || v[row];
-        T* vr = keep_values ? values + row * 4 * hidden + j0 : nullptr;
-        T* gr = keep_gates ? gates + row * 2 * hidden + j0 : nullptr;
-        const int64_t o = r * hidden + j0;
-        auto run = [&](auto with_values, auto with_gates, auto kept) {
-          gru_units<T, decltype(with_values)::value, decltype(with_gates)::value,
-                    decltype(kept)::value>(width, hidden, ap + r * g3 + j0, hh + r * 3 * width,
-                                           width, bhn + j0, h_cur + o, h_nxt + o, vr, gr, ov);
-        };
-        const std::true_type yes;
-        const std::false_type no;
-        if (vr != nullptr) {
-          if (gr != nullptr) keep ? run(yes, yes, yes) : run(yes, yes, no);
-          else keep ? run(yes, no, yes) : run(yes, no, no);
-        } else if (gr != nullptr) {
-          keep ? run(no, yes, yes) : run(no, yes, no);
-        } else if (keep) {
-          run(no, no, yes);
-        } else {
-          std::memcpy(h_nxt + o, h_cur + o, sizeof(T) * width);
-        }
-      }
-      copy_cols(batch, hidden, j0, j1, h_nxt, hs + s * batch * hidden);
-    });
-    std::swap(h_cur, h_nxt);
-  }
-  std::memcpy(data<T>(h_last), h_cur, sizeof(T) * batch * hidden);
-  return ffi::Error::Success();
-}
-
-// ---------------------------------------------------------------------------------------------
-// GRU backward
 //
-// d_an = dh (1 - z)(1 - n^2); d_r = d_an m; d_z = dh (h_{t-1} - n) (+ the gates' cotangent);
-// d_ar = d_r r (1 - r), d_az = d_z z (1 - z) (0 for a constant gate);
+// Backward: d_an = dh (1 - z)(1 - n^2); d_r = d_an m; d_z = dh (h_{t-1} - n) (+ the gates'
+// cotangent); d_ar = d_r r (1 - r), d_az = d_z z (1 - z) (0 for a constant gate);
 // d_hh = [d_ar, d_az, d_an r]; dh_prev = dh z + (d_hh U^T) * mask.
 // dx = [d_ar, d_az, d_an] is the gradient of the projected inputs. After the loop:
 // dU = H_in^T d_hh (two GEMMs: the first two blocks of d_hh are those of dx), d b_hn = sum d_an r.
 
-// Units [0, count) of one batch row of the GRU backward gate math (gate q of unit j at
-// q * stride + j in values, dx and d_hh; dgates has two blocks). kKeep false: the step was held,
-// so only the gates' own cotangent reaches the pre-activations and dh passes through.
-template <typename T, bool kDgates, bool kKeep>
-void gru_units_backward(int64_t count, int64_t stride, const T* __restrict values,
-                        const T* __restrict dgates, const T* __restrict h_prev,
-                        const T* __restrict dh_out, const T* __restrict dh, T* __restrict dx,
-                        T* __restrict d_hh, T* __restrict dn_r, T* __restrict direct,
-                        const Overrides& ov) {
-  const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
-  for (int64_t j = 0; j < count; ++j) {
-    const T dh_acc = dh[j] + dh_out[j];
-    const T dh_step = kKeep ? dh_acc : T(0);
-    const T r = values[j], z = values[stride + j], n = values[2 * stride + j];
-    const T m = values[3 * stride + j];
-    const T d_an = dh_step * (T(1) - z) * (T(1) - n * n);
-    T d_r = d_an * m;
-    T d_z = dh_step * (h_prev[j] - n);
-    if (kDgates) {
-      d_r = d_r + dgates[j];
-      d_z = d_z + dgates[stride + j];
-    }
-    const T ar = d_r * r * (T(1) - r);
-    const T az = d_z * z * (T(1) - z);
-    const T d_ar = ar * kr;
-    const T d_az = az * kz;
-    const T d_nr = d_an * r;
-    dx[j] = d_ar;
-    dx[stride + j] = d_az;
-    dx[2 * stride + j] = d_an;
-    d_hh[j] = d_ar;
-    d_hh[stride + j] = d_az;
-    d_hh[2 * stride + j] = d_nr;
-    dn_r[j] = d_nr;
-    direct[j] = kKeep ? dh_step * z : dh_acc;
-  }
-}
-
 template <typename T>
-ffi::Error GruBackward(const ffi::AnyBuffer& xs, const ffi::AnyBuffer& input_kernel,
-                       const ffi::AnyBuffer& recurrent_kernel, const ffi::AnyBuffer& h0,
-                       const ffi::AnyBuffer& valid, const ffi::AnyBuffer& recurrent_mask,
-                       const ffi::AnyBuffer& hs_in, const ffi::AnyBuffer& values_in,
-                       const ffi::AnyBuffer& dh_last, const ffi::AnyBuffer& dhs_in,
-                       const ffi::AnyBuffer& dgates_in, bool reverse, bool has_input,
-                       bool has_valid, bool has_mask, bool has_recurrent_bias, bool has_dgates,
-                       const Overrides& ov, ffi::Result<ffi::AnyBuffer>& dh0_out,
-                       ffi::Result<ffi::AnyBuffer>& dxp_out, ffi::Result<ffi::AnyBuffer>& du_out,
-                       ffi::Result<ffi::AnyBuffer>& dbhn_out, ffi::Result<ffi::AnyBuffer>& dw_out,
-                       ffi::Result<ffi::AnyBuffer>& db_out, ffi::Result<ffi::AnyBuffer>& dx_out) {
-  auto hd = hs_in.dimensions();
-  if (hd.size() != 3) return shape_error("hs must be [time, batch, hidden]; got " + dims_string(hs_in));
-  const int64_t steps = hd[0], batch = hd[1];
-  const int64_t hidden = recurrent_kernel.dimensions()[0];
-  const int64_t g3 = 3 * hidden;
-  const int64_t features = has_input ? input_kernel.dimensions()[0] : g3;
-  if (has_input) RETURN_IF_ERROR(expect_dims("xs", xs, {steps, batch, features}));
-  RETURN_IF_ERROR(expect_dims("recurrent_kernel", recurrent_kernel, {hidden, g3}));
-  RETURN_IF_ERROR(expect_dims("hs", hs_in, {steps, batch, hidden}));
-  RETURN_IF_ERROR(expect_dims("values", values_in, {steps, batch, 4 * hidden}));
-  RETURN_IF_ERROR(expect_dims("dhs", dhs_in, {steps, batch, hidden}));
-  if (has_dgates) RETURN_IF_ERROR(expect_dims("dgates", dgates_in, {steps, batch, 2 * hidden}));
-  if (has_input) RETURN_IF_ERROR(expect_dims("input_kernel", input_kernel, {features, g3}));
+class GruCell {
+ public:
+  static constexpr int kGates = 3;
 
-  const T* u = data<T>(recurrent_kernel);
-  const T* hs = data<T>(hs_in);
-  const T* values = data<T>(values_in);
-  const T* dhs = data<T>(dhs_in);
-  const T* dgates = has_dgates ? data<T>(dgates_in) : nullptr;
-  const uint8_t* v = has_valid ? static_cast<const uint8_t*>(valid.untyped_data()) : nullptr;
-  const T* mask = has_mask ? data<T>(recurrent_mask) : nullptr;
-  T* dh = data<T>(dh0_out);
-  std::memcpy(dh, data<T>(dh_last), sizeof(T) * batch * hidden);
-  T* dxp = data<T>(dxp_out);
-  const int64_t rows = steps * batch;
-  std::vector<T> dn_r(rows * hidden);  // d_an * r: the last block of d_hh, for dU after the loop
-  std::vector<T> d_hh(batch * g3);
-  std::vector<T> direct(batch * hidden);  // dh z (+ dh where the step is held)
-  std::vector<T> dh_rec(batch * hidden);
-  const Split split(hidden, 2 * batch * hidden * g3 < (int64_t(1) << 20) ? 1 : pool_threads());
-  std::vector<FixedOperand<T>> operands;
-  operands.reserve(split.parts);
-  for (int p = 0; p < split.parts; ++p) {
-    const int64_t j0 = split.begin(p, hidden), j1 = split.end(p, hidden);
-    operands.emplace_back(batch, j1 - j0, g3, true, u + j0 * g3, g3);
+  explicit GruCell(const CellParams<T>& p)
+      : p_(p), batch_(p.batch), hidden_(p.hidden), g3_(3 * p.hidden) {}
+
+  // Forward buffers: b_hn (or null: zero); values r, z, n, m [time, batch, 4 hidden] (for the
+  // backward pass) and gates r, z [time, batch, 2 hidden] (returned), each kept when not null.
+  void start_forward(const T* bhn, T* values, T* gates) {
+    if (bhn == nullptr) {
+      zero_bias_.assign(hidden_, T(0));
+      bhn = zero_bias_.data();
+    }
+    bhn_ = bhn;
+    values_ = values;
+    gates_ = gates;
   }
 
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t s = step_index(k, steps, reverse);
-    const int64_t p = previous_index(k, steps, reverse);
-    const T* h_prev = p < 0 ? data<T>(h0) : hs + p * batch * hidden;
-    Pool::get().run(split.parts, [&](int part) {
-      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      for (int64_t r = 0; r < batch; ++r) {
-        const int64_t row = s * batch + r;
-        const bool keep = v == nullptr || v[row];
-        const T* dgr = dgates != nullptr ? dgates + row * 2 * hidden + j0 : nullptr;
-        auto run = [&](auto with_dgates, auto kept) {
-          gru_units_backward<T, decltype(with_dgates)::value, decltype(kept)::value>(
-              j1 - j0, hidden, values + row * 4 * hidden + j0, dgr, h_prev + r * hidden + j0,
-              dhs + row * hidden + j0, dh + r * hidden + j0, dxp + row * g3 + j0,
-              &d_hh[r * g3 + j0], &dn_r[row * hidden + j0], &direct[r * hidden + j0], ov);
-        };
-        const std::true_type yes;
-        const std::false_type no;
-        if (dgr != nullptr) keep ? run(yes, yes) : run(yes, no);
-        else keep ? run(no, yes) : run(no, no);
+  // Backward buffers: the saved hs and values, the gates' cotangent (or null) and dxp
+  // [time, batch, 3 hidden], the gradient of the projected inputs; d b_hn when not null.
+  void start_backward(const T* hs, const T* values, const T* dgates, T* dxp, T* dbhn) {
+    saved_hs_ = hs;
+    saved_values_ = values;
+    dgates_ = dgates;
+    dxp_ = dxp;
+    dbhn_ = dbhn;
+    const int64_t rows = p_.steps * batch_;
+    dn_r_.resize(rows * hidden_);
+    d_hh_.resize(batch_ * g3_);
+    direct_.resize(batch_ * hidden_);
+  }
+
+  void forward_units(int64_t s, int64_t r, int64_t j0, int64_t width, const T* a, const T* hh,
+                     int64_t hh_stride, const T* h_old, T* h_new, bool keep) const {
+    const int64_t row = s * batch_ + r;
+    T* vr = values_ != nullptr ? values_ + row * 4 * hidden_ + j0 : nullptr;
+    T* gr = gates_ != nullptr ? gates_ + row * 2 * hidden_ + j0 : nullptr;
+    auto run = [&](auto with_values, auto with_gates, auto kept) {
+      units<decltype(with_values)::value, decltype(with_gates)::value, decltype(kept)::value>(
+          width, hidden_, a, hh, hh_stride, bhn_ + j0, h_old, h_new, vr, gr, p_.overrides);
+    };
+    const std::true_type yes;
+    const std::false_type no;
+    if (vr != nullptr) {
+      with_flags([&](auto g, auto k) { run(yes, g, k); }, gr != nullptr, keep);
+    } else if (gr != nullptr) {
+      keep ? run(no, yes, yes) : run(no, yes, no);
+    } else if (keep) {
+      run(no, no, yes);
+    } else {
+      std::memcpy(h_new, h_old, sizeof(T) * width);
+    }
+  }
+
+  void store_step(int64_t, int64_t, int64_t) const {}
+
+  const T* state_before(int64_t prev) const {
+    return prev < 0 ? p_.h0 : saved_hs_ + prev * batch_ * hidden_;
+  }
+
+  void backward_units(int64_t s, int64_t r, int64_t j0, int64_t width, const T* h_prev,
+                      const T* dh_out, T* dh, bool keep) {
+    const int64_t row = s * batch_ + r;
+    const T* dgr = dgates_ != nullptr ? dgates_ + row * 2 * hidden_ + j0 : nullptr;
+    with_flags(
+        [&](auto with_dgates, auto kept) {
+          units_backward<decltype(with_dgates)::value, decltype(kept)::value>(
+              width, hidden_, saved_values_ + row * 4 * hidden_ + j0, dgr, h_prev, dh_out, dh,
+              dxp_ + row * g3_ + j0, &d_hh_[r * g3_ + j0], &dn_r_[row * hidden_ + j0],
+              &direct_[r * hidden_ + j0], p_.overrides);
+        },
+        dgr != nullptr, keep);
+  }
+
+  const T* recurrent_cotangent(int64_t) const { return d_hh_.data(); }
+
+  void carry_units(int64_t, int64_t j0, int64_t j1, const T* dh_rec, T* dh) const {
+    const T* mask = p_.mask;
+    for (int64_t r = 0; r < batch_; ++r) {
+      for (int64_t j = r * hidden_ + j0; j < r * hidden_ + j1; ++j) {
+        const T rec = mask != nullptr ? dh_rec[j] * mask[j] : dh_rec[j];
+        dh[j] = direct_[j] + rec;
       }
-    });
-    Pool::get().run(split.parts, [&](int part) {
-      const int64_t j0 = split.begin(part, hidden), j1 = split.end(part, hidden);
-      operands[part].multiply(d_hh.data(), g3, T(0), dh_rec.data() + j0, hidden);
-      for (int64_t r = 0; r < batch; ++r) {
-        for (int64_t j = r * hidden + j0; j < r * hidden + j1; ++j) {
-          const T rec = mask != nullptr ? dh_rec[j] * mask[j] : dh_rec[j];
-          dh[j] = direct[j] + rec;
-        }
-      }
-    });
+    }
   }
 
-  std::vector<T> h_in(rows * hidden);
-  previous_states(steps, batch, hidden, hs, data<T>(h0), mask, reverse, h_in.data());
-  T* du = data<T>(du_out);
-  gemm_cols(true, false, hidden, 2 * hidden, rows, h_in.data(), hidden, dxp, g3, T(0), du, g3);
-  gemm_cols(true, false, hidden, hidden, rows, h_in.data(), hidden, dn_r.data(), hidden, T(0),
-            du + 2 * hidden, g3);
-  if (has_recurrent_bias) column_sums(rows, hidden, dn_r.data(), hidden, data<T>(dbhn_out));
-  if (has_input) {
-    const T* x = data<T>(xs);
-    const T* w = data<T>(input_kernel);
-    gemm_cols(true, false, features, g3, rows, x, features, dxp, g3, T(0), data<T>(dw_out), g3);
-    column_sums(rows, g3, dxp, g3, data<T>(db_out));
-    gemm_cols(false, true, rows, features, g3, dxp, g3, w, g3, T(0), data<T>(dx_out), features);
+  const T* input_cotangent() const { return dxp_; }
+
+  void recurrent_gradient(int64_t rows, const T* h_in, T* du) const {
+    gemm_cols(true, false, hidden_, 2 * hidden_, rows, h_in, hidden_, dxp_, g3_, T(0), du, g3_);
+    gemm_cols(true, false, hidden_, hidden_, rows, h_in, hidden_, dn_r_.data(), hidden_, T(0),
+              du + 2 * hidden_, g3_);
+    if (dbhn_ != nullptr) column_sums(rows, hidden_, dn_r_.data(), hidden_, dbhn_);
   }
-  return ffi::Error::Success();
-}
+
+ private:
+  // Units [0, count) of one batch row (gate q of unit j at q * stride + j in a, values and
+  // gates, at q * hh_stride + j in hh); reads h_old, writes h_new. kUpdate false: the step is
+  // held (gates still computed).
+  template <bool kValues, bool kGates, bool kUpdate>
+  static void units(int64_t count, int64_t stride, const T* __restrict a, const T* __restrict hh,
+                    int64_t hh_stride, const T* __restrict bhn, const T* __restrict h_old,
+                    T* __restrict h_new, T* __restrict values, T* __restrict gates,
+                    const Overrides& ov) {
+    const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
+    const T or_ = ov.offset<T>(0), oz = ov.offset<T>(1);
+    for (int64_t j = 0; j < count; ++j) {
+      const T m = hh[2 * hh_stride + j] + bhn[j];
+      const T sr = sigmoid(a[j] + hh[j]);
+      const T sz = sigmoid(a[stride + j] + hh[hh_stride + j]);
+      const T r = sr * kr + or_;
+      const T z = sz * kz + oz;
+      const T n = tanh_act(a[2 * stride + j] + r * m);
+      if (kValues) {
+        values[j] = r;
+        values[stride + j] = z;
+        values[2 * stride + j] = n;
+        values[3 * stride + j] = m;
+      }
+      if (kGates) {
+        gates[j] = r;
+        gates[stride + j] = z;
+      }
+      h_new[j] = kUpdate ? (T(1) - z) * n + z * h_old[j] : h_old[j];
+    }
+  }
+
+  // The backward gate math of units [0, count) of one batch row (gate q of unit j at
+  // q * stride + j in values, dx and d_hh; dgates has two blocks). kKeep false: the step was
+  // held, so only the gates' own cotangent reaches the pre-activations and dh passes through.
+  template <bool kDgates, bool kKeep>
+  static void units_backward(int64_t count, int64_t stride, const T* __restrict values,
+                             const T* __restrict dgates, const T* __restrict h_prev,
+                             const T* __restrict dh_out, const T* __restrict dh,
+                             T* __restrict dx, T* __restrict d_hh, T* __restrict dn_r,
+                             T* __restrict direct, const Overrides& ov) {
+    const T kr = ov.keep<T>(0), kz = ov.keep<T>(1);
+    for (int64_t j = 0; j < count; ++j) {
+      const T dh_acc = dh[j] + dh_out[j];
+      const T dh_step = kKeep ? dh_acc : T(0);
+      const T r = values[j], z = values[stride + j], n = values[2 * stride + j];
+      const T m = values[3 * stride + j];
+      const T d_an = dh_step * (T(1) - z) * (T(1) - n * n);
+      T d_r = d_an * m;
+      T d_z = dh_step * (h_prev[j] - n);
+      if (kDgates) {
+        d_r = d_r + dgates[j];
+        d_z = d_z + dgates[stride + j];
+      }
+      const T ar = d_r * r * (T(1) - r);
+      const T az = d_z * z * (T(1) - z);
+      const T d_ar = ar * kr;
+      const T d_az = az * kz;
+      const T d_nr = d_an * r;
+      dx[j] = d_ar;
+      dx[stride + j] = d_az;
+      dx[2 * stride + j] = d_an;
+      d_hh[j] = d_ar;
+      d_hh[stride + j] = d_az;
+      d_hh[2 * stride + j] = d_nr;
+      dn_r[j] = d_nr;
+      direct[j] = kKeep ? dh_step * z : dh_acc;
+    }
+  }
+
+  const CellParams<T>& p_;
+  int64_t batch_, hidden_, g3_;
+  std::vector<T> zero_bias_;
+  // Forward
+  const T* bhn_ = nullptr;
+  T* values_ = nullptr;
+  T* gates_ = nullptr;
+  // Backward
+  const T* saved_hs_ = nullptr;
+  const T* saved_values_ = nullptr;
+  const T* dgates_ = nullptr;
+  T* dxp_ = nullptr;
+  T* dbhn_ = nullptr;
+  std::vector<T> dn_r_;    // d_an * r: the last block of d_hh, for dU after the loop
+  std::vector<T> d_hh_;    // this step's d_hh [batch, 3 hidden]
+  std::vector<T> direct_;  // dh z (+ dh where the step is held)
+};
 
 // ---------------------------------------------------------------------------------------------
-// Dtype dispatch and FFI bindings
+// The dtype dispatch and the handlers
 
-ffi::Error dtype_error(const char* handler, const ffi::AnyBuffer& b) {
-  return ffi::Error::InvalidArgument(std::string(handler) +
-                                     ": the arrays must be float32 or float64; got XLA dtype " +
-                                     std::to_string(static_cast<int>(b.element_type())));
-}
-
-Overrides make_overrides(int64_t mask, double v0, double v1, double v2) {
-  return Overrides{{(mask & 1) != 0, (mask & 2) != 0, (mask & 4) != 0}, {v0, v1, v2}};
-}
-
-ffi::Error LstmForwardDispatch(ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer b,
-                               ffi::AnyBuffer u, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
-                               ffi::AnyBuffer valid, ffi::AnyBuffer mask, int64_t reverse,
-                               int64_t has_input, int64_t has_valid, int64_t has_mask,
-                               int64_t override_mask, double o0, double o1, double o2,
-                               ffi::Result<ffi::AnyBuffer> c_last,
-                               ffi::Result<ffi::AnyBuffer> h_last, ffi::Result<ffi::AnyBuffer> hs,
-                               ffi::Result<ffi::AnyBuffer> acts, ffi::Result<ffi::AnyBuffer> cs) {
-  const Overrides ov = make_overrides(override_mask, o0, o1, o2);
-  switch (xs.element_type()) {
+// The one dtype dispatch: calls fn(T()) with T the element type of `typed`.
+template <typename F>
+ffi::Error dispatch(const char* handler, const ffi::AnyBuffer& typed, F&& fn) {
+  switch (typed.element_type()) {
     case ffi::DataType::F32:
-      return LstmForward<float>(xs, w, b, u, c0, h0, valid, mask, reverse, has_input, has_valid,
-                                has_mask, ov, c_last, h_last, hs, acts, cs);
+      return fn(float());
     case ffi::DataType::F64:
-      return LstmForward<double>(xs, w, b, u, c0, h0, valid, mask, reverse, has_input, has_valid,
-                                 has_mask, ov, c_last, h_last, hs, acts, cs);
+      return fn(double());
     default:
-      return dtype_error("gatenets_lstm_forward", xs);
+      return ffi::Error::InvalidArgument(
+          std::string(handler) + ": the arrays must be float32 or float64; got XLA dtype " +
+          std::to_string(static_cast<int>(typed.element_type())));
   }
 }
 
-ffi::Error LstmBackwardDispatch(
-    ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer u, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
-    ffi::AnyBuffer valid, ffi::AnyBuffer mask, ffi::AnyBuffer cs, ffi::AnyBuffer hs,
-    ffi::AnyBuffer acts, ffi::AnyBuffer dc_last, ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs,
-    ffi::AnyBuffer dacts, int64_t reverse, int64_t has_input, int64_t has_valid,
-    int64_t has_mask, int64_t has_dacts, int64_t override_mask, double o0, double o1, double o2,
-    ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dh0,
-    ffi::Result<ffi::AnyBuffer> dz, ffi::Result<ffi::AnyBuffer> du, ffi::Result<ffi::AnyBuffer> dw,
-    ffi::Result<ffi::AnyBuffer> db, ffi::Result<ffi::AnyBuffer> dx) {
-  const Overrides ov = make_overrides(override_mask, o0, o1, o2);
-  switch (hs.element_type()) {
-    case ffi::DataType::F32:
-      return LstmBackward<float>(xs, w, u, c0, h0, valid, mask, cs, hs, acts, dc_last, dh_last,
-                                 dhs, dacts, reverse, has_input, has_valid, has_mask, has_dacts,
-                                 ov, dc0, dh0, dz, du, dw, db, dx);
-    case ffi::DataType::F64:
-      return LstmBackward<double>(xs, w, u, c0, h0, valid, mask, cs, hs, acts, dc_last, dh_last,
-                                  dhs, dacts, reverse, has_input, has_valid, has_mask, has_dacts,
-                                  ov, dc0, dh0, dz, du, dw, db, dx);
-    default:
-      return dtype_error("gatenets_lstm_backward", hs);
-  }
+using Out = ffi::Result<ffi::AnyBuffer>;
+
+ffi::Error LstmForward(ffi::AnyBuffer xs, ffi::AnyBuffer input_kernel, ffi::AnyBuffer bias,
+                       ffi::AnyBuffer recurrent_kernel, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
+                       ffi::AnyBuffer valid, ffi::AnyBuffer mask, Options options, Out c_last,
+                       Out h_last, Out hs, Out acts, Out cs) {
+  Sizes n;
+  RETURN_IF_ERROR(forward_sizes(4, xs, input_kernel, bias, recurrent_kernel, h0, valid, mask,
+                                options, &n));
+  RETURN_IF_ERROR(expect_dims("c0", c0, {n.batch, n.hidden}));
+  return dispatch("gatenets_lstm_forward", xs, [&](auto zero) {
+    using T = decltype(zero);
+    const auto p = make_params<T>(n, options, xs, input_kernel, &bias, recurrent_kernel, h0,
+                                  valid, mask);
+    LstmCell<T> cell(p);
+    cell.start_forward(data<T>(c0), data<T>(c_last), optional_data<T>(acts),
+                       optional_data<T>(cs));
+    run_forward(p, cell, data<T>(hs), data<T>(h_last));
+    return ffi::Error::Success();
+  });
 }
 
-ffi::Error GruForwardDispatch(ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer b,
-                              ffi::AnyBuffer u, ffi::AnyBuffer bhn, ffi::AnyBuffer h0,
-                              ffi::AnyBuffer valid, ffi::AnyBuffer mask, int64_t reverse,
-                              int64_t has_input, int64_t has_valid, int64_t has_mask,
-                              int64_t has_recurrent_bias, int64_t override_mask, double o0,
-                              double o1, ffi::Result<ffi::AnyBuffer> h_last,
-                              ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> values,
-                              ffi::Result<ffi::AnyBuffer> gates) {
-  const Overrides ov = make_overrides(override_mask, o0, o1, 0.0);
-  switch (xs.element_type()) {
-    case ffi::DataType::F32:
-      return GruForward<float>(xs, w, b, u, bhn, h0, valid, mask, reverse, has_input, has_valid,
-                               has_mask, has_recurrent_bias, ov, h_last, hs, values, gates);
-    case ffi::DataType::F64:
-      return GruForward<double>(xs, w, b, u, bhn, h0, valid, mask, reverse, has_input, has_valid,
-                                has_mask, has_recurrent_bias, ov, h_last, hs, values, gates);
-    default:
-      return dtype_error("gatenets_gru_forward", xs);
-  }
+ffi::Error LstmBackward(ffi::AnyBuffer xs, ffi::AnyBuffer input_kernel,
+                        ffi::AnyBuffer recurrent_kernel, ffi::AnyBuffer c0, ffi::AnyBuffer h0,
+                        ffi::AnyBuffer valid, ffi::AnyBuffer mask, ffi::AnyBuffer cs,
+                        ffi::AnyBuffer hs, ffi::AnyBuffer acts, ffi::AnyBuffer dc_last,
+                        ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs, ffi::AnyBuffer dacts,
+                        Options options, Out dc0, Out dh0, Out dz, Out du, Out dw, Out db,
+                        Out dx) {
+  Sizes n;
+  RETURN_IF_ERROR(backward_sizes(4, xs, input_kernel, recurrent_kernel, h0, valid, mask, hs,
+                                 dh_last, dhs, options, &n));
+  RETURN_IF_ERROR(expect_dims("c0", c0, {n.batch, n.hidden}));
+  RETURN_IF_ERROR(expect_dims("dc_last", dc_last, {n.batch, n.hidden}));
+  RETURN_IF_ERROR(expect_dims("cs", cs, {n.steps, n.batch, n.hidden}));
+  RETURN_IF_ERROR(expect_dims("acts", acts, {n.steps, n.batch, 4 * n.hidden}));
+  if (options.has_gate_cotangent)
+    RETURN_IF_ERROR(expect_dims("dacts", dacts, {n.steps, n.batch, 4 * n.hidden}));
+  return dispatch("gatenets_lstm_backward", hs, [&](auto zero) {
+    using T = decltype(zero);
+    const auto p = make_params<T>(n, options, xs, input_kernel, nullptr, recurrent_kernel, h0,
+                                  valid, mask);
+    LstmCell<T> cell(p);
+    cell.start_backward(data<T>(c0), data<T>(cs), data<T>(acts),
+                        options.has_gate_cotangent ? data<T>(dacts) : nullptr, data<T>(dc_last),
+                        data<T>(dc0), data<T>(dz));
+    T* dh = data<T>(dh0);
+    std::memcpy(dh, data<T>(dh_last), sizeof(T) * n.batch * n.hidden);
+    run_backward(p, cell, data<T>(hs), data<T>(dhs), dh, data<T>(du), optional_data<T>(dw),
+                 optional_data<T>(db), optional_data<T>(dx));
+    return ffi::Error::Success();
+  });
 }
 
-ffi::Error GruBackwardDispatch(
-    ffi::AnyBuffer xs, ffi::AnyBuffer w, ffi::AnyBuffer u, ffi::AnyBuffer h0,
-    ffi::AnyBuffer valid, ffi::AnyBuffer mask, ffi::AnyBuffer hs, ffi::AnyBuffer values,
-    ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs, ffi::AnyBuffer dgates, int64_t reverse,
-    int64_t has_input, int64_t has_valid, int64_t has_mask, int64_t has_recurrent_bias,
-    int64_t has_dgates, int64_t override_mask, double o0, double o1,
-    ffi::Result<ffi::AnyBuffer> dh0, ffi::Result<ffi::AnyBuffer> dxp,
-    ffi::Result<ffi::AnyBuffer> du, ffi::Result<ffi::AnyBuffer> dbhn,
-    ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db,
-    ffi::Result<ffi::AnyBuffer> dx) {
-  const Overrides ov = make_overrides(override_mask, o0, o1, 0.0);
-  switch (hs.element_type()) {
-    case ffi::DataType::F32:
-      return GruBackward<float>(xs, w, u, h0, valid, mask, hs, values, dh_last, dhs, dgates,
-                                reverse, has_input, has_valid, has_mask, has_recurrent_bias,
-                                has_dgates, ov, dh0, dxp, du, dbhn, dw, db, dx);
-    case ffi::DataType::F64:
-      return GruBackward<double>(xs, w, u, h0, valid, mask, hs, values, dh_last, dhs, dgates,
-                                 reverse, has_input, has_valid, has_mask, has_recurrent_bias,
-                                 has_dgates, ov, dh0, dxp, du, dbhn, dw, db, dx);
-    default:
-      return dtype_error("gatenets_gru_backward", hs);
-  }
+ffi::Error GruForward(ffi::AnyBuffer xs, ffi::AnyBuffer input_kernel, ffi::AnyBuffer bias,
+                      ffi::AnyBuffer recurrent_kernel, ffi::AnyBuffer recurrent_bias,
+                      ffi::AnyBuffer h0, ffi::AnyBuffer valid, ffi::AnyBuffer mask,
+                      Options options, Out h_last, Out hs, Out values, Out gates) {
+  Sizes n;
+  RETURN_IF_ERROR(forward_sizes(3, xs, input_kernel, bias, recurrent_kernel, h0, valid, mask,
+                                options, &n));
+  if (options.has_recurrent_bias)
+    RETURN_IF_ERROR(expect_dims("recurrent_bias", recurrent_bias, {n.hidden}));
+  return dispatch("gatenets_gru_forward", xs, [&](auto zero) {
+    using T = decltype(zero);
+    const auto p = make_params<T>(n, options, xs, input_kernel, &bias, recurrent_kernel, h0,
+                                  valid, mask);
+    GruCell<T> cell(p);
+    cell.start_forward(options.has_recurrent_bias ? data<T>(recurrent_bias) : nullptr,
+                       optional_data<T>(values), optional_data<T>(gates));
+    run_forward(p, cell, data<T>(hs), data<T>(h_last));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error GruBackward(ffi::AnyBuffer xs, ffi::AnyBuffer input_kernel,
+                       ffi::AnyBuffer recurrent_kernel, ffi::AnyBuffer h0, ffi::AnyBuffer valid,
+                       ffi::AnyBuffer mask, ffi::AnyBuffer hs, ffi::AnyBuffer values,
+                       ffi::AnyBuffer dh_last, ffi::AnyBuffer dhs, ffi::AnyBuffer dgates,
+                       Options options, Out dh0, Out dxp, Out du, Out dbhn, Out dw, Out db,
+                       Out dx) {
+  Sizes n;
+  RETURN_IF_ERROR(backward_sizes(3, xs, input_kernel, recurrent_kernel, h0, valid, mask, hs,
+                                 dh_last, dhs, options, &n));
+  RETURN_IF_ERROR(expect_dims("values", values, {n.steps, n.batch, 4 * n.hidden}));
+  if (options.has_gate_cotangent)
+    RETURN_IF_ERROR(expect_dims("dgates", dgates, {n.steps, n.batch, 2 * n.hidden}));
+  return dispatch("gatenets_gru_backward", hs, [&](auto zero) {
+    using T = decltype(zero);
+    const auto p = make_params<T>(n, options, xs, input_kernel, nullptr, recurrent_kernel, h0,
+                                  valid, mask);
+    GruCell<T> cell(p);
+    cell.start_backward(data<T>(hs), data<T>(values),
+                        options.has_gate_cotangent ? data<T>(dgates) : nullptr, data<T>(dxp),
+                        options.has_recurrent_bias ? data<T>(dbhn) : nullptr);
+    T* dh = data<T>(dh0);
+    std::memcpy(dh, data<T>(dh_last), sizeof(T) * n.batch * n.hidden);
+    run_backward(p, cell, data<T>(hs), data<T>(dhs), dh, data<T>(du), optional_data<T>(dw),
+                 optional_data<T>(db), optional_data<T>(dx));
+    return ffi::Error::Success();
+  });
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmForward, LstmForwardDispatch,
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(Options, StructMember<int64_t>("reverse"),
+                                      StructMember<int64_t>("has_input"),
+                                      StructMember<int64_t>("has_valid"),
+                                      StructMember<int64_t>("has_mask"),
+                                      StructMember<int64_t>("has_recurrent_bias"),
+                                      StructMember<int64_t>("has_gate_cotangent"),
+                                      StructMember<int64_t>("override_mask"),
+                                      StructMember<double>("override_0"),
+                                      StructMember<double>("override_1"),
+                                      StructMember<double>("override_2"));
+
+// The bindings: arrays in (absent optional ones as zero-size buffers), the options, arrays out.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmForward, LstmForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // xs
                                   .Arg<ffi::AnyBuffer>()  // input_kernel
@@ -1196,24 +1316,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmForward, LstmForwardDispatch,
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::AnyBuffer>()  // valid
                                   .Arg<ffi::AnyBuffer>()  // recurrent_mask
-                                  .Attr<int64_t>("reverse")
-                                  .Attr<int64_t>("has_input")
-                                  .Attr<int64_t>("has_valid")
-                                  .Attr<int64_t>("has_mask")
-                                  .Attr<int64_t>("override_mask")
-                                  .Attr<double>("override_0")
-                                  .Attr<double>("override_1")
-                                  .Attr<double>("override_2")
-                                  .Ret<ffi::AnyBuffer>()   // c_last
-                                  .Ret<ffi::AnyBuffer>()   // h_last
-                                  .Ret<ffi::AnyBuffer>()   // hs
-                                  .Ret<ffi::AnyBuffer>()   // acts (or empty)
+                                  .Attrs<Options>()
+                                  .Ret<ffi::AnyBuffer>()  // c_last
+                                  .Ret<ffi::AnyBuffer>()  // h_last
+                                  .Ret<ffi::AnyBuffer>()  // hs
+                                  .Ret<ffi::AnyBuffer>()  // acts (or empty)
                                   .Ret<ffi::AnyBuffer>());  // cs (or empty)
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmBackward, LstmBackwardDispatch,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmBackward, LstmBackward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()  // xs
-                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // xs (or empty)
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel (or empty)
                                   .Arg<ffi::AnyBuffer>()  // recurrent_kernel
                                   .Arg<ffi::AnyBuffer>()  // c0
                                   .Arg<ffi::AnyBuffer>()  // h0
@@ -1225,25 +1338,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsLstmBackward, LstmBackwardDispatch,
                                   .Arg<ffi::AnyBuffer>()  // dc_last
                                   .Arg<ffi::AnyBuffer>()  // dh_last
                                   .Arg<ffi::AnyBuffer>()  // dhs
-                                  .Arg<ffi::AnyBuffer>()  // dacts
-                                  .Attr<int64_t>("reverse")
-                                  .Attr<int64_t>("has_input")
-                                  .Attr<int64_t>("has_valid")
-                                  .Attr<int64_t>("has_mask")
-                                  .Attr<int64_t>("has_dacts")
-                                  .Attr<int64_t>("override_mask")
-                                  .Attr<double>("override_0")
-                                  .Attr<double>("override_1")
-                                  .Attr<double>("override_2")
-                                  .Ret<ffi::AnyBuffer>()   // dc0
-                                  .Ret<ffi::AnyBuffer>()   // dh0
-                                  .Ret<ffi::AnyBuffer>()   // dz
-                                  .Ret<ffi::AnyBuffer>()   // d recurrent_kernel
-                                  .Ret<ffi::AnyBuffer>()   // d input_kernel (or empty)
-                                  .Ret<ffi::AnyBuffer>()   // d bias (or empty)
+                                  .Arg<ffi::AnyBuffer>()  // dacts (or empty)
+                                  .Attrs<Options>()
+                                  .Ret<ffi::AnyBuffer>()  // dc0
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Ret<ffi::AnyBuffer>()  // dz
+                                  .Ret<ffi::AnyBuffer>()  // d recurrent_kernel
+                                  .Ret<ffi::AnyBuffer>()  // d input_kernel (or empty)
+                                  .Ret<ffi::AnyBuffer>()  // d bias (or empty)
                                   .Ret<ffi::AnyBuffer>());  // d xs raw (or empty)
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruForward, GruForwardDispatch,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruForward, GruForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // xs
                                   .Arg<ffi::AnyBuffer>()  // input_kernel
@@ -1253,23 +1358,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruForward, GruForwardDispatch,
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::AnyBuffer>()  // valid
                                   .Arg<ffi::AnyBuffer>()  // recurrent_mask
-                                  .Attr<int64_t>("reverse")
-                                  .Attr<int64_t>("has_input")
-                                  .Attr<int64_t>("has_valid")
-                                  .Attr<int64_t>("has_mask")
-                                  .Attr<int64_t>("has_recurrent_bias")
-                                  .Attr<int64_t>("override_mask")
-                                  .Attr<double>("override_0")
-                                  .Attr<double>("override_1")
-                                  .Ret<ffi::AnyBuffer>()   // h_last
-                                  .Ret<ffi::AnyBuffer>()   // hs
-                                  .Ret<ffi::AnyBuffer>()   // values r, z, n, m (or empty)
+                                  .Attrs<Options>()
+                                  .Ret<ffi::AnyBuffer>()  // h_last
+                                  .Ret<ffi::AnyBuffer>()  // hs
+                                  .Ret<ffi::AnyBuffer>()  // values r, z, n, m (or empty)
                                   .Ret<ffi::AnyBuffer>());  // gates r, z (or empty)
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruBackward, GruBackwardDispatch,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruBackward, GruBackward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()  // xs
-                                  .Arg<ffi::AnyBuffer>()  // input_kernel
+                                  .Arg<ffi::AnyBuffer>()  // xs (or empty)
+                                  .Arg<ffi::AnyBuffer>()  // input_kernel (or empty)
                                   .Arg<ffi::AnyBuffer>()  // recurrent_kernel
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::AnyBuffer>()  // valid
@@ -1278,22 +1376,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GatenetsGruBackward, GruBackwardDispatch,
                                   .Arg<ffi::AnyBuffer>()  // values
                                   .Arg<ffi::AnyBuffer>()  // dh_last
                                   .Arg<ffi::AnyBuffer>()  // dhs
-                                  .Arg<ffi::AnyBuffer>()  // dgates
-                                  .Attr<int64_t>("reverse")
-                                  .Attr<int64_t>("has_input")
-                                  .Attr<int64_t>("has_valid")
-                                  .Attr<int64_t>("has_mask")
-                                  .Attr<int64_t>("has_recurrent_bias")
-                                  .Attr<int64_t>("has_dgates")
-                                  .Attr<int64_t>("override_mask")
-                                  .Attr<double>("override_0")
-                                  .Attr<double>("override_1")
-                                  .Ret<ffi::AnyBuffer>()   // dh0
-                                  .Ret<ffi::AnyBuffer>()   // d projected inputs
-                                  .Ret<ffi::AnyBuffer>()   // d recurrent_kernel
-                                  .Ret<ffi::AnyBuffer>()   // d recurrent_bias (or empty)
-                                  .Ret<ffi::AnyBuffer>()   // d input_kernel (or empty)
-                                  .Ret<ffi::AnyBuffer>()   // d bias (or empty)
+                                  .Arg<ffi::AnyBuffer>()  // dgates (or empty)
+                                  .Attrs<Options>()
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Ret<ffi::AnyBuffer>()  // d projected inputs
+                                  .Ret<ffi::AnyBuffer>()  // d recurrent_kernel
+                                  .Ret<ffi::AnyBuffer>()  // d recurrent_bias (or empty)
+                                  .Ret<ffi::AnyBuffer>()  // d input_kernel (or empty)
+                                  .Ret<ffi::AnyBuffer>()  // d bias (or empty)
                                   .Ret<ffi::AnyBuffer>());  // d xs raw (or empty)
 
 // Thread control for Python (ctypes): the number of threads the loops share their work among.
