@@ -184,3 +184,40 @@ def test_a_new_cell_is_one_file_and_one_row():
     assert loop_table.family_loops(row.name) == (Loop.SCAN,)
     with pytest.raises(ValueError, match="family must be a lower-case name"):
         gatenets.registry.CellFamily.of(gatenets.GatedCell)
+
+
+def _dot_precisions(jaxpr):
+    """Every dot_general's precision in a jaxpr, sub-jaxprs (scan bodies, custom VJPs) too."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dot_precisions(inner)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_precision_reaches_every_matmul_of_every_loop(name):
+    family = FAMILIES[name]
+    highest = jax.lax.Precision.HIGHEST
+    for loop in loop_table.family_loops(name):
+        # The native kernels' matmuls are CPU BLAS calls, always full float32: no dot here.
+        if loop in (*loop_table.STACK_LOOPS, Loop.NATIVE):
+            continue
+        layer = family.layer(I, H, loop=loop, precision="highest", rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+        def loss(params, v):
+            return nnx.merge(graphdef, params, rest)(v).sum()
+
+        with jax.default_matmul_precision("bfloat16"):
+            jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x()).jaxpr
+        precisions = _dot_precisions(jaxpr)
+        assert precisions, (name, loop)
+        assert all(p in ("highest", (highest, highest)) for p in precisions), (name, loop)
+    with pytest.raises(ValueError, match="precision must be None, 'default'"):
+        family.cell(I, H, precision="exact", rngs=nnx.Rngs(0))

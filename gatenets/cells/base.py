@@ -498,6 +498,7 @@ class FusedKernelCell(GatedCell):
             overrides=constant_overrides(request.gate_overrides, self.gate_names),
             remat=self.remat,
             unroll=request.unroll,
+            precision=self.precision,
         )
         carry, hs, gates = self.kernel_results(results, request.return_gates)
         return carry, zero_invalid(valid, hs), gates
