@@ -211,7 +211,7 @@ def test_precision_reaches_every_matmul_of_every_loop(name):
         layer = family.layer(I, H, loop=loop, precision="highest", rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
 
-        def loss(params, v):
+        def loss(params, v, graphdef=graphdef, rest=rest):
             return nnx.merge(graphdef, params, rest)(v).sum()
 
         with jax.default_matmul_precision("bfloat16"):
