@@ -61,7 +61,7 @@ from gatenets.recurrent import MinGRU as MinGRU
 from gatenets.recurrent import MinLSTM as MinLSTM
 from gatenets.recurrent import RecurrentStack as RecurrentStack
 
-__version__ = "0.1.0"
+from gatenets._version import __version__ as __version__
 
 __all__ = [
     "AblationResult",

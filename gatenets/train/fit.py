@@ -299,7 +299,7 @@ def check_resume_steps(start: int, steps: int) -> None:
     """Raises unless a run resumed at step ``start`` can train to ``steps``.
 
     Example:
-      >>> from gatenets.train.loop import check_resume_steps
+      >>> from gatenets.train.fit import check_resume_steps
       >>> check_resume_steps(4, 3)
       Traceback (most recent call last):
       ...
