@@ -125,8 +125,8 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gatenets.train.rundir import RunDirectoryInUseError
     from gatenets.train.run import RunConfig, open_run, train_run
+    from gatenets.train.rundir import RunDirectoryInUseError
 
     if args.list:
         print("tasks:")
