@@ -231,12 +231,36 @@ def read_config(run_dir: str | pathlib.Path) -> RunConfig:
             raise ValueError(f"unexpected key {unknown[0]!r}")
         if not isinstance(data.get("task"), str):
             raise ValueError("no task name")
+        for key, value in data.items():
+            _check_config_value(key, value)
         return RunConfig(**data)
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{str(path)!r} is not a run config written by gatenets run ({err}); fix it or "
             "run again into a new directory."
         ) from None
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,),
+    "options": (dict,),
+    "model": (str, type(None)),
+    "learning_rate": (int, float, type(None)),
+    "grad_clip": (int, float),
+    "data_parallel": (bool,),
+}
+"""The JSON types of :class:`RunConfig`'s fields; the others are integers (or null)."""
+
+
+def _check_config_value(key: str, value: Any) -> None:
+    """Raises ValueError naming ``key`` when ``value`` is not of its field's JSON type (a
+    hand-edited ``config.json``)."""
+    types = _CONFIG_TYPES.get(key, (int, type(None)))
+    if key in ("num_layers", "seed", "keep_checkpoints", "grad_clip"):
+        types = tuple(t for t in types if t is not type(None))
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ValueError(f"{key!r} is {json.dumps(value)}, expected {expected}")
 
 
 def _check_resumable(
@@ -457,7 +481,15 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     """
     run_dir = pathlib.Path(run_dir)
     config = read_config(run_dir)
-    task, _, model = _build(config)
+    try:
+        task, _, model = _build(config)
+    except TextChangedError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{str(run_dir / 'config.json')!r} does not describe a run gatenets can rebuild "
+            f"({err}); fix it or run again into a new directory."
+        ) from err
     with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
         checkpoints.restore(model)
     model.eval()

@@ -18,6 +18,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -261,6 +262,9 @@ class TensorBoardWriter(Hook):
 def read_metrics(path: str | pathlib.Path) -> list[Record]:
     """The records of a ``metrics.jsonl`` file (a run directory names its file).
 
+    A last line cut short (no newline, not JSON: the run stopped while writing it) is skipped
+    with a warning; any other line that is not JSON is an error.
+
     Raises:
       FileNotFoundError: naming the path when there is no such file.
       ValueError: naming the line that is not JSON.
@@ -272,13 +276,23 @@ def read_metrics(path: str | pathlib.Path) -> list[Record]:
         raise FileNotFoundError(
             f"run: no metrics.jsonl at {str(path)!r}; give a directory written by gatenets run."
         )
+    text = path.read_text()
+    lines = text.splitlines()
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                # A run stopped in the middle of writing its last record: the rest stands.
+                warnings.warn(
+                    f"{str(path)!r}: skipped line {number}, cut short ({len(line)} characters, "
+                    "no newline); the run stopped while writing it.",
+                    stacklevel=2,
+                )
+                continue
             raise ValueError(f"{str(path)!r} line {number} is not JSON: {err}.") from None
     return records
 
