@@ -2,6 +2,7 @@
 
 from gatenets import inspect as inspect
 from gatenets import linen as linen
+from gatenets._environment import warn_unknown_variables as _warn_unknown_environment_variables
 from gatenets._version import __version__ as __version__
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
@@ -61,6 +62,8 @@ from gatenets.recurrent import BidirectionalCarry as BidirectionalCarry
 from gatenets.recurrent import MinGRU as MinGRU
 from gatenets.recurrent import MinLSTM as MinLSTM
 from gatenets.recurrent import RecurrentStack as RecurrentStack
+
+_warn_unknown_environment_variables()
 
 __all__ = [
     "AblationResult",

@@ -20,7 +20,7 @@ def load_example(name):
     [
         ("adding", {"length": 6, "hidden": 4, "batch": 8}, "test MSE"),
         ("copying", {"delay": 3, "hidden": 8, "batch": 8}, "memoryless baseline"),
-        ("mnist1d", {"hidden": 4, "batch": 8, "num_samples": 500}, "published GRU 0.91"),
+        ("mnist1d_classify", {"hidden": 4, "batch": 8, "num_samples": 500}, "published GRU 0.91"),
         ("temporal_order", {"min_length": 12, "max_length": 14, "hidden": 4, "batch": 8}, "Brier"),
     ],
 )
