@@ -6,12 +6,15 @@ a device mesh, and whole runs of the example tasks (``gatenets run``).
 from __future__ import annotations
 
 from gatenets.train.checkpoint import Checkpointer as Checkpointer
+from gatenets.train.checkpoint import CheckpointMismatchError as CheckpointMismatchError
+from gatenets.train.checkpoint import CheckpointWriteError as CheckpointWriteError
 from gatenets.train.checkpoint import CorruptCheckpointError as CorruptCheckpointError
 from gatenets.train.fit import FitHooks as FitHooks
 from gatenets.train.fit import FitResult as FitResult
 from gatenets.train.fit import fit as fit
 from gatenets.train.fit import fit_hooks as fit_hooks
 from gatenets.train.fit import train_loop as train_loop
+from gatenets.train.hooks import FitContext as FitContext
 from gatenets.train.hooks import Hook as Hook
 from gatenets.train.hooks import LoopState as LoopState
 from gatenets.train.hooks import NonFiniteGuard as NonFiniteGuard
@@ -45,8 +48,11 @@ from gatenets.train.watch import plot_training as plot_training
 from gatenets.train.watch import read_metrics as read_metrics
 
 __all__ = [
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
     "Checkpointer",
     "CorruptCheckpointError",
+    "FitContext",
     "FitHooks",
     "FitResult",
     "GateStatsHook",

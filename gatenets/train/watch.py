@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gatenets.tasks.base import Batch
-from gatenets.train.hooks import Hook, LoopState, Record, Schedule
+from gatenets.tasks.base import Batch, check_positive_int
+from gatenets.train.hooks import FitContext, Hook, LoopState, Record, Schedule
+from gatenets.train.sharding import batch_placer
 
 _SUMMARY = ("mean", "left_saturated", "right_saturated")
 
@@ -164,19 +165,36 @@ class GateStatsHook(Hook):
 
     def __init__(
         self,
-        batch: Batch,
-        schedule: Schedule,
-        emit: Callable[[Record], None],
+        batch: Batch | None = None,
+        schedule: Schedule | None = None,
+        emit: Callable[[Record], None] | None = None,
         *,
+        every: int | None = None,
         left: float = 0.1,
         right: float = 0.9,
         bins: int = 20,
     ):
+        if every is not None:
+            check_positive_int("every", every)
         self.batch = batch
         self.schedule = schedule
         self.emit = emit
+        self.every = every
         self.left, self.right, self.bins = left, right, bins
         self.seconds = 0.0
+
+    def begin(self, context: FitContext) -> None:
+        """Fills in what was not given: the first validation batch (no larger than
+        ``eval_batch_size`` or :data:`PROBE_BATCH_SIZE`), ``Schedule(every, steps)`` and the
+        run's ``emit``; so ``fit(…, hooks=[GateStatsHook(every=50)])`` needs nothing else."""
+        if self.batch is None:
+            size = min(context.eval_batch_size, PROBE_BATCH_SIZE)
+            probe = next(context.task.batches("valid", size, seed=context.seed))
+            self.batch = batch_placer(context.mesh, replicate_uneven=True)(probe)
+        if self.schedule is None:
+            self.schedule = Schedule(self.every, context.steps)
+        if self.emit is None:
+            self.emit = context.emit
 
     def after_step(self, state: LoopState) -> None:
         if not self.schedule(state.step):
