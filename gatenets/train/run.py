@@ -169,7 +169,7 @@ def train_model(
       resume: continue from the latest checkpoint in ``out_dir``.
       resume_step: continue from this earlier checkpoint instead.
       progress: show a progress bar.
-      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
+      **watch: ``gate_stats_every``, ``tensorboard_dir`` and ``hooks``, passed to :func:`fit`.
 
     Example:
       >>> from gatenets.train import RunConfig, train_model
@@ -342,7 +342,7 @@ def run(
       resume_step: continue from this earlier checkpoint instead (implies ``resume``).
       progress: show a progress bar.
       flag: how errors name ``out_dir`` (``"--out"`` from the command line).
-      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
+      **watch: ``gate_stats_every``, ``tensorboard_dir`` and ``hooks``, passed to :func:`fit`.
 
     Raises:
       FileExistsError: when ``out_dir`` holds files but no gatenets run (nothing is
