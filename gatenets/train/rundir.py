@@ -12,7 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import warnings
 from typing import Any
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 LOCK_FILE = ".gatenets.lock"
 """The lock file in a run directory; it holds the pid of the process that last took it."""
@@ -103,17 +106,26 @@ class RunLock:
     """  # noqa: E501
 
     def __init__(self, path: str | os.PathLike, *, flag: str = "out_dir"):
-        import fcntl
-
         self.path = pathlib.Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK_FILE
         self._fd: int | None = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
+            import fcntl
+
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        except (ImportError, OSError) as err:
             os.close(self._fd)
             self._fd = None
+            if isinstance(err, ImportError) or err.errno in _NO_LOCKS:
+                # Windows (no fcntl), or a file system without locks (some network ones).
+                warnings.warn(
+                    f"{flag} {str(self.path)!r} cannot be locked here "
+                    f"({getattr(err, 'strerror', None) or 'no fcntl'}); nothing stops a second "
+                    "run from writing into it at the same time.",
+                    stacklevel=2,
+                )
+                return
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = _read_pid(lock)

@@ -224,3 +224,16 @@ def test_the_command_line_module_does_not_import_the_package_root():
     assert gatenets.cli.UsageError is gatenets._usage.UsageError
     for module in ("train/cli.py", "train/plot_cli.py"):
         assert "gatenets.cli" not in (ROOT / "gatenets" / module).read_text()
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot be locked here .No locks available."):
+        lock = RunLock(tmp_path)
+    lock.release()
