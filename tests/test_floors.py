@@ -3,8 +3,8 @@ the set that .ci/run installs together and tests."""
 
 import pathlib
 import re
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
