@@ -3,6 +3,8 @@
 from gatenets import inspect as inspect
 from gatenets import interop as interop
 from gatenets import linen as linen
+from gatenets._environment import warn_unknown_variables as _warn_unknown_environment_variables
+from gatenets._version import __version__ as __version__
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
 from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
@@ -65,7 +67,7 @@ from gatenets.registry import RGLRU as RGLRU
 from gatenets.registry import MinGRU as MinGRU
 from gatenets.registry import MinLSTM as MinLSTM
 
-__version__ = "0.1.0"
+_warn_unknown_environment_variables()
 
 __all__ = [
     "AblationResult",

@@ -8,12 +8,42 @@ import tempfile
 from collections.abc import Callable
 
 
+def _proc_umask() -> int | None:
+    """The process's umask from Linux's ``/proc/self/status``, read without changing it;
+    None where the system does not say it there."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    # Setting the umask to read it changes what other threads create meanwhile: done once,
+    # at import, and only where /proc cannot say it.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_at_import() if _proc_umask() is None else None
+
+
+def _process_umask() -> int:
+    """The umask now (Linux), or as it was when gatenets was imported (elsewhere)."""
+    umask = _proc_umask()
+    return umask if umask is not None else _UMASK_AT_IMPORT
+
+
 def _make_readable(path: str) -> None:
     # mkstemp creates files readable by their owner only; what the library writes (runs,
     # checkpoints' manifests, reports, exports) is meant to follow the umask like any file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    # The umask is read, never set: setting it, even for a moment, would change the files
+    # other threads create meanwhile.
+    os.chmod(path, 0o666 & ~_process_umask())
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str) -> None:

@@ -4,22 +4,24 @@ Each subcommand lives with its feature and registers itself here through a modul
 provides ``register(subparsers)``; the parser sets ``func`` to the function to run.
 
 Failures read as one line on stderr, naming the argument or file and what to do: a
-:class:`UsageError` (a bad argument, path or file given) exits with 2, any other error (a run
-that failed: a non-finite loss, a corrupt checkpoint, a full disk) with 1, Ctrl-C with 130.
+:class:`~gatenets._usage.UsageError` (a bad argument, path or file given) exits with 2, any
+other error (a run that failed: a non-finite loss, a corrupt checkpoint, a full disk) with 1,
+Ctrl-C with 130.
 ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import os
-import pathlib
+import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 
-import gatenets
+from gatenets._usage import UsageError as UsageError
+from gatenets._usage import check_output_dir as check_output_dir
+from gatenets._version import __version__
 
 # Feature modules that add subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -30,44 +32,6 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class UsageError(Exception):
-    """A bad argument, path or input file: the command exits with 2, printing the message."""
-
-
-def check_output_dir(flag: str, path: str | os.PathLike) -> None:
-    """Raises :class:`UsageError` unless ``path`` is a directory the command can write, or
-    one it can create: checked before any work, by writing a probe file.
-
-    Example:
-      >>> import tempfile
-      >>> from gatenets.cli import check_output_dir
-      >>> with tempfile.NamedTemporaryFile() as f:
-      ...     check_output_dir("--out", f.name)  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ...
-      gatenets.cli.UsageError: --out '...' is a file, not a directory; choose a directory.
-    """
-    path = pathlib.Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {str(path)!r} is a file, not a directory; choose a directory.")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(
-            f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file; choose "
-            "another directory."
-        )
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise UsageError(
-            f"{flag} {str(path)!r} is not writable ({err.strerror} in {str(existing)!r}); "
-            "choose a directory you can write."
-        ) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatenets",
@@ -76,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             "you can return, summarise, plot and override."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"gatenets {gatenets.__version__}")
+    parser.add_argument("--version", action="version", version=f"gatenets {__version__}")
     debug = "show the traceback of a failure instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -97,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     prog = f"gatenets {args.command}"
+    quiet = None if args.debug else _QuietBackgroundErrors()
+    if quiet is not None:
+        logging.getLogger("absl").addFilter(quiet)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -109,12 +76,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"{prog}: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if quiet is not None:
+            logging.getLogger("absl").removeFilter(quiet)
+
+
+class _QuietBackgroundErrors(logging.Filter):
+    """Holds back the tracebacks that orbax's background threads log when a save fails (a
+    full disk gives hundreds of lines): the same failure reaches the command, which reports
+    it in one line. ``--debug`` shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
 def _one_line(err: Exception) -> str:
     """The error's first line, with its type where the message alone would not say what
     failed (an OSError names its file)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {str(err.filename)!r}" if err.filename is not None else ""
+        return f"no space left on the device{where}; make room, then continue with --resume"
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.strerror or type(err).__name__}: {str(err.filename)!r}"
     return text if text else type(err).__name__

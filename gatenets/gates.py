@@ -118,7 +118,8 @@ def apply_overrides(gates: NamedTuple, overrides: Mapping[str, GateOverride] | N
 
 def check_override_value(name: str, value: Any, where: str) -> None:
     """Raises unless ``value`` can replace a gate: a function, or a number or array of numbers
-    in ``[0, 1]`` (arrays checked when their values are known, i.e. outside ``jit``)."""
+    in ``[0, 1]`` (arrays checked when their values are known, i.e. outside ``jit``; a traced
+    array is checked with ``checkify`` inside a function wrapped by :func:`with_checks`)."""
     if callable(value):
         return
     label = f"gate_overrides[{name!r}] for {where}"
@@ -133,6 +134,11 @@ def check_override_value(name: str, value: Any, where: str) -> None:
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"{label} must hold numbers in [0, 1]; got dtype {dtype}.")
     if isinstance(value, jax.core.Tracer):
+        if _CHECKS.get():  # under jit, inside with_checks: checked when the values exist
+            checkify.check(
+                jnp.all(jnp.isfinite(value) & (value >= 0) & (value <= 1)),
+                f"{label} must lie in [0, 1] (a gate is a sigmoid's output)",
+            )
         return
     values = np.asarray(value, np.float64)
     if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
@@ -236,9 +242,10 @@ def with_checks(fn: Callable) -> Callable:
 
     Outside ``jax.jit`` every argument is checked when a layer is called. Under ``jit`` the
     values of ``seq_lengths`` are not known at trace time; by default a length above ``time``
-    counts as ``time`` and a negative one as 0 (the mask is ``arange(time) < length``). Inside
-    a function wrapped by ``with_checks`` and then by ``jax.experimental.checkify.checkify``,
-    such a length is an error instead, raised by ``err.throw()``.
+    counts as ``time`` and a negative one as 0 (the mask is ``arange(time) < length``), and
+    a traced array in ``gate_overrides`` is used as it is. Inside a function wrapped by
+    ``with_checks`` and then by ``jax.experimental.checkify.checkify``, such a length, or an
+    override outside ``[0, 1]``, is an error instead, raised by ``err.throw()``.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pathlib
 import sysconfig
@@ -54,6 +55,10 @@ def stdlib_corpus() -> str:
     return "\n".join((root / name).read_text(encoding="utf-8") for name in STDLIB_FILES)
 
 
+class TextChangedError(ValueError):
+    """The text file of a run is not the one it was trained on (its SHA-256 differs)."""
+
+
 class CharLMTask(Task):
     """Character-level language modelling: predict each next character.
 
@@ -66,8 +71,12 @@ class CharLMTask(Task):
     published number for this corpus.
 
     Options:
-      text_file: path of a UTF-8 text file to model instead of the default corpus.
+      text_file: path of a UTF-8 text file to model instead of the default corpus; kept as
+        an absolute path, so that a run can be reloaded from any directory.
       seq_len: characters per training window.
+      text_sha256: the SHA-256 of ``text_file`` (filled in when None). Given, as a saved run
+        gives it back, a file whose contents changed since is refused, naming it: a resumed
+        or inspected run never silently reads other data.
 
     Example:
       >>> from gatenets.tasks import get_task
@@ -90,20 +99,32 @@ class CharLMTask(Task):
         "eval_every": 250,
         "eval_batch_size": 64,
     }
-    option_defaults = {"text_file": None, "seq_len": 100}
+    option_defaults = {"text_file": None, "seq_len": 100, "text_sha256": None}
 
     def __init__(self, **options):
         super().__init__(**options)
         seq_len = check_positive_int("seq_len", self.options["seq_len"], minimum=2)
         text_file = self.options["text_file"]
         if text_file is None:
+            if self.options["text_sha256"] is not None:
+                raise ValueError("text_sha256 is the checksum of text_file; give text_file too.")
             text = stdlib_corpus()
         else:
-            path = pathlib.Path(text_file)
+            path = pathlib.Path(text_file).absolute()
             if not path.is_file():
                 raise FileNotFoundError(f"text_file: no such file {str(path)!r}.")
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            expected = self.options["text_sha256"]
+            if expected is not None and expected != digest:
+                raise TextChangedError(
+                    f"text_file {str(path)!r} has changed since the run was trained on it "
+                    f"(SHA-256 {digest[:16]}…, the run's {str(expected)[:16]}…); put the "
+                    "original text back, or start a new run on the new text."
+                )
+            text = data.decode("utf-8")
             self.options["text_file"] = str(path)
+            self.options["text_sha256"] = digest
         if not text:
             raise ValueError(f"text_file {text_file!r} is empty; a corpus needs text to model.")
         self.vocab: tuple[str, ...] = tuple(sorted(set(text)))

@@ -6,7 +6,15 @@ a device mesh, and whole runs of the example tasks (``gatenets run``).
 from __future__ import annotations
 
 from gatenets.train.checkpoint import Checkpointer as Checkpointer
+from gatenets.train.checkpoint import CheckpointMismatchError as CheckpointMismatchError
+from gatenets.train.checkpoint import CheckpointWriteError as CheckpointWriteError
 from gatenets.train.checkpoint import CorruptCheckpointError as CorruptCheckpointError
+from gatenets.train.fit import FitHooks as FitHooks
+from gatenets.train.fit import FitResult as FitResult
+from gatenets.train.fit import fit as fit
+from gatenets.train.fit import fit_hooks as fit_hooks
+from gatenets.train.fit import train_loop as train_loop
+from gatenets.train.hooks import FitContext as FitContext
 from gatenets.train.hooks import Hook as Hook
 from gatenets.train.hooks import LoopState as LoopState
 from gatenets.train.hooks import NonFiniteGuard as NonFiniteGuard
@@ -19,11 +27,6 @@ from gatenets.train.logs import JsonLinesWriter as JsonLinesWriter
 from gatenets.train.logs import ProgressBar as ProgressBar
 from gatenets.train.logs import TrainLossLog as TrainLossLog
 from gatenets.train.logs import fan_out as fan_out
-from gatenets.train.loop import FitHooks as FitHooks
-from gatenets.train.loop import FitResult as FitResult
-from gatenets.train.loop import fit as fit
-from gatenets.train.loop import fit_hooks as fit_hooks
-from gatenets.train.loop import train_loop as train_loop
 from gatenets.train.run import LoadedRun as LoadedRun
 from gatenets.train.run import RunConfig as RunConfig
 from gatenets.train.run import TrainedModel as TrainedModel
@@ -45,8 +48,11 @@ from gatenets.train.watch import plot_training as plot_training
 from gatenets.train.watch import read_metrics as read_metrics
 
 __all__ = [
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
     "Checkpointer",
     "CorruptCheckpointError",
+    "FitContext",
     "FitHooks",
     "FitResult",
     "GateStatsHook",

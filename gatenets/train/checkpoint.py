@@ -6,6 +6,7 @@ restore checks the manifest and the finiteness of what it loaded before using an
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,41 @@ MANIFEST = "gatenets-manifest.json"
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint failed verification: a file is missing, changed or unreadable, or it holds
     NaN or infinite values. The message names the step, the file and the intact steps."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint is intact but holds another model (other sizes, layers or cell): the
+    message names the first entry that differs."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the disk is full, the directory became read-only):
+    the message names the step and the directory and says which earlier steps are intact.
+    ``errno`` is that of the failure (``errno.ENOSPC`` for a full disk)."""
+
+
+def _write_failure(err: BaseException) -> int | None:
+    """The errno of a failed write, found in ``err`` or its causes (orbax reports tensorstore's
+    failures as ``ValueError("RESOURCE_EXHAUSTED: … No space left on device …")``), or None
+    when ``err`` is not a failed write."""
+    seen = 0
+    while err is not None and seen < 16:
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            return err.errno
+        text = str(err)
+        for number, words in _WRITE_ERRNOS.items():
+            if words in text or f"os_error_code='{number}'" in text:
+                return number
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EROFS: "Read-only file system",
+}
 
 
 _deferring: list[bool] = []
@@ -119,14 +155,14 @@ def verify_manifest(step_dir: str | pathlib.Path) -> str | None:
     """
     step_dir = pathlib.Path(step_dir)
     try:
-        listed = json.loads((step_dir / MANIFEST).read_text())["files"]
+        listed = _read_manifest(step_dir / MANIFEST)
     except FileNotFoundError:
         return (
             f"it has no {MANIFEST} (its save did not finish, or a gatenets without "
             "manifests wrote it)"
         )
-    except (ValueError, KeyError, TypeError):
-        return f"its {MANIFEST} is unreadable"
+    except (OSError, ValueError) as err:
+        return f"its {MANIFEST} is unreadable ({err})"
     present = {path.relative_to(step_dir).as_posix() for path in _step_files(step_dir)}
     for name, entry in sorted(listed.items()):
         path = step_dir / name
@@ -140,6 +176,31 @@ def verify_manifest(step_dir: str | pathlib.Path) -> str | None:
     if extra:
         return f"file {extra[0]!r} was not part of the save"
     return None
+
+
+def _read_manifest(path: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """The ``files`` of a manifest, checked to be ``{name: {"size": int, "sha256": str}}``.
+
+    Raises:
+      ValueError: saying what is malformed.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"no object of files, got {json.dumps(data)[:60]}")
+    for name, entry in files.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise ValueError(f"the entry of {name!r} is not {{size, sha256}}")
+    return files
 
 
 def _flat_state(node: Any) -> dict[str, Any]:
@@ -174,6 +235,11 @@ def _restore_into(node: Any, flat: dict[str, Any]) -> None:
         new_leaves.append(value)
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, new_leaves))
     nnx.update(node, state)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 def saved_steps(directory: str | pathlib.Path) -> list[int]:
@@ -225,6 +291,7 @@ class Checkpointer:
             raise ValueError(f"keep must be an int >= 1; got {keep!r}.")
         self.directory = pathlib.Path(directory).absolute()
         self._unverified: list[int] = []
+        self._in_flight: int | None = None  # the step of the save last started
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -270,10 +337,47 @@ class Checkpointer:
             items["loop"] = ocp.args.JsonSave(loop)
         with deferred_interrupt():
             # Orbax would wait for the previous save anyway; waiting here writes its manifest.
-            self.manager.wait_until_finished()
-            self._write_manifests()
+            self._finish_saves()
             self._unverified.append(int(step))
-            self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+            self._in_flight = int(step)
+            with self._reporting_write_failures():
+                self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+    @contextlib.contextmanager
+    def _reporting_write_failures(self) -> Iterator[None]:
+        """Turns orbax's report of a failed write (many lines, often a ``ValueError``) into a
+        one-line :class:`CheckpointWriteError` naming the step and the intact steps."""
+        try:
+            yield
+        except Exception as err:
+            number = _write_failure(err)
+            if number is None:
+                raise
+            failed = self._in_flight
+            self._unverified.clear()
+            intact = [s for s in saved_steps(self.directory) if s != failed]
+            what = {
+                errno.ENOSPC: "no space left on the device",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only",
+            }[number]
+            kept = (
+                f"the earlier checkpoints (steps {intact}) are intact: make room, then continue "
+                "with resume=True (gatenets run … --resume)"
+                if intact
+                else "no earlier checkpoint was saved"
+            )
+            raise CheckpointWriteError(
+                f"checkpoint step {failed} could not be written in {str(self.directory)!r}: "
+                f"{what}; {kept}."
+            ) from err
+
+    def _finish_saves(self) -> None:
+        """Waits for the save in flight and writes the manifests of finished saves."""
+        with self._reporting_write_failures():
+            self.manager.wait_until_finished()
+        self._in_flight = None
+        self._write_manifests()
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -320,11 +424,12 @@ class Checkpointer:
         items = {"model": ocp.args.StandardRestore(_flat_state(model))}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardRestore(_flat_state(optimizer))
+        for item in items:
+            self._check_matches(step, item, items[item].item)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-            self._refuse(step, f"orbax cannot read it ({type(err).__name__}: {first})")
+        except Exception as err:  # orbax raises what its layers raise: OSError, KeyError, …
+            self._refuse(step, f"orbax cannot read it ({_first_line(err)})")
         for item in items:
             for name, value in restored[item].items():
                 value = np.asarray(value)
@@ -334,6 +439,33 @@ class Checkpointer:
         if optimizer is not None:
             _restore_into(optimizer, restored["optimizer"])
         return step
+
+    def _check_matches(self, step: int, item: str, target: dict[str, Any]) -> None:
+        """Raises :class:`CheckpointMismatchError` unless ``item`` of step ``step`` holds the
+        entries of ``target`` with their shapes (read from orbax's metadata, before any
+        array is)."""
+        try:
+            metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / item)
+            saved = {name: tuple(entry.shape) for name, entry in dict(metadata).items()}
+        except Exception as err:
+            self._refuse(step, f"the metadata of its {item} is unreadable ({_first_line(err)})")
+        where = f"checkpoint step {step} in {str(self.directory)!r} does not match this {item}"
+        advice = "build it with the settings it was saved with (the run's config.json)"
+        for name, leaf in target.items():
+            if name not in saved:
+                raise CheckpointMismatchError(
+                    f"{where}: the {item} has {name!r}, the checkpoint does not; {advice}."
+                )
+            if saved[name] != tuple(np.shape(leaf)):
+                raise CheckpointMismatchError(
+                    f"{where}: {name!r} has shape {saved[name]} in the checkpoint, "
+                    f"{tuple(np.shape(leaf))} in the {item}; {advice}."
+                )
+        extra = sorted(set(saved) - set(target))
+        if extra:
+            raise CheckpointMismatchError(
+                f"{where}: the checkpoint has {extra[0]!r}, the {item} does not; {advice}."
+            )
 
     def step_to_restore(self, step: int | None = None) -> int:
         """``step`` if a checkpoint of it exists, or the latest step when ``step`` is None.
@@ -356,8 +488,13 @@ class Checkpointer:
         """The ``loop`` dictionary saved with step ``step`` (empty if none was)."""
         if not (self.directory / str(step) / "loop").is_dir():
             return {}
-        restored = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
-        return dict(restored["loop"])
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())
+            )
+            return dict(restored["loop"])
+        except Exception as err:
+            self._refuse(step, f"its loop state is unreadable ({_first_line(err)})")
 
     def discard_after(self, step: int) -> list[int]:
         """Moves the checkpoints after ``step`` aside, into ``directory/../discarded-checkpoints/``
@@ -379,13 +516,16 @@ class Checkpointer:
     def wait(self) -> None:
         """Blocks until background saves have finished and their manifests are written."""
         with deferred_interrupt():
-            self.manager.wait_until_finished()
-            self._write_manifests()
+            self._finish_saves()
 
     def close(self) -> None:
         with deferred_interrupt():
-            self.manager.wait_until_finished()
-            self._write_manifests()
+            try:
+                self._finish_saves()
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first failure is the one to report
+                    self.manager.close()
+                raise
             self.manager.close()
 
     def __enter__(self) -> Checkpointer:

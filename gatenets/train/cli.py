@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
+import math
 import pathlib
 import sys
 
-from gatenets.cli import UsageError, check_output_dir
+from gatenets._usage import UsageError, check_output_dir
 from gatenets.registry import FAMILIES
 from gatenets.tasks import TASKS, get_task, list_models, list_tasks
 from gatenets.train.distributed import add_arguments as add_distributed_arguments
@@ -34,6 +36,33 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _count(minimum: int):
+    """An argparse type: an int >= ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (``inf`` and ``nan`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0; got {text!r}")
+    return value
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -48,15 +77,15 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--model", help=f"one of {', '.join(list_models())} (task default if omitted)"
     )
-    parser.add_argument("--steps", type=int, help="training steps (task default if omitted)")
-    parser.add_argument("--hidden", type=int, help="recurrent state size (attention: width)")
+    parser.add_argument("--steps", type=_count(1), help="training steps (task default if omitted)")
+    parser.add_argument("--hidden", type=_count(1), help="recurrent state size (attention: width)")
     parser.add_argument(
-        "--layers", type=int, default=1, help="stacked recurrent layers (attention: blocks)"
+        "--layers", type=_count(1), default=1, help="stacked recurrent layers (attention: blocks)"
     )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--batch-size", type=_count(1))
+    parser.add_argument("--lr", type=_positive_number, help="Adam learning rate")
+    parser.add_argument("--seed", type=_count(0), default=0)
+    parser.add_argument("--eval-every", type=_count(0))
     parser.add_argument("--text", help="charlm: a UTF-8 text file instead of the default corpus")
     parser.add_argument(
         "-o",
@@ -71,7 +100,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument(
         "--resume-step",
-        type=int,
+        type=_count(0),
         metavar="N",
         help="continue from the checkpoint of step N (when the latest is corrupt); implies "
         "--resume",
@@ -83,7 +112,7 @@ def register(subparsers) -> None:
     add_distributed_arguments(parser)
     parser.add_argument(
         "--watch-gates",
-        type=int,
+        type=_count(1),
         nargs="?",
         const=50,
         metavar="N",
@@ -96,7 +125,8 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gatenets.train.run import RunConfig, run
+    from gatenets.train.run import RunConfig, open_run, train_run
+    from gatenets.train.rundir import RunDirectoryInUseError
 
     if args.list:
         print("tasks:")
@@ -113,6 +143,12 @@ def main(args: argparse.Namespace) -> int:
     if args.text is not None:
         _check_text(args.text)
         options["text_file"] = args.text
+    if args.tensorboard is not None:
+        if importlib.util.find_spec("tensorboardX") is None:
+            raise UsageError(
+                "--tensorboard needs tensorboardX: pip install 'gatenets[tensorboard]'."
+            )
+        check_output_dir("--tensorboard", args.tensorboard)
     try:
         # Before anything touches a device: with several processes, jax.devices() spans them.
         distributed = initialize_from_arguments(args)
@@ -131,34 +167,38 @@ def main(args: argparse.Namespace) -> int:
             data_parallel=args.data_parallel or distributed,
         ).resolved(task)
     except (ValueError, FileNotFoundError) as err:
-        print(f"gatenets run: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     out = args.out or f"runs/{args.task}-{config.model}"
     check_output_dir("--out", out)
+    try:
+        # Every check of the directory and of resuming, before training: the user's doing.
+        opened = open_run(
+            config, out, resume=args.resume, resume_step=args.resume_step, flag="--out"
+        )
+    except (FileExistsError, FileNotFoundError, ValueError, RunDirectoryInUseError) as err:
+        raise UsageError(str(err)) from None
     say = print if is_main_process() else lambda text: None
     say(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
         f"{config.batch_size}; baseline {task.metric} {task.baseline:.4g} "
         f"({task.baseline_source}); writing {out}"
     )
+    # What fails from here on is the run's failure (a non-finite loss, a full disk): exit 1.
     try:
-        summary = run(
-            config,
-            out,
-            resume=args.resume,
-            resume_step=args.resume_step,
+        summary = train_run(
+            opened,
             progress=not args.no_progress,
             gate_stats_every=args.watch_gates,
             tensorboard_dir=args.tensorboard,
         )
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
-        raise UsageError(str(err)) from err
+    finally:
+        opened.close()
     say(_format_summary(summary))
     return 0
 
 
 def _check_text(path: str) -> None:
-    """Raises :class:`~gatenets.cli.UsageError` naming ``--text`` when the file is not UTF-8
+    """Raises :class:`~gatenets._usage.UsageError` naming ``--text`` when the file is not UTF-8
     text (a missing file is the task's to report)."""
     file = pathlib.Path(path)
     if not file.is_file():

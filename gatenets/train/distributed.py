@@ -13,7 +13,11 @@ files (:func:`is_main_process`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import socket
+import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -89,15 +93,88 @@ def distributed_settings(
     return settings
 
 
-def initialize(settings: DistributedSettings = DistributedSettings()) -> None:
+CONNECT_TIMEOUT_SECONDS = 120.0
+"""How long a process waits for the coordinator, and the coordinator for every process to join,
+before the run fails."""
+
+
+class CoordinatorUnreachableError(ConnectionError):
+    """No coordinator answered at the address within the time allowed."""
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"coordinator_address must be HOST:PORT with a port in 1..65535; got {address!r}."
+        )
+    return host.strip("[]"), int(port)
+
+
+def check_coordinator(settings: DistributedSettings, *, timeout: float) -> None:
+    """Fails fast, naming the address, where ``jax.distributed`` would wait minutes or abort
+    the process: process 0's port must be free to listen on; the other processes wait up to
+    ``timeout`` seconds for process 0 to answer there.
+
+    Raises:
+      ValueError: when the address is malformed, or (process 0) its port is taken.
+      CoordinatorUnreachableError: when (other processes) nothing answers within
+        ``timeout`` seconds.
+    """
+    if settings.coordinator_address is None:
+        return
+    host, port = _host_and_port(settings.coordinator_address)
+    if settings.process_id == 0:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", port))
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    raise
+                raise ValueError(
+                    f"coordinator_address {settings.coordinator_address!r}: port {port} is "
+                    "already in use on this machine (another run's coordinator, or another "
+                    "program); choose a free port."
+                ) from None
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise CoordinatorUnreachableError(
+                    f"coordinator_address {settings.coordinator_address!r}: no coordinator "
+                    f"answered within {timeout:g} s ({err.strerror or err}); start process 0 "
+                    "with the same address, or check the address."
+                ) from None
+            time.sleep(0.25)
+
+
+def initialize(
+    settings: DistributedSettings = DistributedSettings(),
+    *,
+    timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> None:
     """Calls ``jax.distributed.initialize`` with ``settings``; JAX detects what they leave None
     (SLURM, Open MPI, Kubernetes, Cloud TPU pods). Call it in every process before any other
     JAX call that touches devices.
+
+    With an explicit coordinator address it first checks, in Python, that process 0 can
+    listen on the port and that the others reach it within ``timeout`` seconds
+    (:func:`check_coordinator`), so those mistakes are one clear error. A process that joins
+    the coordinator but whose peers never come, or a peer killed during training, is
+    detected by JAX itself: after ``timeout`` seconds (joining) or JAX's heartbeat timeout
+    (100 s, training) JAX ends the process with its own message (exit status 134).
     """
+    check_coordinator(settings, timeout=timeout)
     jax.distributed.initialize(
         coordinator_address=settings.coordinator_address,
         num_processes=settings.num_processes,
         process_id=settings.process_id,
+        initialization_timeout=max(1, int(timeout)),
     )
 
 
@@ -130,6 +207,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
     group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    group.add_argument(
+        "--distributed-timeout",
+        type=float,
+        default=CONNECT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"wait at most this long for the coordinator and the other processes (default "
+        f"{CONNECT_TIMEOUT_SECONDS:g})",
+    )
 
 
 def initialize_from_arguments(
@@ -149,5 +234,8 @@ def initialize_from_arguments(
         or any(environ.get(name) for name in ENVIRONMENT.values())
     )
     if asked:
-        initialize(distributed_settings(*flags, environ=environ))
+        timeout = getattr(args, "distributed_timeout", CONNECT_TIMEOUT_SECONDS)
+        if not timeout > 0:
+            raise ValueError(f"--distributed-timeout must be > 0 seconds; got {timeout}.")
+        initialize(distributed_settings(*flags, environ=environ), timeout=timeout)
     return bool(asked)

@@ -88,12 +88,69 @@ class LoopState(NamedTuple):
     optimizer: nnx.Optimizer
 
 
+class FitContext(NamedTuple):
+    """What :func:`~gatenets.train.fit` tells each hook before the first step
+    (:meth:`Hook.begin`): the run's settings, and where records and messages go.
+
+    Attributes:
+      model: the model being trained.
+      task: its task.
+      steps: the step the loop ends at.
+      start: the step it starts from (0, or the step a resume restored).
+      seed: the data seed.
+      eval_batch_size: sequences per evaluation batch.
+      mesh: the data-parallel device mesh, or None.
+      out_dir: the run's directory, or None when nothing is written.
+      emit: hands a record (``{"step", "split", …}``) to every hook's :meth:`Hook.write`
+        (on process 0; elsewhere it drops it).
+      say: prints a line for the user without breaking the progress bar.
+    """
+
+    model: Any
+    task: Any
+    steps: int
+    start: int
+    seed: int
+    eval_batch_size: int
+    mesh: Any
+    out_dir: Any
+    emit: Callable[[Record], None]
+    say: Callable[[str], None]
+
+
 class Hook:
     """Base of the loop's pieces: every method does nothing until a piece overrides it.
 
     A new feature (gate statistics every N steps, checksums after each save, a TensorBoard
-    writer) is one more subclass in the list of hooks; the loop does not change.
+    writer) is one more subclass, passed to :func:`~gatenets.train.fit` in ``hooks=[…]``;
+    neither the loop nor :func:`~gatenets.train.fit` changes. A hook that needs the run's
+    settings (the task, the number of steps, where to emit records) takes them in
+    :meth:`begin`; one that logs receives every record in :meth:`write`.
+
+    Example:
+      >>> import optax
+      >>> from flax import nnx
+      >>> from gatenets.tasks import get_task
+      >>> from gatenets.train import Hook, fit
+      >>> class BestValid(Hook):
+      ...     best = float("inf")
+      ...     def begin(self, context): self.steps = context.steps
+      ...     def write(self, record):
+      ...         if record["split"] == "valid": self.best = min(self.best, record["loss"])
+      ...     def close(self): print(f"best valid loss {self.best:.3f} in {self.steps} steps")
+      >>> task = get_task("adding", length=6)
+      >>> model = task.make_model("gru", 4, rngs=nnx.Rngs(0))
+      >>> result = fit(model, optax.adam(1e-2), task, steps=2, batch_size=4, eval_every=1,
+      ...              eval_batch_size=8, progress=False, hooks=[BestValid()])
+      ... # doctest: +ELLIPSIS
+      best valid loss 0... in 2 steps
     """
+
+    def begin(self, context: FitContext) -> None:
+        """Called once before the first step with the run's :class:`FitContext`."""
+
+    def write(self, record: Record) -> None:
+        """Receives every record the other hooks emit (training loss, validation, gates)."""
 
     def after_step(self, state: LoopState) -> None:
         """Called after every completed step, in the order of the hooks."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 
@@ -32,7 +33,11 @@ def main(args: argparse.Namespace) -> int:
     from gatenets.train.watch import plot_training, read_metrics
 
     try:
-        records = read_metrics(args.run)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = read_metrics(args.run)
+        for warning in caught:
+            print(f"gatenets plot: warning: {warning.message}", file=sys.stderr)
     except (FileNotFoundError, ValueError) as err:
         print(f"gatenets plot: {err}", file=sys.stderr)
         return 2

@@ -16,9 +16,11 @@ from flax import nnx
 from gatenets._files import atomic_write
 from gatenets.tasks import MODELS, get_task
 from gatenets.tasks.base import Task, check_positive_int
+from gatenets.tasks.charlm import TextChangedError
 from gatenets.train.checkpoint import Checkpointer, saved_steps
 from gatenets.train.distributed import is_main_process
-from gatenets.train.loop import FitResult, check_resume_steps, fit
+from gatenets.train.fit import FitResult, check_resume_steps, fit
+from gatenets.train.rundir import RunLock, check_run_directory
 from gatenets.train.sharding import data_parallel_mesh
 from gatenets.train.steps import evaluate, gate_means
 
@@ -167,7 +169,7 @@ def train_model(
       resume: continue from the latest checkpoint in ``out_dir``.
       resume_step: continue from this earlier checkpoint instead.
       progress: show a progress bar.
-      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
+      **watch: ``gate_stats_every``, ``tensorboard_dir`` and ``hooks``, passed to :func:`fit`.
 
     Example:
       >>> from gatenets.train import RunConfig, train_model
@@ -229,12 +231,36 @@ def read_config(run_dir: str | pathlib.Path) -> RunConfig:
             raise ValueError(f"unexpected key {unknown[0]!r}")
         if not isinstance(data.get("task"), str):
             raise ValueError("no task name")
+        for key, value in data.items():
+            _check_config_value(key, value)
         return RunConfig(**data)
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(
             f"{str(path)!r} is not a run config written by gatenets run ({err}); fix it or "
             "run again into a new directory."
         ) from None
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,),
+    "options": (dict,),
+    "model": (str, type(None)),
+    "learning_rate": (int, float, type(None)),
+    "grad_clip": (int, float),
+    "data_parallel": (bool,),
+}
+"""The JSON types of :class:`RunConfig`'s fields; the others are integers (or null)."""
+
+
+def _check_config_value(key: str, value: Any) -> None:
+    """Raises ValueError naming ``key`` when ``value`` is not of its field's JSON type (a
+    hand-edited ``config.json``)."""
+    types = _CONFIG_TYPES.get(key, (int, type(None)))
+    if key in ("num_layers", "seed", "keep_checkpoints", "grad_clip"):
+        types = tuple(t for t in types if t is not type(None))
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ValueError(f"{key!r} is {json.dumps(value)}, expected {expected}")
 
 
 def _check_resumable(
@@ -257,6 +283,7 @@ def _check_resumable(
             "(--resume) to start the run."
         )
     saved = read_config(out)
+    _check_same_text(out, saved, config)
     differing = [
         f for f in RunConfig._fields if f != "steps" and getattr(saved, f) != getattr(config, f)
     ]
@@ -273,6 +300,23 @@ def _check_resumable(
     check_resume_steps(steps[-1] if resume_step is None else resume_step, config.steps)
 
 
+def _check_same_text(out: pathlib.Path, saved: RunConfig, config: RunConfig) -> None:
+    """Raises :class:`~gatenets.tasks.charlm.TextChangedError` when the run in ``out`` was
+    trained on a text file whose contents differ from the file ``config`` reads now."""
+    before = saved.options.get("text_sha256") if isinstance(saved.options, dict) else None
+    now = config.options.get("text_sha256")
+    if before is not None and now is not None and before != now:
+        raise TextChangedError(
+            f"text_file {config.options.get('text_file')!r} differs from the text the run in "
+            f"{str(out)!r} was trained on (SHA-256 {now[:16]}…, the run's {before[:16]}…, "
+            f"file {saved.options.get('text_file')!r}); put the original text back, or start "
+            "a new run on the new text."
+        )
+    if "text_sha256" in config.options and "text_sha256" not in saved.options:
+        # A run saved before texts were checksummed: nothing to compare with.
+        saved.options["text_sha256"] = now
+
+
 def run(
     config: RunConfig,
     out_dir: str | pathlib.Path,
@@ -280,6 +324,7 @@ def run(
     resume: bool = False,
     resume_step: int | None = None,
     progress: bool = True,
+    flag: str = "out_dir",
     **watch: Any,
 ) -> dict[str, Any]:
     """Trains ``config`` into ``out_dir`` and returns the summary.
@@ -296,7 +341,16 @@ def run(
         A directory whose run stopped before its first checkpoint is started again without it.
       resume_step: continue from this earlier checkpoint instead (implies ``resume``).
       progress: show a progress bar.
-      **watch: ``gate_stats_every`` and ``tensorboard_dir``, passed to :func:`fit`.
+      flag: how errors name ``out_dir`` (``"--out"`` from the command line).
+      **watch: ``gate_stats_every``, ``tensorboard_dir`` and ``hooks``, passed to :func:`fit`.
+
+    Raises:
+      FileExistsError: when ``out_dir`` holds files but no gatenets run (nothing is
+        written), or holds a run and ``resume`` is not set.
+      gatenets.train.rundir.RunDirectoryInUseError: when another process is writing a run
+        into ``out_dir`` (its pid is named).
+      gatenets.tasks.charlm.TextChangedError: when resuming a run on a text file whose
+        contents changed since.
 
     Example:
       >>> import tempfile
@@ -309,14 +363,64 @@ def run(
       >>> summary["metric"], summary["steps"], loaded.config.hidden
       ('mse', 2, 4)
     """
+    opened = open_run(config, out_dir, resume=resume, resume_step=resume_step, flag=flag)
+    try:
+        return train_run(opened, progress=progress, **watch)
+    finally:
+        opened.close()
+
+
+class OpenedRun(NamedTuple):
+    """A run directory checked and locked for one run, its ``config.json`` written
+    (:func:`open_run`); :meth:`close` releases the lock."""
+
+    task: Task
+    config: RunConfig
+    out: pathlib.Path
+    resume: bool
+    resume_step: int | None
+    lock: RunLock | None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def open_run(
+    config: RunConfig,
+    out_dir: str | pathlib.Path,
+    *,
+    resume: bool = False,
+    resume_step: int | None = None,
+    flag: str = "out_dir",
+) -> OpenedRun:
+    """Every check of :func:`run` before training (the task and config, the directory, its
+    lock, resuming), then writes ``config.json``: what it raises is the caller's doing, not
+    a failure of training. Same arguments and errors as :func:`run`."""
     out = pathlib.Path(out_dir)
     task = get_task(config.task, **config.options)
     config = config.resolved(task)
-    # Every check before the first write: a refused resume leaves config.json as it was.
-    _check_resumable(out, config, resume, resume_step)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config._asdict())
+    # Every check before the first write: a refused resume leaves config.json as it was, and
+    # a directory of someone else's files is refused before the lock file is made in it.
+    check_run_directory(out, flag=flag)
+    # Only process 0 writes the run's own files; the others write checkpoints with it.
+    lock = RunLock(out, flag=flag) if is_main_process() else None
+    try:
+        check_run_directory(out, flag=flag)  # again, now that no other run can write it
+        _check_resumable(out, config, resume, resume_step)
+        _write_json(out / "config.json", config._asdict())
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return OpenedRun(task, config, out, resume, resume_step, lock)
 
+
+def train_run(opened: OpenedRun, *, progress: bool = True, **watch: Any) -> dict[str, Any]:
+    """Trains the run :func:`open_run` opened and writes its ``summary.json``; returns the
+    summary (see :func:`run`)."""
+    task, config, out = opened.task, opened.config, opened.out
+    resume, resume_step = opened.resume, opened.resume_step
     began = time.perf_counter()
     trained = train_model(
         config,
@@ -377,7 +481,15 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     """
     run_dir = pathlib.Path(run_dir)
     config = read_config(run_dir)
-    task, _, model = _build(config)
+    try:
+        task, _, model = _build(config)
+    except TextChangedError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{str(run_dir / 'config.json')!r} does not describe a run gatenets can rebuild "
+            f"({err}); fix it or run again into a new directory."
+        ) from err
     with Checkpointer(run_dir / "checkpoints", keep=config.keep_checkpoints) as checkpoints:
         checkpoints.restore(model)
     model.eval()

@@ -18,6 +18,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gatenets.tasks.base import Batch
-from gatenets.train.hooks import Hook, LoopState, Record, Schedule
+from gatenets.tasks.base import Batch, check_positive_int
+from gatenets.train.hooks import FitContext, Hook, LoopState, Record, Schedule
+from gatenets.train.sharding import batch_placer
 
 _SUMMARY = ("mean", "left_saturated", "right_saturated")
 
@@ -163,19 +165,36 @@ class GateStatsHook(Hook):
 
     def __init__(
         self,
-        batch: Batch,
-        schedule: Schedule,
-        emit: Callable[[Record], None],
+        batch: Batch | None = None,
+        schedule: Schedule | None = None,
+        emit: Callable[[Record], None] | None = None,
         *,
+        every: int | None = None,
         left: float = 0.1,
         right: float = 0.9,
         bins: int = 20,
     ):
+        if every is not None:
+            check_positive_int("every", every)
         self.batch = batch
         self.schedule = schedule
         self.emit = emit
+        self.every = every
         self.left, self.right, self.bins = left, right, bins
         self.seconds = 0.0
+
+    def begin(self, context: FitContext) -> None:
+        """Fills in what was not given: the first validation batch (no larger than
+        ``eval_batch_size`` or :data:`PROBE_BATCH_SIZE`), ``Schedule(every, steps)`` and the
+        run's ``emit``; so ``fit(…, hooks=[GateStatsHook(every=50)])`` needs nothing else."""
+        if self.batch is None:
+            size = min(context.eval_batch_size, PROBE_BATCH_SIZE)
+            probe = next(context.task.batches("valid", size, seed=context.seed))
+            self.batch = batch_placer(context.mesh, replicate_uneven=True)(probe)
+        if self.schedule is None:
+            self.schedule = Schedule(self.every, context.steps)
+        if self.emit is None:
+            self.emit = context.emit
 
     def after_step(self, state: LoopState) -> None:
         if not self.schedule(state.step):
@@ -261,6 +280,9 @@ class TensorBoardWriter(Hook):
 def read_metrics(path: str | pathlib.Path) -> list[Record]:
     """The records of a ``metrics.jsonl`` file (a run directory names its file).
 
+    A last line cut short (no newline, not JSON: the run stopped while writing it) is skipped
+    with a warning; any other line that is not JSON is an error.
+
     Raises:
       FileNotFoundError: naming the path when there is no such file.
       ValueError: naming the line that is not JSON.
@@ -272,13 +294,23 @@ def read_metrics(path: str | pathlib.Path) -> list[Record]:
         raise FileNotFoundError(
             f"run: no metrics.jsonl at {str(path)!r}; give a directory written by gatenets run."
         )
+    text = path.read_text()
+    lines = text.splitlines()
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                # A run stopped in the middle of writing its last record: the rest stands.
+                warnings.warn(
+                    f"{str(path)!r}: skipped line {number}, cut short ({len(line)} characters, "
+                    "no newline); the run stopped while writing it.",
+                    stacklevel=2,
+                )
+                continue
             raise ValueError(f"{str(path)!r} line {number} is not JSON: {err}.") from None
     return records
 

@@ -24,6 +24,7 @@ from gatenets.train import (
     Schedule,
     TrainLossLog,
     fan_out,
+    fit,
     fit_hooks,
     restore_latest,
     train_loop,
@@ -365,7 +366,7 @@ def test_fit_hooks_follow_fits_settings(tmp_path):
     )
     # Optional pieces left out by the settings (gate statistics, TensorBoard) are None.
     assert hooks.gate_stats is None and hooks.tensorboard is None
-    hooks = [hook for hook in hooks if hook is not None]
+    hooks = hooks.in_order()
     assert [type(hook).__name__ for hook in hooks] == [
         "NonFiniteGuard",
         "ProgressBar",
@@ -386,3 +387,69 @@ def test_fit_hooks_follow_fits_settings(tmp_path):
     assert bare.checkpoint is None and bare.evaluation.schedule == Schedule(None, 5)
     assert bare.writer.stream is None
     bare.progress.close()
+
+
+class UserHook(Hook):
+    """A hook written as a user would: one class, no keyword of fit."""
+
+    def __init__(self):
+        self.events = []
+
+    def begin(self, context):
+        self.events.append(("begin", context.steps, context.start, context.task.name))
+
+    def write(self, record):
+        self.events.append(("record", record["step"], record["split"]))
+
+    def after_step(self, state):
+        self.events.append(("step", state.step))
+
+    def close(self):
+        self.events.append(("close",))
+
+
+def test_a_new_hook_is_one_class_passed_to_fit():
+    task = get_task("adding", length=6)
+    model = task.make_model("gru", 4, rngs=nnx.Rngs(0))
+    recorder = UserHook()
+    fit(model, optax.adam(1e-2), task, steps=3, batch_size=4, eval_every=2, eval_batch_size=8,
+        log_every=2, progress=False, hooks=[recorder])  # fmt: skip
+    assert recorder.events == [
+        ("begin", 3, 0, "adding"),
+        ("step", 1),
+        ("record", 2, "train"),  # the built-in hooks' records reach it, then its own step
+        ("record", 2, "valid"),
+        ("step", 2),
+        ("record", 3, "train"),
+        ("record", 3, "valid"),
+        ("step", 3),
+        ("close",),
+    ]
+
+
+def test_hooks_must_be_hooks():
+    task = get_task("adding", length=6)
+    model = task.make_model("gru", 4, rngs=nnx.Rngs(0))
+    args = (model, optax.adam(1e-2), task)
+    with pytest.raises(TypeError, match=r"hooks\[1\] must be a gatenets.train.Hook .* got int"):
+        fit(*args, steps=1, batch_size=4, progress=False, hooks=[UserHook(), 3])
+    with pytest.raises(TypeError, match="hooks must be a list of gatenets.train.Hook"):
+        fit(*args, steps=1, batch_size=4, progress=False, hooks=UserHook())
+
+
+def test_every_hook_is_closed_when_one_fails_to_close():
+    closed = []
+
+    class Failing(Hook):
+        def close(self):
+            closed.append("failing")
+            raise OSError(28, "No space left on device")
+
+    class Closing(Hook):
+        def close(self):
+            closed.append("closing")
+
+    with pytest.raises(OSError, match="No space"):
+        train_loop(lambda m, o, b: 1.0, iter([1]), [Failing(), Closing()], model=None,
+                   optimizer=None, start=0, steps=1)  # fmt: skip
+    assert closed == ["failing", "closing"]

@@ -12,7 +12,7 @@ from test_training import params_of, tiny_fit
 from gatenets.tasks import AddingTask
 from gatenets.train import Checkpointer
 
-loop_module = sys.modules["gatenets.train.loop"]
+loop_module = sys.modules["gatenets.train.fit"]
 
 
 def ctrl_c():

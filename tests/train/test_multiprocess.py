@@ -149,15 +149,34 @@ def test_cli_names_a_bad_process_flag_before_starting_anything(capsys, monkeypat
 
 def test_cli_passes_its_flags_to_jax_distributed(capsys, monkeypatch):
     from gatenets.cli import main
+    from gatenets.train import distributed
 
-    calls = []
+    calls, checked = [], []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
-    # --steps 0 stops the run right after initialisation, at the config check.
+    monkeypatch.setattr(
+        distributed, "check_coordinator", lambda settings, timeout: checked.append(timeout)
+    )
+    # An unknown model stops the run right after initialisation, at the config check.
     args = ["run", "adding", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"]
-    assert main([*args, "--steps", "0"]) == 2
-    assert "steps must be" in capsys.readouterr().err
-    assert calls == [{"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}]
+    assert main([*args, "--model", "nope", "--distributed-timeout", "30"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert calls == [
+        {
+            "coordinator_address": "h:1",
+            "num_processes": 2,
+            "process_id": 1,
+            "initialization_timeout": 30,
+        }
+    ]
+    assert checked == [30.0]
     calls.clear()
     # --distributed alone leaves everything to JAX's detection (SLURM, TPU pods, …).
-    assert main(["run", "adding", "--distributed", "--steps", "0"]) == 2
-    assert calls == [{"coordinator_address": None, "num_processes": None, "process_id": None}]
+    assert main(["run", "adding", "--distributed", "--model", "nope"]) == 2
+    assert calls == [
+        {
+            "coordinator_address": None,
+            "num_processes": None,
+            "process_id": None,
+            "initialization_timeout": 120,
+        }
+    ]

@@ -188,7 +188,9 @@ def test_fit_hooks_add_the_watch_last(tmp_path):
     # The probe is the first validation batch, no larger than eval_batch_size.
     first = next(task.batches("valid", 8, seed=0))
     np.testing.assert_array_equal(hooks.gate_stats.batch.inputs, first.inputs)
-    assert [type(h).__name__ for h in hooks][-2:] == ["GateStatsHook", "TensorBoardWriter"]
-    for hook in hooks:
-        if hook is not None:
-            hook.close()
+    assert [type(h).__name__ for h in hooks.in_order()][-2:] == [
+        "GateStatsHook",
+        "TensorBoardWriter",
+    ]
+    for hook in hooks.in_order():
+        hook.close()

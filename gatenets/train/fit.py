@@ -16,12 +16,15 @@ hook, each usable and testable alone:
   statistics on a fixed validation batch as ``{"step", "split": "gates", …}`` records.
 - :class:`~gatenets.train.JsonLinesWriter` (``metrics.jsonl``),
   :class:`~gatenets.train.ProgressBar` and, with ``tensorboard_dir``,
-  :class:`~gatenets.train.TensorBoardWriter` receive the records, through
-  :func:`~gatenets.train.fan_out`.
+  :class:`~gatenets.train.TensorBoardWriter` receive the records: every record a hook emits
+  reaches every hook's ``write``.
 
-:func:`fit` checks its arguments, builds these pieces from its keywords and runs the loop. A
-later feature (gate statistics every N steps, verified checkpoints, logging from process 0
-only) is one more hook or writer in :func:`fit_hooks`, not a change to the loop.
+:func:`fit` checks its arguments, builds these pieces from its keywords (:func:`fit_hooks`),
+appends the caller's ``hooks``, gives each the run's :class:`~gatenets.train.FitContext`
+(``begin``) and runs the loop. A new feature is one :class:`~gatenets.train.Hook` subclass,
+passed as ``fit(…, hooks=[MyHook()])``: no change to the loop or to :func:`fit`; a built-in
+one offered as a keyword of its own (``gate_stats_every=50`` is
+``hooks=[GateStatsHook(every=50)]``) adds that one keyword and the line that makes it.
 """
 
 from __future__ import annotations
@@ -40,19 +43,21 @@ from gatenets.tasks.base import Batch, Task, check_positive_int
 from gatenets.train.checkpoint import Checkpointer
 from gatenets.train.distributed import is_main_process
 from gatenets.train.hooks import (
+    FitContext,
     Hook,
     LoopState,
     NonFiniteGuard,
     NonFiniteLossError,
     PeriodicCheckpoint,
     PeriodicEvaluation,
+    Record,
     Schedule,
     restore_latest,
 )
-from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog, fan_out
+from gatenets.train.logs import JsonLinesWriter, ProgressBar, TrainLossLog
 from gatenets.train.sharding import batch_placer, replicate
 from gatenets.train.steps import evaluate, make_eval_step, make_train_step
-from gatenets.train.watch import PROBE_BATCH_SIZE, GateStatsHook, TensorBoardWriter
+from gatenets.train.watch import GateStatsHook, TensorBoardWriter
 
 __all__ = ["FitHooks", "FitResult", "NonFiniteLossError", "fit", "fit_hooks", "train_loop"]
 
@@ -131,13 +136,26 @@ def train_loop(
             hook.interrupted(state)
         raise
     finally:
-        for hook in hooks:
-            hook.close()
+        _close_all(hooks)
     return state._replace(seconds=time.perf_counter() - began)
 
 
+def _close_all(hooks: Sequence[Hook]) -> None:
+    """Closes every hook, even when one fails (the metrics file must still be closed when
+    the checkpoint cannot be written); the first failure is raised once all are closed."""
+    failure = None
+    for hook in hooks:
+        try:
+            hook.close()
+        except BaseException as err:  # re-raised below, once every hook is closed
+            failure = failure or err
+    if failure is not None:
+        raise failure
+
+
 class FitHooks(NamedTuple):
-    """The pieces :func:`fit` runs, in the order the loop calls them (see :func:`fit_hooks`)."""
+    """The pieces :func:`fit` runs, in the order the loop calls them (see :func:`fit_hooks`):
+    the built-in ones by name, then the caller's ``hooks`` (``extra``)."""
 
     guard: NonFiniteGuard
     progress: ProgressBar
@@ -147,6 +165,12 @@ class FitHooks(NamedTuple):
     checkpoint: PeriodicCheckpoint | None
     gate_stats: GateStatsHook | None = None
     tensorboard: TensorBoardWriter | None = None
+    extra: tuple[Hook, ...] = ()
+
+    def in_order(self) -> list[Hook]:
+        """Every hook present, in the order the loop calls them."""
+        named = [hook for hook in self[:-1] if hook is not None]
+        return [*named, *self.extra]
 
 
 def fit_hooks(
@@ -166,13 +190,16 @@ def fit_hooks(
     progress: bool = True,
     gate_stats_every: int | None = None,
     tensorboard_dir: str | pathlib.Path | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> FitHooks:
-    """The hooks of :func:`fit` for these settings (same meanings as there).
+    """The hooks of :func:`fit` for these settings (same meanings as there), each given the
+    run's :class:`~gatenets.train.FitContext` (:meth:`~gatenets.train.Hook.begin`).
 
     Opens ``out_dir/metrics.jsonl`` (nothing when ``out_dir`` is None), dropping the records
     after step ``start`` (those of steps a resumed run takes again), and the progress bar; the
     loop closes them. Each checkpoint carries the training-loss window, so that a resumed
-    run's records equal an uninterrupted run's.
+    run's records equal an uninterrupted run's. Every record any hook emits reaches every
+    hook's :meth:`~gatenets.train.Hook.write`, on process 0 only.
     """
     # With several processes, only process 0 prints and writes metrics.jsonl.
     main = is_main_process()
@@ -180,22 +207,14 @@ def fit_hooks(
         steps, initial=start, desc=task.name, window=log_every, enabled=progress and main
     )
     metrics = None if out_dir is None or not main else out_dir / "metrics.jsonl"
-    writer = JsonLinesWriter(metrics, keep_until=start)
-    tensorboard = (
-        None if tensorboard_dir is None or not main else TensorBoardWriter(tensorboard_dir)
-    )
-    emit = fan_out(
-        [w for w in (writer, progress_bar, tensorboard) if w is not None] if main else []
-    )
+    receivers: list[Hook] = []  # filled below, once every hook exists
+
+    def emit(record: Record) -> None:
+        for hook in receivers if main else ():
+            hook.write(record)
+
+    say = progress_bar.say if main else (lambda text: None)
     train_log = TrainLossLog(log_every, Schedule(log_every, steps), emit)
-    gate_stats = None
-    if gate_stats_every:
-        probe = next(task.batches("valid", min(eval_batch_size, PROBE_BATCH_SIZE), seed=seed))
-        gate_stats = GateStatsHook(
-            batch_placer(mesh, replicate_uneven=True)(probe),
-            Schedule(gate_stats_every, steps),
-            emit,
-        )
     evaluation = PeriodicEvaluation(
         functools.partial(
             evaluate,
@@ -215,28 +234,46 @@ def fit_hooks(
         checkpoint = PeriodicCheckpoint(
             checkpointer,
             Schedule(checkpoint_every, steps),
-            say=progress_bar.say if main else lambda text: None,
+            say=say,
             loop=lambda: {"losses": list(train_log.losses)},
         )
-    return FitHooks(
+    built = FitHooks(
         guard=NonFiniteGuard(checkpointer),
         progress=progress_bar,
         train_log=train_log,
         evaluation=evaluation,
-        writer=writer,
+        writer=JsonLinesWriter(metrics, keep_until=start),
         checkpoint=checkpoint,
-        gate_stats=gate_stats,
-        tensorboard=tensorboard,
+        # The optional pieces are hooks like any other, made from their one keyword.
+        gate_stats=GateStatsHook(every=gate_stats_every) if gate_stats_every else None,
+        tensorboard=(
+            TensorBoardWriter(tensorboard_dir) if tensorboard_dir is not None and main else None
+        ),
+        extra=tuple(hooks),
     )
+    context = FitContext(model, task, steps, start, seed, eval_batch_size, mesh, out_dir, emit, say)
+    receivers.extend(built.in_order())
+    for hook in receivers:
+        hook.begin(context)
+    return built
 
 
 def _check_fit_arguments(
-    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every, **more
+    tx, steps, batch_size, eval_batch_size, log_every, eval_every, checkpoint_every, hooks, **more
 ) -> None:
     """Raises naming the first bad argument: ``tx`` must be optax, the counts positive ints
-    (``eval_every`` may be 0; it and ``checkpoint_every`` may be None)."""
+    (``eval_every`` may be 0; it and ``checkpoint_every`` may be None), ``hooks`` a sequence
+    of :class:`~gatenets.train.Hook`."""
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation; got {type(tx).__name__}.")
+    if isinstance(hooks, Hook) or not isinstance(hooks, Sequence):
+        raise TypeError(f"hooks must be a list of gatenets.train.Hook; got {hooks!r}.")
+    for index, hook in enumerate(hooks):
+        if not isinstance(hook, Hook):
+            raise TypeError(
+                f"hooks[{index}] must be a gatenets.train.Hook (subclass it and override "
+                f"after_step, write, …); got {type(hook).__name__}."
+            )
     counts = {
         "steps": steps,
         "batch_size": batch_size,
@@ -299,7 +336,7 @@ def check_resume_steps(start: int, steps: int) -> None:
     """Raises unless a run resumed at step ``start`` can train to ``steps``.
 
     Example:
-      >>> from gatenets.train.loop import check_resume_steps
+      >>> from gatenets.train.fit import check_resume_steps
       >>> check_resume_steps(4, 3)
       Traceback (most recent call last):
       ...
@@ -332,6 +369,7 @@ def fit(
     progress: bool = True,
     gate_stats_every: int | None = None,
     tensorboard_dir: str | pathlib.Path | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> FitResult:
     """Trains ``model`` on ``task`` with the optax transformation ``tx``.
 
@@ -368,6 +406,10 @@ def fit(
         (:class:`~gatenets.train.watch.GateStatsHook`); None: never.
       tensorboard_dir: also write every record as TensorBoard scalars and gate histograms
         there (needs ``tensorboardX``: ``pip install 'gatenets[tensorboard]'``).
+      hooks: more :class:`~gatenets.train.Hook` objects, called after the built-in ones:
+        each receives the :class:`~gatenets.train.FitContext` before the first step, every
+        record, and every step's :class:`~gatenets.train.LoopState` (see
+        :class:`~gatenets.train.Hook` for one written in five lines).
 
     Returns:
       a :class:`FitResult`.
@@ -401,6 +443,7 @@ def fit(
         log_every,
         eval_every,
         checkpoint_every,
+        hooks,
         gate_stats_every=gate_stats_every,
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -410,7 +453,7 @@ def fit(
     )
     if mesh is not None:
         nnx.update((model, optimizer), replicate(nnx.state((model, optimizer)), mesh))
-    hooks = fit_hooks(
+    built = fit_hooks(
         model,
         task,
         steps=steps,
@@ -426,15 +469,16 @@ def fit(
         progress=progress,
         gate_stats_every=gate_stats_every,
         tensorboard_dir=tensorboard_dir,
+        hooks=hooks,
     )
-    hooks.train_log.losses.extend(losses)
+    built.train_log.losses.extend(losses)
     state = train_loop(
         make_train_step(task),
         map(batch_placer(mesh), task.batches("train", batch_size, seed=seed, start=start)),
-        [hook for hook in hooks if hook is not None],
+        built.in_order(),
         model=model,
         optimizer=optimizer,
         start=start,
         steps=steps,
     )
-    return _result(state, hooks)
+    return _result(state, built)

@@ -3,7 +3,7 @@
 The data come from ``mnist1d.data.make_dataset`` (offline); the published GRU reaches 91% test
 accuracy.
 
-    python examples/mnist1d.py --steps 1000
+    python examples/mnist1d_classify.py --steps 1000
 """
 
 import argparse
