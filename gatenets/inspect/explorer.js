@@ -670,6 +670,9 @@
     selectGate: selectGate,
     selectUnits: selectUnits,
     timelineSeries: () => JSON.parse(JSON.stringify(drawn)),
+    // One sequence's text, or with null the text of every sequence.
+    tokens: (k) => (k === null ? DATA.examples : [DATA.examples[k === undefined ? state.example : k]])
+      .map((ex) => (ex.tokens || []).join("")).join(""),
     scatterPoint: (unit) => {
       const rect = $("scatter").getBoundingClientRect();
       const p = scatterXY(unit);

@@ -3,7 +3,11 @@
 :func:`explorer_data` gathers what the page shows from a :class:`~gatenets.GateTrace` and its
 statistics; :func:`write_explorer` writes the page. The page holds its data as inline JSON and
 its script (``explorer.js``, a small vanilla script shipped inside the package) inline: it
-opens offline in any browser and fetches nothing (its content security policy forbids it).
+opens offline in any browser and fetches nothing. The page is built by a
+:class:`~gatenets.inspect._template.Template` that places each value once (a title holding
+``{{DATA}}`` stays that text), its data is JSON with ``<``, ``>`` and ``&`` escaped, and its
+content-security policy runs only the page's own script, named by its SHA-256: text from a
+title, a note, a run directory or the input cannot run as script.
 
 On the page a user chooses a layer, direction and gate; clicks units in the saturation scatter
 (or picks them from a list) to see their gate over the input, drawn under the characters for
@@ -20,7 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import inspect as _pyinspect
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from gatenets.gates import GateTrace
+from gatenets.inspect._template import Template, content_security_policy, script_json
 from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.statistics import GateStatistics
 
@@ -251,6 +255,10 @@ def _resource(name: str) -> str:
     return resources.files("gatenets.inspect").joinpath(name).read_text(encoding="utf-8")
 
 
+def _page_template() -> Template:
+    return Template(_resource("explorer.html"))
+
+
 def explorer_page(data: Mapping[str, Any]) -> str:
     """The explorer's HTML for :func:`explorer_data` output: template, data and script in one
     string.
@@ -266,18 +274,17 @@ def explorer_page(data: Mapping[str, Any]) -> str:
       >>> 'id="gatenets-data"' in page, "http" in page.replace("http-equiv", "")
       (True, False)
     """
-    # "</" inside the JSON would end the <script> element; "<\/" is the same JSON string.
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in data.get("notes", ()))
-    page = _resource("explorer.html")
-    for key, value in (
-        ("{{TITLE}}", html.escape(str(data.get("title", "gatenets gate explorer")))),
-        ("{{NOTES}}", notes),
-        ("{{SCRIPT}}", _resource("explorer.js")),
-        ("{{DATA}}", payload),
-    ):
-        page = page.replace(key, value)
-    return page
+    script = _resource("explorer.js")
+    style = _resource("explorer.css")
+    title = html.escape(str(data.get("title", "gatenets gate explorer")))
+    return _page_template().render(
+        POLICY=html.escape(content_security_policy(scripts=(script,), styles=(style,))),
+        TITLE=title,
+        STYLE=style,
+        NOTES="".join(f'<p class="note">{html.escape(str(n))}</p>' for n in data.get("notes", ())),
+        DATA=script_json(data),
+        SCRIPT=script,
+    )
 
 
 def write_explorer(

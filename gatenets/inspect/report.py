@@ -3,7 +3,9 @@
 draws the pictures, :func:`write_report` writes the page; :func:`inspect_model` does all three.
 
 The report is one HTML file with every picture inlined as a ``data:image/png;base64`` URI and
-inline styles only: it opens offline in any browser and fetches nothing. The PNGs are also
+inline styles only: it opens offline in any browser and fetches nothing. It runs no script:
+its content-security policy allows none, and every text that comes from the user (title,
+notes, gate names) is escaped. The PNGs are also
 written beside it. Files are written atomically (temporary file, then rename).
 """
 
@@ -14,6 +16,7 @@ import html
 import io
 import itertools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -21,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gatenets.inspect import plots
+from gatenets.inspect._template import Template, content_security_policy
 from gatenets.inspect.ablation import AblationResult, ablate
 from gatenets.inspect.explorer import attention_weights, explorer_data, write_explorer
 from gatenets.inspect.export import _atomic_write
@@ -47,6 +51,25 @@ img { max-width: 100%; }
 .caption { color: #555; font-size: 0.9em; max-width: 60em; }
 .text-heatmap { font-family: monospace; font-size: 0.85em; line-height: 1.5; }
 """
+
+
+_PAGE = Template(
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    '<meta http-equiv="Content-Security-Policy" content="{{POLICY}}">'
+    "<title>{{TITLE}}</title><style>{{STYLE}}</style></head><body>{{BODY}}</body></html>\n"
+)
+_STYLE_ATTRIBUTE = re.compile(r"""\sstyle\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def _page(title: str, body: str) -> str:
+    """The report page: ``body`` (trusted HTML) under an escaped ``title``. Its policy runs no
+    script and applies only the report's style sheet and the style attributes ``body`` holds
+    (the text heatmap's colours), each by its SHA-256."""
+    attributes = [html.unescape(a or b) for a, b in _STYLE_ATTRIBUTE.findall(body)]
+    policy = content_security_policy(styles=(_STYLE,), style_attributes=attributes)
+    return _PAGE.render(
+        POLICY=html.escape(policy), TITLE=html.escape(title), STYLE=_STYLE, BODY=body
+    )
 
 
 class ReportFiles(NamedTuple):
@@ -124,7 +147,8 @@ def write_report(
       title: page title.
       notes: paragraphs of plain text shown under the title (escaped).
       fragments: ``{heading: trusted HTML}`` sections such as
-        :func:`~gatenets.inspect.plots.text_heatmap_html` output.
+        :func:`~gatenets.inspect.plots.text_heatmap_html` output. Their style attributes are
+        allowed by the page's policy; scripts and event handlers in them do not run.
       ablation: ``(results, metric name, override value)`` for an ablation table.
       filename: name of the HTML file.
       dpi: resolution of the PNGs.
@@ -177,11 +201,7 @@ def write_report(
         body.append(f'<p class="caption">{html.escape(item.caption)}</p>')
     for heading, fragment in (fragments or {}).items():
         body += [f"<h2>{html.escape(heading)}</h2>", fragment]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
-    )
+    page = _page(title, "".join(body))
     html_path = os.path.join(directory, filename)
 
     def write_html(tmp):
