@@ -98,6 +98,101 @@ def _numeric_inputs(inputs: np.ndarray, max_features: int) -> list[list[float]]:
     return [_floats(flat[:, k], 5) for k in range(min(max_features, flat.shape[1]))]
 
 
+def _check_examples(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+
+
+def _check_arrays(flat: Mapping[str, np.ndarray], stats, mask, inputs, attention) -> Any:
+    """Raises naming the first argument that does not fit the trace; returns ``attention``
+    as float64 (or None)."""
+    if inputs.shape[:2] != mask.shape:
+        raise ValueError(
+            f"inputs must be [batch, time, …] with the trace's batch and time {mask.shape}; "
+            f"got shape {inputs.shape}."
+        )
+    missing = [name for name in flat if name not in stats]
+    if missing:
+        raise ValueError(
+            f"stats has no entry for the trace's gates {missing}; pass the statistics of the "
+            "same model."
+        )
+    if attention is None:
+        return None
+    attention = np.asarray(attention, np.float64)
+    batch, time = mask.shape
+    if attention.ndim != 4 or attention.shape[0] != batch or attention.shape[2:] != (time, time):
+        raise ValueError(
+            f"attention must be [batch, heads, query, key] = ({batch}, heads, {time}, "
+            f"{time}); got shape {attention.shape}."
+        )
+    return attention
+
+
+def _check_tracks(tracks: Mapping[str, Any] | None, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """``tracks`` as float64 ``[batch, time]`` arrays, or a ValueError naming the bad one."""
+    checked = {}
+    for name, track in (tracks or {}).items():
+        array = np.asarray(track, np.float64)
+        if array.shape != mask.shape:
+            raise ValueError(
+                f"tracks[{name!r}] must be [batch, time] = {mask.shape} like the trace's mask; "
+                f"got shape {array.shape}."
+            )
+        checked[str(name)] = array
+    return checked
+
+
+def _gate_entry(name: str, s: GateStatistics) -> dict[str, Any]:
+    path, _, gate = name.rpartition("/")
+    return {
+        "name": name,
+        "path": path,
+        "gate": gate,
+        "units": s.units,
+        "unit_shape": list(s.unit_shape),
+        "mean": _floats(s.mean),
+        "left_saturated": _floats(s.left_saturated),
+        "right_saturated": _floats(s.right_saturated),
+        "time_constant": None if s.time_constant is None else _floats(s.time_constant, 4),
+    }
+
+
+def _example_entry(b, steps, flat, inputs, decode, labels) -> dict[str, Any]:
+    entry = {
+        "index": b,
+        "steps": [int(t) for t in steps],
+        "tokens": _tokens(inputs[b][steps], decode),
+        "inputs": _numeric_inputs(inputs[b][steps], 4),
+        "values": {
+            name: _encode(value[b][steps].reshape(len(steps), -1)) for name, value in flat.items()
+        },
+    }
+    if labels is not None:
+        entry["label"] = str(labels[b])
+    return entry
+
+
+def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with NaN and infinite floats as None (JSON has neither)."""
+    return {
+        str(k): None if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in values.items()
+    }
+
+
+def _ablation_entry(ablation: tuple[Sequence[Any], str, Any] | None) -> dict[str, Any] | None:
+    if ablation is None:
+        return None
+    results, metric, value = ablation
+    rows = []
+    for r in results:
+        # A NaN metric (a gate whose ablation diverges) is null in JSON.
+        baseline, ablated, change = _floats([r.baseline, r.ablated, r.ablated - r.baseline], 12)
+        rows.append({"gate": r.gate, "baseline": baseline, "ablated": ablated, "change": change})
+    return {"metric": str(metric), "value": str(value), "rows": rows}
+
+
 def explorer_data(
     trace: GateTrace,
     stats: Mapping[str, GateStatistics],
@@ -110,6 +205,10 @@ def explorer_data(
     max_steps: int = 1000,
     title: str = "gatenets gate explorer",
     notes: Sequence[str] = (),
+    source: str | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+    tracks: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What the explorer page shows, as a JSON-ready dict.
 
@@ -122,14 +221,22 @@ def explorer_data(
       ablation: ``(results, metric name, override value)`` as
         :attr:`~gatenets.inspect.ReportData.ablation`.
       attention: ``[batch, heads, query, key]`` attention weights of the same batch, or None.
-      examples: how many sequences to include.
+      examples: how many sequences to include (the pattern search looks through all of them).
       max_steps: keep at most this many valid steps of each sequence.
       title: the page's title.
       notes: paragraphs under the title.
+      source: where the sequences come from, said on the page (``"my.txt, characters 0–4095
+        in 16 sequences of 256"``).
+      checkpoint: what was inspected, said on the page: ``{"run", "step", "validation",
+        "metric"}`` (any may be missing).
+      tracks: annotation tracks for the pattern search, ``{name: [batch, time] numbers}``
+        (NaN where unknown); the page adds its own for text (space, inside quotes, bracket
+        depth, indentation, line position).
+      labels: one short label per sequence of the batch, shown in the sequence menu.
 
     Returns:
       ``{"title", "notes", "left", "right", "gates": [...], "examples": [...], "ablation",
-      "attention"}``; see :func:`write_explorer`.
+      "attention", "source", "checkpoint", "tracks"}``; see :func:`write_explorer`.
 
     Example:
       >>> import numpy as np
@@ -147,107 +254,36 @@ def explorer_data(
     flat = {name: np.asarray(value) for name, value in trace.items()}
     mask = np.asarray(trace.mask, bool)
     inputs = np.asarray(inputs)
-    for name, value in (("examples", examples), ("max_steps", max_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    if inputs.shape[:2] != mask.shape:
-        raise ValueError(
-            f"inputs must be [batch, time, …] with the trace's batch and time {mask.shape}; "
-            f"got shape {inputs.shape}."
-        )
-    missing = [name for name in flat if name not in stats]
-    if missing:
-        raise ValueError(
-            f"stats has no entry for the trace's gates {missing}; pass the statistics of the "
-            "same model."
-        )
-    if attention is not None:
-        attention = np.asarray(attention, np.float64)
-        batch, time = mask.shape
-        if (
-            attention.ndim != 4
-            or attention.shape[0] != batch
-            or attention.shape[2:]
-            != (
-                time,
-                time,
-            )
-        ):
-            raise ValueError(
-                f"attention must be [batch, heads, query, key] = ({batch}, heads, {time}, "
-                f"{time}); got shape {attention.shape}."
-            )
-    gates = []
-    for name in flat:
-        s = stats[name]
-        path, _, gate = name.rpartition("/")
-        gates.append(
-            {
-                "name": name,
-                "path": path,
-                "gate": gate,
-                "units": s.units,
-                "unit_shape": list(s.unit_shape),
-                "mean": _floats(s.mean),
-                "left_saturated": _floats(s.left_saturated),
-                "right_saturated": _floats(s.right_saturated),
-                "time_constant": None if s.time_constant is None else _floats(s.time_constant, 4),
-            }
-        )
+    _check_examples("examples", examples)
+    _check_examples("max_steps", max_steps)
+    attention = _check_arrays(flat, stats, mask, inputs, attention)
+    tracks = _check_tracks(tracks, mask)
+    if labels is not None and len(labels) != mask.shape[0]:
+        raise ValueError(f"labels must have one entry per sequence ({mask.shape[0]}); got "
+                         f"{len(labels)}.")  # fmt: skip
     shown = [int(b) for b in np.flatnonzero(mask.any(axis=1))[:examples]]
     if not shown:
         raise ValueError("trace.mask is False everywhere: no sequence to show.")
-    example_data = []
-    attention_data = []
-    for b in shown:
-        steps = np.flatnonzero(mask[b])[:max_steps]
-        example_data.append(
-            {
-                "index": b,
-                "steps": [int(t) for t in steps],
-                "tokens": _tokens(inputs[b][steps], decode),
-                "inputs": _numeric_inputs(inputs[b][steps], 4),
-                "values": {
-                    name: _encode(value[b][steps].reshape(len(steps), -1))
-                    for name, value in flat.items()
-                },
-            }
-        )
-        if attention is not None:
-            attention_data.append(_encode(attention[b][:, steps][:, :, steps]))
-    ablation_data = None
-    if ablation is not None:
-        results, metric, value = ablation
-        ablation_data = {
-            "metric": str(metric),
-            "value": str(value),
-            "rows": [
-                {
-                    "gate": r.gate,
-                    # A NaN metric (a gate whose ablation diverges) is null in JSON.
-                    **dict(
-                        zip(
-                            ("baseline", "ablated", "change"),
-                            _floats([r.baseline, r.ablated, r.ablated - r.baseline], 12),
-                            strict=True,
-                        )
-                    ),
-                }
-                for r in results
-            ],
-        }
+    steps = {b: np.flatnonzero(mask[b])[:max_steps] for b in shown}
     first = next(iter(stats.values()))
     return {
         "title": title,
         "notes": list(notes),
         "left": first.left,
         "right": first.right,
-        "gates": gates,
-        "examples": example_data,
-        "ablation": ablation_data,
+        "gates": [_gate_entry(name, stats[name]) for name in flat],
+        "examples": [_example_entry(b, steps[b], flat, inputs, decode, labels) for b in shown],
+        "ablation": _ablation_entry(ablation),
         "attention": None
         if attention is None
-        else {"heads": int(attention.shape[1]), "examples": attention_data},
+        else {
+            "heads": int(attention.shape[1]),
+            "examples": [_encode(attention[b][:, steps[b]][:, :, steps[b]]) for b in shown],
+        },
+        "source": None if source is None else str(source),
+        "checkpoint": None if checkpoint is None else _finite(checkpoint),
+        "tracks": {name: [_floats(t[b][steps[b]]) for b in shown] for name, t in tracks.items()}
+        or None,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pathlib
 import shutil
@@ -104,9 +105,11 @@ class ExplorerPage:
         self.page.locator(selector).scroll_into_view_if_needed()
         box = self.page.locator(selector).bounding_box()
         layout = self.js("(s) => Object.assign({}, document.querySelector(s).dataset)", selector)
-        x = box["x"] + float(layout["labelWidth"]) + (column + 0.5) * float(layout["cellWidth"])
+        width = float(layout["cellWidth"])
         height = float(layout.get("rowHeight", layout["cellWidth"]))
-        return x, box["y"] + float(layout.get("top", 0)) + (row + 0.5) * height
+        left = box["x"] + float(layout["labelWidth"]) + column * width
+        top = box["y"] + float(layout.get("top", 0)) + row * height
+        return _pixel_in(left, width), _pixel_in(top, height)
 
     def hover_cell(self, selector: str, column: int, row: int) -> str:
         """Moves the mouse to a cell (:meth:`cell_point`); returns the matching read-out."""
@@ -123,6 +126,13 @@ class ExplorerPage:
         assert self.dialogs == [], f"script ran on the page: {self.dialogs}"
         assert self.errors == [], f"console errors on the page: {self.errors}"
         assert all(url.startswith(("file:", "data:")) for url in self.requests), self.requests
+
+
+def _pixel_in(start: float, size: float) -> float:
+    """A whole pixel inside ``[start, start + size)``, near its middle: mouse events carry
+    whole-pixel coordinates, and a one-pixel cell at a fractional offset would be missed."""
+    pixel = math.floor(start + size / 2)
+    return float(pixel if pixel >= start else math.ceil(start))
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_large_trace_stays_fast(open_page, tmp_path):
         redrawn = time.perf_counter() - began
         # Generous bounds for a loaded 2-core machine; DOM-per-cell pages take minutes here.
         assert loaded < 15 and redrawn < 5, (loaded, redrawn)
-        assert page.page.locator("canvas").count() == 4
+        assert page.page.locator("canvas").count() == 5  # and the colour bar
         readout = page.hover_cell("#heatmap", 999, 511)
         assert readout.startswith("unit 511 · step 999 · value ")
         assert abs(float(readout.rsplit(" ", 1)[1]) - gates.reset[0, 999, 511]) <= READOUT_TOLERANCE
