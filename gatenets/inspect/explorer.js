@@ -348,10 +348,14 @@
       const inside = base.x >= SC.left - 0.5 && base.x <= SC.left + SC.size + 0.5 &&
         base.y >= SC.top - 0.5 && base.y <= SC.top + SC.size + 0.5;
       if (!inside) { points[u] = null; continue; }
+      // Candidates off the plot (around a corner) are skipped, so every point stays visible.
+      const onPlot = (q) => q.x >= SC.left - 5 && q.x <= SC.left + SC.size + 5 &&
+        q.y >= SC.top - 5 && q.y <= SC.top + SC.size + 5;
       let p = base;
-      for (let k = 1; !free(p.x, p.y) && k < 5000; k++) {
+      for (let k = 1; !free(p.x, p.y) && k < 20000; k++) {
         const r = 3.5 * Math.sqrt(k), angle = k * 2.399963;
-        p = { x: base.x + r * Math.cos(angle), y: base.y + r * Math.sin(angle) };
+        const q = { x: base.x + r * Math.cos(angle), y: base.y + r * Math.sin(angle) };
+        if (onPlot(q)) p = q;
       }
       points[u] = p;
       const k = key(p.x, p.y);

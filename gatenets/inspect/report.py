@@ -119,8 +119,9 @@ def _ablation_table(results: Sequence[AblationResult], metric: str, value: Any) 
         "<th>ablated</th><th>change</th></tr>"
     )
     rows = [
-        f"<tr><td>{html.escape(r.gate)}</td><td>{r.baseline:.4f}</td><td>{r.ablated:.4f}</td>"
-        f"<td>{r.change:+.4f}</td></tr>"
+        # Four significant digits: an MSE of 0.00091 is not 0.0009.
+        f"<tr><td>{html.escape(r.gate)}</td><td>{r.baseline:#.4g}</td><td>{r.ablated:#.4g}</td>"
+        f"<td>{r.change:+#.4g}</td></tr>"
         for r in results
     ]
     return f"<table>{head}{''.join(rows)}</table>"
@@ -387,7 +388,7 @@ def report_figures(
             "heatmap",
             plots.gate_heatmap(trace, gate, example=example, units=units),
             f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
-            "whose gate varies most in it (0 dark, 1 bright).",
+            "whose gate varies most in it (blue 0, red 1).",
         ),
     ]
     fragments = {}
