@@ -420,6 +420,7 @@ def inspect_model(
     title: str = "gatenets gate report",
     notes: Sequence[str] = (),
     explorer: bool = True,
+    explorer_options: Mapping[str, Any] | None = None,
     **collect_options: Any,
 ) -> ReportFiles:
     """Runs a model over data and writes the full gate report and the interactive explorer.
@@ -439,6 +440,9 @@ def inspect_model(
       notes: paragraphs under the title.
       explorer: also write ``explorer.html``, the interactive page of
         :mod:`gatenets.inspect.explorer` (first batch's sequences, linked from the report).
+      explorer_options: more arguments of
+        :func:`~gatenets.inspect.explorer.explorer_data` (``examples``, ``max_steps``,
+        ``source``, ``checkpoint``, ``tracks``, ``labels``).
       **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
         table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
         the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
@@ -471,6 +475,7 @@ def inspect_model(
             attention=collected.attention,
             title=title.replace("report", "explorer"),
             notes=notes,
+            **(explorer_options or {}),
         )
         explorer_path = write_explorer(directory, page)
         fragments = {
