@@ -4,7 +4,11 @@
 (function () {
   "use strict";
 
+  const STARTED = performance.now();
   const DATA = JSON.parse(document.getElementById("gatenets-data").textContent);
+  // Milliseconds since the script started, at each stage of loading (for benchmarks).
+  const TIMINGS = { parsed: performance.now() - STARTED };
+  const mark = (name) => { TIMINGS[name] = performance.now() - STARTED; };
   const $ = (id) => document.getElementById(id);
   const DPR = window.devicePixelRatio || 1;
   const UNIT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
@@ -237,10 +241,12 @@
     state.units = [];
     layoutScatter();
     state.units = units ? validUnits(units) : busiestUnits(Math.min(3, gate().units));
+    mark("units");
     state.matches = [];
     syncControls();
     fillUnitList();
     clearReadouts();
+    mark("lists");
     drawAll();
   }
 
@@ -565,8 +571,9 @@
       const cell = Math.min(80, Math.max(11, Math.ceil(widest) + 4), Math.max(1, fits));
       return { text: true, cell: cell, steps: steps };
     }
+    // Fit the width: a canvas wider than the page costs seconds to paint at 10,000 steps.
     const width = available("timeline-scroll") - TL.label - 10;
-    return { text: false, cell: Math.max(1, Math.min(14, width / steps)), steps: steps };
+    return { text: false, cell: Math.min(14, width / steps), steps: steps };
   }
 
   function timelineRows() { return state.units.length + (state.track ? 1 : 0); }
@@ -782,8 +789,11 @@
     const g = gate();
     const steps = example().steps.length;
     const width = available("heatmap-scroll") - HM.label - 8;
+    // Whole pixels while every step gets one; past that the picture fits the width and each
+    // pixel averages its steps (a canvas wider than the page takes seconds to paint).
+    const fit = width / steps;
     return {
-      cell: Math.max(1, Math.min(14, Math.floor(width / steps))),
+      cell: fit >= 1 ? Math.min(14, Math.floor(fit)) : fit,
       row: Math.max(1, Math.min(12, Math.floor(640 / g.units))),
       steps: steps,
       units: g.units,
@@ -826,7 +836,7 @@
     canvas.dataset.labelWidth = String(HM.label);
     canvas.dataset.cellWidth = String(layout.cell);
     canvas.dataset.rowHeight = String(layout.row);
-    ctx.imageSmoothingEnabled = false;
+    ctx.imageSmoothingEnabled = layout.cell < 1;
     ctx.drawImage(heatBitmap(), HM.label, 0, layout.steps * layout.cell, layout.units * layout.row);
     ctx.font = "10px sans-serif";
     ctx.fillStyle = "#333";
@@ -1168,8 +1178,11 @@
     $("gate-summary").textContent = gate().name + ": " + gate().units + " units, mean " +
       fmt(gate().mean.reduce((a, b) => a + b, 0) / gate().units) + " over all inspected steps";
     drawScatter();
+    mark("scatter");
     drawTimeline();
+    mark("timeline");
     drawHeatmap();
+    mark("heatmap");
     drawAttention();
     drawCorrelations();
     saveView();
@@ -1221,6 +1234,7 @@
     heatmapEvents();
     attentionEvents();
     fillAblation();
+    mark("controls");
     describeSource();
     drawColorbar();
     $("attention-section").hidden = !DATA.attention;
@@ -1233,15 +1247,19 @@
       drawHeatmap();
     });
     loadView();
+    mark("view");
     $("track").value = state.track;
     drawTimeline();
     drawCorrelations();
+    mark("drawn");
   }
 
   // For scripts and tests: the state, the values drawn, where a unit's point is, and the
   // pattern search, annotation tracks and export the buttons use.
   window.gatenetsExplorer = {
     state: state,
+    started: STARTED,
+    timings: TIMINGS,
     gates: GATES.map((g) => g.name),
     selectGate: selectGate,
     selectUnits: selectUnits,
@@ -1266,4 +1284,6 @@
   };
 
   init();
+  document.addEventListener("DOMContentLoaded", () => mark("domcontentloaded"));
+  window.addEventListener("load", () => mark("load"));
 })();
