@@ -90,7 +90,17 @@ def register(subparsers) -> None:
         help="every N steps (default 50) write gate statistics to metrics.jsonl",
     )
     parser.add_argument(
-        "--tensorboard", metavar="DIR", help="also write TensorBoard events (needs tensorboardX)"
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard events into DIR/<run name>, with the run's configuration "
+        "as hparams (needs tensorboardX)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        metavar="N",
+        help="log the training loss as the mean of every N steps (default 50; 1: every step)",
     )
     parser.set_defaults(func=main)
 
@@ -135,6 +145,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = args.out or f"runs/{args.task}-{config.model}"
     check_output_dir("--out", out)
+    if args.log_every < 1:
+        raise UsageError(f"--log-every must be >= 1; got {args.log_every}.")
+    tensorboard_dir = _tensorboard_dir(args.tensorboard, out)
     say = print if is_main_process() else lambda text: None
     say(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
@@ -149,12 +162,36 @@ def main(args: argparse.Namespace) -> int:
             resume_step=args.resume_step,
             progress=not args.no_progress,
             gate_stats_every=args.watch_gates,
-            tensorboard_dir=args.tensorboard,
+            tensorboard_dir=tensorboard_dir,
+            log_every=args.log_every,
         )
     except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
+    if tensorboard_dir is not None and is_main_process():
+        _tensorboard_hparams(tensorboard_dir, config, summary, args.log_every)
     say(_format_summary(summary))
     return 0
+
+
+def _tensorboard_dir(root: str | None, out: str) -> pathlib.Path | None:
+    """``root/<run name>``: one TensorBoard run per run directory."""
+    if root is None:
+        return None
+    from gatenets.train.watch import tensorboard_run_dir
+
+    return tensorboard_run_dir(root, out)
+
+
+def _tensorboard_hparams(logdir, config, summary: dict, log_every: int) -> None:
+    """The run's configuration and test metrics as TensorBoard hparams."""
+    from gatenets.train.watch import write_hparams
+
+    hparams = {k: v for k, v in config._asdict().items() if k != "options"}
+    hparams.update({f"option/{k}": v for k, v in config.options.items()})
+    hparams["log_every"] = log_every
+    metrics = {f"test/{k}": v for k, v in summary["test"].items() if isinstance(v, int | float)}
+    every = "each step" if log_every == 1 else f"the mean of each {log_every} steps"
+    write_hparams(logdir, hparams, metrics, notes={"about/train_loss": f"train/loss: {every}."})
 
 
 def _check_text(path: str) -> None:
