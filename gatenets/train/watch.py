@@ -265,6 +265,52 @@ class TensorBoardWriter(Hook):
         self.close()
 
 
+def plot_runs(runs: dict[str, list[Record]]):
+    """Several runs together: their training (line) and validation (dots) losses on one axis,
+    one colour per run, and below, per run that watched its gates, each gate's right-saturated
+    fraction (solid) and left-saturated fraction (dashed) over training.
+
+    Example:
+      >>> from gatenets.train.watch import plot_runs
+      >>> runs = {name: [{"step": s, "split": "train", "loss": k / s} for s in (1, 2)]
+      ...         for k, name in enumerate(("lstm", "gru"), 1)}
+      >>> fig = plot_runs(runs)
+      >>> [line.get_label() for line in fig.axes[0].get_lines()]
+      ['lstm train loss', 'gru train loss']
+    """
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("runs is empty: give at least one run's records.")
+    watched = [
+        name for name, records in runs.items() if any(r.get("split") == "gates" for r in records)
+    ]
+    fig = Figure(figsize=(8, 3.2 * (1 + len(watched))), layout="constrained")
+    axes = fig.subplots(1 + len(watched), 1, sharex=True, squeeze=False)[:, 0]
+    for k, (name, records) in enumerate(runs.items()):
+        for split, style in (("train", "-"), ("valid", "o")):
+            steps, losses = _series(records, split, "loss")
+            if steps:
+                axes[0].plot(steps, losses, style, color=f"C{k % 10}", markersize=3,
+                             label=f"{name} {split} loss")  # fmt: skip
+    axes[0].set_ylabel("loss")
+    axes[0].legend(loc="upper right", fontsize="small")
+    for ax, name in zip(axes[1:], watched, strict=True):
+        gate_records = [r for r in runs[name] if r.get("split") == "gates"]
+        steps = [r["step"] for r in gate_records]
+        for j, gate in enumerate(gate_records[-1]["gates"]):
+            for field, style in (("right_saturated", "-"), ("left_saturated", "--")):
+                values = [r["gates"].get(gate, {}).get(field, math.nan) for r in gate_records]
+                label = gate if style == "-" else None
+                ax.plot(steps, values, style, color=f"C{j % 10}", label=label)
+        ax.set_ylabel("saturated fraction")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{name}: right-saturated (solid), left-saturated (dashed)", fontsize="small")
+        ax.legend(loc="upper left", fontsize="x-small", ncol=2)
+    axes[-1].set_xlabel("step")
+    return fig
+
+
 def histogram_figure(record: Record):
     """The histogram of each gate in a ``"gates"`` record (:class:`GateStatsHook`), one panel
     per gate as the report draws them, with the left and right thresholds marked.

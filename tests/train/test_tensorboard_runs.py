@@ -78,3 +78,14 @@ def test_each_run_in_its_own_folder_with_hparams_loss_and_images(tmp_path):
     gru = summaries(read_events(board / "adding-gru"))
     # The default: the mean of each 50 steps, said; no picture without --watch-gates.
     assert "gates/histograms" not in gru and "train/loss" in gru
+    # gatenets plot takes both runs: one loss axis with a line per run, then the watched
+    # run's gate saturation.
+    picture = tmp_path / "compare.png"
+    _run("plot", str(tmp_path / "adding-lstm"), str(tmp_path / "adding-gru"), "--out", str(picture))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from gatenets.train.watch import plot_runs, read_metrics
+
+    figure = plot_runs({n: read_metrics(tmp_path / n) for n in ("adding-lstm", "adding-gru")})
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == ["adding-lstm train loss", "adding-gru train loss"]
+    assert len(figure.axes) == 2 and figure.axes[1].get_title().startswith("adding-lstm")
