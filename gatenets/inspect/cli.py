@@ -38,6 +38,18 @@ def register(subparsers: Any) -> None:
         "--step", type=int, help="with --run: the checkpoint of this step (default: the latest)"
     )
     parser.add_argument(
+        "--compare-run",
+        metavar="DIR",
+        help="with --run: show this second run beside it, on the same sequences, and the "
+        "difference of each gate both have",
+    )
+    parser.add_argument(
+        "--compare-step",
+        type=int,
+        metavar="M",
+        help="with --run: compare with checkpoint M (of --compare-run, or of --run itself)",
+    )
+    parser.add_argument(
         "--text",
         metavar="FILE",
         help="inspect the model on this UTF-8 text (a character model: --run of charlm, or the "
@@ -80,6 +92,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--sequence-length must be >= 2; got {args.sequence_length}.")
     if args.step is not None and args.run is None:
         raise UsageError("--step needs --run: it picks a checkpoint of that run.")
+    for flag in ("compare_run", "compare_step"):
+        if getattr(args, flag) is not None and args.run is None:
+            raise UsageError(f"--{flag.replace('_', '-')} needs --run: it compares with that run.")
+    if args.compare_run is not None and not os.path.isdir(args.compare_run):
+        raise UsageError(f"--compare-run {args.compare_run!r} is not a directory.")
     if args.text is not None and not os.path.isfile(args.text):
         raise UsageError(f"--text {args.text!r} is not a file; give a UTF-8 text file.")
     if not 0.0 <= args.left <= args.right <= 1.0:
@@ -112,9 +129,13 @@ def run(args: argparse.Namespace) -> int:
         data, source = _text_batches(task, args)
     else:
         data, source = _validation_batches(task, args)
+    compare = None
+    if args.compare_run is not None or args.compare_step is not None:
+        compare = _compared_model(args, task, checkpoint)
     files = _inspect_task(
-        model, task, data, args, title=title, notes=notes, source=source, checkpoint=checkpoint
-    )
+        model, task, data, args, title=title, notes=notes, source=source, checkpoint=checkpoint,
+        compare=compare,
+    )  # fmt: skip
     print(f"report: {files.html}")
     if files.explorer is not None:
         print(f"explorer: {files.explorer} (open it in a browser)")
@@ -137,7 +158,8 @@ def _load_run(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     ) as checkpoints:
         steps = checkpoints.all_steps()
         if args.step is not None and args.step not in steps:
-            raise UsageError(f"--step {args.step}: {args.run!r} has checkpoints of steps {steps}.")
+            flag = getattr(args, "step_flag", "--step")
+            raise UsageError(f"{flag} {args.step}: {args.run!r} has checkpoints of steps {steps}.")
         step = checkpoints.restore(loaded.model, step=args.step)
     loaded.model.eval()
     try:
@@ -156,6 +178,30 @@ def _load_run(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         "metric": "loss",
     }
     return loaded.model, loaded.task, checkpoint
+
+
+def _compared_model(args: argparse.Namespace, task: Any, checkpoint: dict) -> tuple:
+    """``(model, label of --run, label of the other)`` for ``--compare-run`` and
+    ``--compare-step``."""
+    from gatenets.cli import UsageError
+
+    other_run = args.compare_run or args.run
+    other = argparse.Namespace(run=other_run, step=args.compare_step, step_flag="--compare-step")
+    model, other_task, other_checkpoint = _load_run(other)
+    if getattr(task, "vocab", None) != getattr(other_task, "vocab", None):
+        raise UsageError(
+            f"--compare-run {other_run!r} reads other inputs than --run {args.run!r} (another "
+            "task or vocabulary): the two must run on the same sequences."
+        )
+
+    def label(run: str, step: int) -> str:
+        name = os.path.basename(os.path.normpath(run))
+        return f"step {step}" if args.compare_run is None else f"{name} step {step}"
+
+    first, second = label(args.run, checkpoint["step"]), label(other_run, other_checkpoint["step"])
+    if first == second:
+        second += " (again)"
+    return model, first, second
 
 
 def _validation_batches(task: Any, args: argparse.Namespace) -> tuple[Any, str]:
@@ -236,7 +282,7 @@ def _train_charlm(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     return trained.model, task, notes
 
 
-def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint):
+def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint, compare=None):
     """The report of a task model on ``data`` (an iterable of its batches)."""
     from gatenets.inspect.probe import gradient_contrast
     from gatenets.inspect.report import inspect_model
@@ -274,4 +320,5 @@ def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint):
             "source": source,
             "checkpoint": checkpoint,
         },
+        compare=compare,
     )

@@ -74,6 +74,12 @@
   function quoted(token) { return token === null ? "" : " \u00b7 input " + JSON.stringify(token); }
 
   function fmt(v) { return v === null ? "nan" : v.toFixed(4); }
+  // A difference gate stores (d + 1) / 2 for d = second - first in [-1, 1].
+  function shown(g, v) {
+    if (!g.difference) return fmt(v);
+    const d = 2 * v - 1;
+    return (d >= 0 ? "+" : "") + d.toFixed(4);
+  }
   // Four significant digits: a metric of 0.00091 is not 0.0009.
   function sig(v) { return v === null ? "nan" : v.toPrecision(4); }
   // JSON has no infinity: a unit that never forgets has a null time constant.
@@ -210,7 +216,7 @@
     for (const u of sortedUnits()) {
       const option = document.createElement("option");
       option.value = String(u);
-      option.textContent = unitLabel(g, u) + "  mean " + g.mean[u].toFixed(3) + ", left " +
+      option.textContent = unitLabel(g, u) + (g.difference ? "  mean difference " + shown(g, g.mean[u]) : "  mean " + g.mean[u].toFixed(3)) + ", left " +
         g.left_saturated[u].toFixed(3) + ", right " + g.right_saturated[u].toFixed(3) +
         (g.time_constant ? ", \u03c4 " + tau(g.time_constant[u]) : "");
       list.appendChild(option);
@@ -433,6 +439,11 @@
 
   function scatterText(unit) {
     const g = gate();
+    if (g.difference) {
+      return unitLabel(g, unit) + ": mean difference " + shown(g, g.mean[unit]) +
+        " (placed at the second's saturation: left " + fmt(g.left_saturated[unit]) + ", right " +
+        fmt(g.right_saturated[unit]) + ")";
+    }
     return unitLabel(g, unit) + ": mean " + fmt(g.mean[unit]) + ", left-saturated " +
       fmt(g.left_saturated[unit]) + ", right-saturated " + fmt(g.right_saturated[unit]) +
       (g.time_constant ? ", \u03c4 " + tau(g.time_constant[unit]) + " steps" : "");
@@ -729,7 +740,7 @@
     }
     if (!units.length) return "";
     return "step " + ex.steps[t] + quoted(token) + " \u00b7 " +
-      units.map((u) => "unit " + u + ": " + fmt(drawn[u][t])).join(", ");
+      units.map((u) => "unit " + u + ": " + shown(gate(), drawn[u][t])).join(", ");
   }
 
   function setRange(a, b) {
@@ -774,9 +785,12 @@
     ctx.fillStyle = "#333";
     ctx.font = "11px sans-serif";
     ctx.textAlign = "right";
-    ctx.fillText("gate value", left - 8, 12);
+    const difference = gate().difference;
+    ctx.fillText(difference ? "difference" : "gate value", left - 8, 12);
     ctx.textAlign = "center";
-    for (const v of [0, 0.25, 0.5, 0.75, 1]) ctx.fillText(String(v), left + v * (width - 1), 27);
+    for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+      ctx.fillText(String(difference ? 2 * v - 1 : v), left + v * (width - 1), 27);
+    }
   }
 
   // ---------------------------------------------------------------------------------------
@@ -879,7 +893,7 @@
       const ex = example();
       const v = values(state.example, g.name)[t * g.units + u];
       readout("heatmap-readout", unitLabel(g, u) + " \u00b7 step " + ex.steps[t] +
-        quoted(ex.tokens ? ex.tokens[t] : null) + " \u00b7 value " + fmt(v), event);
+        quoted(ex.tokens ? ex.tokens[t] : null) + " \u00b7 " + (g.difference ? "difference " : "value ") + shown(g, v), event);
     });
     canvas.addEventListener("mouseleave", () => readout("heatmap-readout", ""));
     canvas.addEventListener("click", (event) => {
@@ -1175,8 +1189,11 @@
   // ---------------------------------------------------------------------------------------
 
   function drawAll() {
-    $("gate-summary").textContent = gate().name + ": " + gate().units + " units, mean " +
-      fmt(gate().mean.reduce((a, b) => a + b, 0) / gate().units) + " over all inspected steps";
+    const g = gate();
+    const mean = g.mean.reduce((a, b) => a + b, 0) / g.units;
+    $("gate-summary").textContent = g.name + ": " + g.units + " units, " +
+      (g.difference ? "mean difference " + shown(g, mean) + " over the shown sequences"
+        : "mean " + fmt(mean) + " over all inspected steps");
     drawScatter();
     mark("scatter");
     drawTimeline();
@@ -1185,7 +1202,34 @@
     mark("heatmap");
     drawAttention();
     drawCorrelations();
+    drawColorbar();
     saveView();
+  }
+
+  function fillComparison() {
+    const c = DATA.comparison;
+    $("comparison-section").hidden = !c;
+    if (!c) return;
+    const head = $("comparison-head");
+    const fields = [["mean", "mean"], ["left_saturated", "left-sat."], ["right_saturated", "right-sat."]];
+    const titles = ["gate"];
+    for (const label of c.labels) for (const f of fields) titles.push(label + " " + f[1]);
+    for (const text of titles) {
+      const th = document.createElement("th");
+      th.textContent = text;
+      head.appendChild(th);
+    }
+    for (const row of c.rows) {
+      const tr = document.createElement("tr");
+      const cells = [row.gate];
+      for (const label of c.labels) for (const f of fields) cells.push(fmt(row[label + "/" + f[0]] ?? null));
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      $("comparison-body").appendChild(tr);
+    }
   }
 
   function describeSource() {
@@ -1234,6 +1278,7 @@
     heatmapEvents();
     attentionEvents();
     fillAblation();
+    fillComparison();
     mark("controls");
     describeSource();
     drawColorbar();

@@ -287,6 +287,105 @@ def explorer_data(
     }
 
 
+def _decode(text: str) -> np.ndarray:
+    """Inverse of :func:`_encode`: the stored values as float64."""
+    return np.frombuffer(base64.b64decode(text), "<u2").astype(np.float64) / 65535.0
+
+
+def _label(text: str) -> str:
+    # A "/" in a label would split it into layers on the page.
+    return str(text).replace("/", "\u2215")
+
+
+def _saturation_rows(first, second, labels) -> list[dict[str, Any]]:
+    """Per gate name of either page, each page's mean, left and right saturation (averaged
+    over units), or None where a page has no such gate."""
+    by_name = [{g["name"]: g for g in data["gates"]} for data in (first, second)]
+    names = list(by_name[0]) + [n for n in by_name[1] if n not in by_name[0]]
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"gate": name}
+        for label, gates in zip(labels, by_name, strict=True):
+            g = gates.get(name)
+            for field in ("mean", "left_saturated", "right_saturated"):
+                values = [v for v in g[field] if v is not None] if g else []
+                row[f"{label}/{field}"] = round(float(np.mean(values)), 6) if values else None
+        rows.append(row)
+    return rows
+
+
+def _difference_gate(name, a, b, labels) -> dict[str, Any]:
+    """The page entry of ``b - a`` for gate ``name``: its scatter places units where ``b``
+    has them, coloured by the difference of the means mapped from [-1, 1] to [0, 1]."""
+    mean = [
+        None if x is None or y is None else round((y - x + 1.0) / 2.0, 6)
+        for x, y in zip(a["mean"], b["mean"], strict=True)
+    ]
+    path = f"{labels[1]} \u2212 {labels[0]}/{b['path']}" if b["path"] else labels[1]
+    return {**b, "name": f"{path}/{b['gate']}", "path": path, "mean": mean, "difference": True,
+            "time_constant": None}  # fmt: skip
+
+
+def compare_explorer_data(
+    first: Mapping[str, Any], second: Mapping[str, Any], *, labels: Sequence[str] = ("A", "B")
+) -> dict[str, Any]:
+    """One page of two :func:`explorer_data` results on the same sequences (two checkpoints
+    of a run, or two runs on the same text): every gate of each under its label
+    (``"step 200/layer0/forward/forget"``), and for each gate both have with the same units,
+    the difference ``second − first`` (stored as ``(d + 1) / 2``; the page shows ``d`` in
+    [−1, 1]), and a table of each gate's saturation in both.
+
+    Raises:
+      ValueError: when the two do not show the same sequences (steps and tokens).
+
+    Example:
+      >>> import numpy as np
+      >>> from gatenets import GateTrace, GRUGates
+      >>> from gatenets.inspect import gate_statistics
+      >>> from gatenets.inspect.explorer import compare_explorer_data, explorer_data
+      >>> def page(value):
+      ...     g = GRUGates(np.full((1, 2, 3), value), np.full((1, 2, 3), value))
+      ...     trace = GateTrace({"forward": g}, np.ones((1, 2), bool))
+      ...     return explorer_data(trace, gate_statistics(trace), np.ones((1, 2, 1)))
+      >>> both = compare_explorer_data(page(0.25), page(0.75), labels=("step 1", "step 2"))
+      >>> [g["name"] for g in both["gates"]][-2:]
+      ['step 2 − step 1/forward/reset', 'step 2 − step 1/forward/update']
+    """
+    labels = [_label(x) for x in labels]
+    if len(labels) != 2 or labels[0] == labels[1]:
+        raise ValueError(f"labels must be two different names; got {labels}.")
+    for a, b in zip(first["examples"], second["examples"], strict=False):
+        if a["steps"] != b["steps"] or a["tokens"] != b["tokens"]:
+            raise ValueError(
+                f"first and second must show the same sequences; sequence {a['index']} has "
+                f"steps or tokens that differ."
+            )
+    if len(first["examples"]) != len(second["examples"]):
+        raise ValueError("first and second must show the same number of sequences.")
+    gates, examples = [], [dict(e, values={}) for e in first["examples"]]
+    for label, data in zip(labels, (first, second), strict=True):
+        for g in data["gates"]:
+            path = f"{label}/{g['path']}" if g["path"] else label
+            gates.append({**g, "name": f"{path}/{g['gate']}", "path": path})
+            for k, e in enumerate(data["examples"]):
+                examples[k]["values"][gates[-1]["name"]] = e["values"][g["name"]]
+    second_gates = {g["name"]: g for g in second["gates"]}
+    for a in first["gates"]:
+        b = second_gates.get(a["name"])
+        if b is None or b["units"] != a["units"]:
+            continue
+        entry = _difference_gate(a["name"], a, b, labels)
+        gates.append(entry)
+        for k in range(len(examples)):
+            d = _decode(second["examples"][k]["values"][b["name"]])
+            d = d - _decode(first["examples"][k]["values"][a["name"]])
+            examples[k]["values"][entry["name"]] = _encode((d + 1.0) / 2.0)
+    rows = _saturation_rows(first, second, labels)
+    return {**first, "gates": gates, "examples": examples, "attention": None,
+            "ablation": first.get("ablation"),
+            "comparison": {"labels": labels, "rows": rows}}  # fmt: skip
+
+
 def _resource(name: str) -> str:
     return resources.files("gatenets.inspect").joinpath(name).read_text(encoding="utf-8")
 

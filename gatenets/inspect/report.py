@@ -26,7 +26,12 @@ from matplotlib.figure import Figure
 from gatenets.inspect import plots
 from gatenets.inspect._template import Template, content_security_policy
 from gatenets.inspect.ablation import AblationResult, ablate
-from gatenets.inspect.explorer import attention_weights, explorer_data, write_explorer
+from gatenets.inspect.explorer import (
+    attention_weights,
+    compare_explorer_data,
+    explorer_data,
+    write_explorer,
+)
 from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.probe import GradientProfile
 from gatenets.inspect.statistics import (
@@ -34,6 +39,7 @@ from gatenets.inspect.statistics import (
     _progress,
     accumulate,
     finalize,
+    gate_statistics,
     iterate_batches,
     run_with_gates,
     split_batch,
@@ -411,6 +417,25 @@ def report_figures(
     return ReportContent(figures, fragments)
 
 
+def _compared_page(collected: ReportData, compare, options) -> dict[str, Any]:
+    """The explorer data of the first batch for ``collected``'s model and the second model
+    of ``compare``, side by side (statistics of that batch for both)."""
+    second, first_label, second_label = compare
+    trace = collected.trace
+    _, second_trace = run_with_gates(second, collected.inputs, trace.mask)
+    thresholds = next(iter(collected.stats.values()))
+    pages = [
+        explorer_data(
+            t,
+            gate_statistics(t, left=thresholds.left, right=thresholds.right),
+            collected.inputs,
+            **options,
+        )
+        for t in (trace, second_trace)
+    ]
+    return compare_explorer_data(pages[0], pages[1], labels=(first_label, second_label))
+
+
 def inspect_model(
     model: Any,
     data: Any,
@@ -421,6 +446,7 @@ def inspect_model(
     notes: Sequence[str] = (),
     explorer: bool = True,
     explorer_options: Mapping[str, Any] | None = None,
+    compare: tuple[Any, str, str] | None = None,
     **collect_options: Any,
 ) -> ReportFiles:
     """Runs a model over data and writes the full gate report and the interactive explorer.
@@ -443,6 +469,10 @@ def inspect_model(
       explorer_options: more arguments of
         :func:`~gatenets.inspect.explorer.explorer_data` (``examples``, ``max_steps``,
         ``source``, ``checkpoint``, ``tracks``, ``labels``).
+      compare: ``(second model, label of model, label of second)``: the explorer shows both
+        on the first batch, side by side and as differences
+        (:func:`~gatenets.inspect.explorer.compare_explorer_data`); its scatter and tables
+        then count that batch only, for both.
       **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
         table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
         the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
@@ -466,17 +496,23 @@ def inspect_model(
     fragments = dict(content.fragments)
     explorer_path = None
     if explorer:
-        page = explorer_data(
-            collected.trace,
-            collected.stats,
-            collected.inputs,
+        options = dict(
             decode=decode,
-            ablation=collected.ablation,
-            attention=collected.attention,
             title=title.replace("report", "explorer"),
             notes=notes,
             **(explorer_options or {}),
         )
+        if compare is None:
+            page = explorer_data(
+                collected.trace,
+                collected.stats,
+                collected.inputs,
+                ablation=collected.ablation,
+                attention=collected.attention,
+                **options,
+            )
+        else:
+            page = _compared_page(collected, compare, options)
         explorer_path = write_explorer(directory, page)
         fragments = {
             # Named, not linked: the report references nothing outside itself.

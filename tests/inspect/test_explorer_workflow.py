@@ -285,3 +285,38 @@ def test_inspect_flags_are_checked_before_any_work(hostile_run, tmp_path, capsys
     code = main(["inspect", "--run", str(run_dir), "--text", str(other), "--out", out])
     assert code == 2
     assert "'ü' is not in the vocabulary" in capsys.readouterr().err
+
+
+def test_two_checkpoints_side_by_side_and_their_difference(open_page, hostile_run, tmp_path):
+    run_dir, text_file = hostile_run
+    text = text_file.read_text(encoding="utf-8")
+    out = tmp_path / "compare"
+    run_cli(
+        "inspect", "--run", str(run_dir), "--step", "2", "--compare-step", "4", "--text",
+        str(text_file), "--sequences", "3", "--sequence-length", "32", "--out", str(out),
+        "--no-progress",
+    )  # fmt: skip
+    page = open_page(out / "explorer.html")
+    layers = page.page.locator("#layer option").all_inner_texts()
+    assert layers == ["step 2/layer0", "step 4/layer0", "step 4 − step 2/layer0"]
+    gates = {}
+    for step in (2, 4):
+        loaded = _model_at(run_dir, step)
+        _, trace = run_with_gates(loaded.model, loaded.task.encode(text[:96]).reshape(3, 32))
+        gates[step] = np.asarray(trace.flat()["layer0/forward/forget"])
+    name = "step 4 − step 2/layer0/forward/forget"
+    shown = _page_values(page, 1, name, [5])
+    difference = 2 * shown - 1
+    np.testing.assert_allclose(difference, gates[4][1, :, 5] - gates[2][1, :, 5], atol=3 * QUANTUM)
+    assert page.js("window.gatenetsExplorer.state.units") == [5]
+    readout = page.hover_cell("#heatmap", 7, 5)
+    assert re.match(r"unit 5 · step 7 · input .* · difference [+-]\d\.\d{4}$", readout), readout
+    value = float(readout.rsplit(" ", 1)[1])
+    assert abs(value - (gates[4][1, 7, 5] - gates[2][1, 7, 5])) <= 5e-5 + 3 * QUANTUM
+    # The saturation of each gate in both, over the shown batch.
+    rows = page.page.locator("#comparison-body tr")
+    assert rows.count() == 3  # the LSTM's input, forget and output gates
+    cells = rows.nth(1).locator("td").all_inner_texts()
+    assert cells[0] == "layer0/forward/forget"
+    assert abs(float(cells[1]) - gates[2].mean()) <= 1e-4
+    assert abs(float(cells[4]) - gates[4].mean()) <= 1e-4
