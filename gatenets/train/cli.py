@@ -89,6 +89,18 @@ def register(subparsers) -> None:
         metavar="N",
         help="every N steps (default 50) write gate statistics to metrics.jsonl",
     )
+    _add_logging_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _add_logging_arguments(parser) -> None:
     parser.add_argument(
         "--tensorboard",
         metavar="DIR",
@@ -97,12 +109,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--log-every",
-        type=int,
+        type=_positive_int,
         default=50,
         metavar="N",
         help="log the training loss as the mean of every N steps (default 50; 1: every step)",
     )
-    parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -145,9 +156,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = args.out or f"runs/{args.task}-{config.model}"
     check_output_dir("--out", out)
-    if args.log_every < 1:
-        raise UsageError(f"--log-every must be >= 1; got {args.log_every}.")
-    tensorboard_dir = _tensorboard_dir(args.tensorboard, out)
     say = print if is_main_process() else lambda text: None
     say(
         f"{task.name}: {config.model}, hidden {config.hidden}, {config.steps} steps of "
@@ -161,16 +169,22 @@ def main(args: argparse.Namespace) -> int:
             resume=args.resume,
             resume_step=args.resume_step,
             progress=not args.no_progress,
-            gate_stats_every=args.watch_gates,
-            tensorboard_dir=tensorboard_dir,
-            log_every=args.log_every,
+            **_watch_options(args, out),
         )
     except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
-    if tensorboard_dir is not None and is_main_process():
-        _tensorboard_hparams(tensorboard_dir, config, summary, args.log_every)
+    _tensorboard_hparams(_tensorboard_dir(args.tensorboard, out), config, summary, args.log_every)
     say(_format_summary(summary))
     return 0
+
+
+def _watch_options(args: argparse.Namespace, out: str) -> dict:
+    """What ``fit`` watches: gate statistics, TensorBoard (in ``DIR/<run name>``), the loss."""
+    return {
+        "gate_stats_every": args.watch_gates,
+        "tensorboard_dir": _tensorboard_dir(args.tensorboard, out),
+        "log_every": args.log_every,
+    }
 
 
 def _tensorboard_dir(root: str | None, out: str) -> pathlib.Path | None:
@@ -183,9 +197,11 @@ def _tensorboard_dir(root: str | None, out: str) -> pathlib.Path | None:
 
 
 def _tensorboard_hparams(logdir, config, summary: dict, log_every: int) -> None:
-    """The run's configuration and test metrics as TensorBoard hparams."""
+    """The run's configuration and test metrics as TensorBoard hparams (main process only)."""
     from gatenets.train.watch import write_hparams
 
+    if logdir is None or not is_main_process():
+        return
     hparams = {k: v for k, v in config._asdict().items() if k != "options"}
     hparams.update({f"option/{k}": v for k, v in config.options.items()})
     hparams["log_every"] = log_every
