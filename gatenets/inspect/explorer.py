@@ -10,10 +10,14 @@ content-security policy runs only the page's own script, named by its SHA-256: t
 title, a note, a run directory or the input cannot run as script.
 
 On the page a user chooses a layer, direction and gate; clicks units in the saturation scatter
-(or picks them from a list) to see their gate over the input, drawn under the characters for
-text and as lines over the input for numbers; hovers the units × steps heatmap to read value,
-step and input; sees attention weights per head for attention layers, and the ablation table.
-Everything is drawn on canvases, so 512 units × 1,000 steps stay fast.
+(coincident points spread apart; a dragged box chooses many; the wheel zooms) or picks them
+from a sortable list, to see their gate over the input, drawn under the characters for text
+and as lines over the input for numbers; hovers the units × steps heatmap (a tooltip at the
+cursor reads value, step and input); searches, as LSTMVis does, for the places where the units
+on over a chosen range are on together, and matches units against annotation tracks; sees
+attention weights per head for attention layers, the ablation table, and with
+:func:`compare_explorer_data` two models side by side. The view lives in the URL fragment; the
+chosen values export as CSV or JSON. Everything is drawn on canvases no wider than the page.
 
 Gate values are stored as 16-bit integers ``round(65535 · g)`` (an error of at most
 ``1 / 131070 ≈ 7.6e-6``), base64-encoded, time-major.
