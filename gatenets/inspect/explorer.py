@@ -415,6 +415,10 @@ def explorer_page(data: Mapping[str, Any]) -> str:
     """
     script = _resource("explorer.js")
     style = _resource("explorer.css")
+    # The page's own script and style are placed raw: they must not end their element.
+    for name, text in (("explorer.js", script), ("explorer.css", style)):
+        if any(mark in text.lower() for mark in ("</script", "</style", "<!--")):
+            raise RuntimeError(f"{name} holds a tag that would end its element; escape it there.")
     title = html.escape(str(data.get("title", "gatenets gate explorer")))
     return _page_template().render(
         POLICY=html.escape(content_security_policy(scripts=(script,), styles=(style,))),
