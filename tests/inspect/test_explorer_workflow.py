@@ -320,3 +320,21 @@ def test_two_checkpoints_side_by_side_and_their_difference(open_page, hostile_ru
     assert cells[0] == "layer0/forward/forget"
     assert abs(float(cells[1]) - gates[2].mean()) <= 1e-4
     assert abs(float(cells[4]) - gates[4].mean()) <= 1e-4
+
+
+def test_built_in_model_reports_its_loss_in_the_progress_bar_unit_too(monkeypatch, capsys):
+    """The progress bar shows the loss in nats; the line after it said only bits."""
+    import argparse
+    import types
+
+    import gatenets.train
+    from gatenets.inspect import cli
+
+    def fake_train_model(config, *, task, progress):
+        result = types.SimpleNamespace(train_loss=2.0 * math.log(2.0))
+        return types.SimpleNamespace(config=config.resolved(task), result=result, model=None)
+
+    monkeypatch.setattr(gatenets.train, "train_model", fake_train_model)
+    args = argparse.Namespace(length=16, hidden=4, steps=1, batch_size=2, seed=0, no_progress=True)
+    cli._train_charlm(args)
+    assert "trained: loss 1.386 nats/char = 2.000 bits/char" in capsys.readouterr().out
