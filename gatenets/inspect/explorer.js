@@ -769,6 +769,8 @@
       start = null;
     });
     canvas.addEventListener("mouseleave", () => readout("timeline-readout", ""));
+    // A drag that ends outside the timeline ends there too: no stale start for the next one.
+    window.addEventListener("mouseup", (event) => { if (event.target !== canvas) start = null; });
   }
 
   // ---------------------------------------------------------------------------------------
