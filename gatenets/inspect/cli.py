@@ -282,6 +282,23 @@ def _train_charlm(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     return trained.model, task, notes
 
 
+def _hidden_states(model: Any, batch: Any) -> dict[str, Any] | None:
+    """``{"output/hidden state": [batch, time, units]}``: the recurrent stack's output (the
+    last layer's hidden state h_t; both directions side by side) on ``batch``, for a task
+    model with a recurrent stack (``model.rnn``), else None. Cell states are not returned
+    per step by the layers, so they are not shown."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rnn = getattr(model, "rnn", None)
+    if rnn is None:
+        return None
+    embed = getattr(model, "embed", None)
+    inputs = jnp.asarray(batch.inputs)
+    outputs = rnn(inputs if embed is None else embed(inputs), mask=batch.mask)
+    return {"output/hidden state": np.asarray(outputs, np.float64)}
+
+
 def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint, compare=None):
     """The report of a task model on ``data`` (an iterable of its batches)."""
     from gatenets.inspect.probe import gradient_contrast
@@ -319,6 +336,7 @@ def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint, 
             "max_steps": max(1000, args.sequence_length),
             "source": source,
             "checkpoint": checkpoint,
+            "states": _hidden_states(model, first),
         },
         compare=compare,
     )

@@ -76,6 +76,8 @@
   function fmt(v) { return v === null ? "nan" : v.toFixed(4); }
   // A difference gate stores (d + 1) / 2 for d = second - first in [-1, 1].
   function shown(g, v) {
+    // A state stores (x - lo) / (hi - lo) for x in its range [lo, hi].
+    if (g.kind === "state") return fmt(g.range[0] + v * (g.range[1] - g.range[0]));
     if (!g.difference) return fmt(v);
     const d = 2 * v - 1;
     return (d >= 0 ? "+" : "") + d.toFixed(4);
@@ -216,7 +218,7 @@
     for (const u of sortedUnits()) {
       const option = document.createElement("option");
       option.value = String(u);
-      option.textContent = unitLabel(g, u) + (g.difference ? "  mean difference " + shown(g, g.mean[u]) : "  mean " + g.mean[u].toFixed(3)) + ", left " +
+      option.textContent = unitLabel(g, u) + (g.difference || g.kind === "state" ? "  mean " + shown(g, g.mean[u]) : "  mean " + g.mean[u].toFixed(3)) + ", left " +
         g.left_saturated[u].toFixed(3) + ", right " + g.right_saturated[u].toFixed(3) +
         (g.time_constant ? ", \u03c4 " + tau(g.time_constant[u]) : "");
       list.appendChild(option);
@@ -391,11 +393,12 @@
       ctx.fillText(+(z.x0 + t * (z.x1 - z.x0)).toFixed(3) + "", SC.left + t * SC.size, SC.top + SC.size + 14);
       ctx.fillText(+(z.y0 + t * (z.y1 - z.y0)).toFixed(3) + "", SC.left - 20, SC.top + (1 - t) * SC.size + 4);
     }
-    ctx.fillText("fraction left-saturated (< " + DATA.left + ")", SC.left + SC.size / 2, SC.top + SC.size + 32);
+    const isState = g.kind === "state";
+    ctx.fillText("fraction " + (isState ? "\u2264 " + fmt(-0.9 * g.range[1]) : "left-saturated (< " + DATA.left + ")"), SC.left + SC.size / 2, SC.top + SC.size + 32);
     ctx.save();
     ctx.translate(10, SC.top + SC.size / 2);
     ctx.rotate(-Math.PI / 2);
-    ctx.fillText("fraction right-saturated (> " + DATA.right + ")", 0, 0);
+    ctx.fillText("fraction " + (isState ? "\u2265 " + fmt(0.9 * g.range[1]) : "right-saturated (> " + DATA.right + ")"), 0, 0);
     ctx.restore();
     ctx.save();
     ctx.beginPath();
@@ -439,6 +442,11 @@
 
   function scatterText(unit) {
     const g = gate();
+    if (g.kind === "state") {
+      return unitLabel(g, unit) + ": mean " + shown(g, g.mean[unit]) + ", at or below " +
+        fmt(-0.9 * g.range[1]) + " " + fmt(g.left_saturated[unit]) + " of steps, at or above " +
+        fmt(0.9 * g.range[1]) + " " + fmt(g.right_saturated[unit]);
+    }
     if (g.difference) {
       return unitLabel(g, unit) + ": mean difference " + shown(g, g.mean[unit]) +
         " (placed at the second's saturation: left " + fmt(g.left_saturated[unit]) + ", right " +
@@ -787,11 +795,13 @@
     ctx.fillStyle = "#333";
     ctx.font = "11px sans-serif";
     ctx.textAlign = "right";
-    const difference = gate().difference;
-    ctx.fillText(difference ? "difference" : "gate value", left - 8, 12);
+    const g = gate();
+    ctx.fillText(g.difference ? "difference" : g.kind === "state" ? "state" : "gate value", left - 8, 12);
     ctx.textAlign = "center";
     for (const v of [0, 0.25, 0.5, 0.75, 1]) {
-      ctx.fillText(String(difference ? 2 * v - 1 : v), left + v * (width - 1), 27);
+      const label = g.kind === "state" ? +(g.range[0] + v * (g.range[1] - g.range[0])).toFixed(2)
+        : g.difference ? 2 * v - 1 : v;
+      ctx.fillText(String(label), left + v * (width - 1), 27);
     }
   }
 
@@ -1194,7 +1204,8 @@
     const g = gate();
     const mean = g.mean.reduce((a, b) => a + b, 0) / g.units;
     $("gate-summary").textContent = g.name + ": " + g.units + " units, " +
-      (g.difference ? "mean difference " + shown(g, mean) + " over the shown sequences"
+      (g.kind === "state" ? "mean " + shown(g, mean) + " over the shown sequences"
+        : g.difference ? "mean difference " + shown(g, mean) + " over the shown sequences"
         : "mean " + fmt(mean) + " over all inspected steps");
     drawScatter();
     mark("scatter");

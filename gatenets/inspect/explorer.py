@@ -147,6 +147,44 @@ def _check_tracks(tracks: Mapping[str, Any] | None, mask: np.ndarray) -> dict[st
     return checked
 
 
+def _state_entries(
+    states: Mapping[str, Any] | None, mask: np.ndarray
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Page entries for per-step states (``{name: [batch, time, units…]}``, any real values)
+    and their values mapped to [0, 1]: a state is shown over ``[-m, m]``, ``m`` the larger of
+    1 and its largest magnitude at valid steps; "saturated" means beyond ``±0.9 m`` (a tanh
+    state such as an LSTM's or GRU's output has ``m = 1``)."""
+    entries, mapped = [], {}
+    for name, state in (states or {}).items():
+        array = np.asarray(state, np.float64)
+        if array.shape[:2] != mask.shape or array.ndim < 3:
+            raise ValueError(
+                f"states[{name!r}] must be [batch, time, units…] with the trace's batch and "
+                f"time {mask.shape}; got shape {array.shape}."
+            )
+        flat = array.reshape(*mask.shape, -1)
+        valid = flat[mask]
+        bound = max(1.0, float(np.max(np.abs(valid), initial=0.0)))
+        path, _, gate = str(name).rpartition("/")
+        entries.append(
+            {
+                "name": str(name),
+                "path": path,
+                "gate": gate,
+                "units": flat.shape[-1],
+                "unit_shape": list(array.shape[2:]),
+                "mean": _floats((valid.mean(axis=0) / bound + 1.0) / 2.0),
+                "left_saturated": _floats((valid <= -0.9 * bound).mean(axis=0)),
+                "right_saturated": _floats((valid >= 0.9 * bound).mean(axis=0)),
+                "time_constant": None,
+                "kind": "state",
+                "range": [-bound, bound],
+            }
+        )
+        mapped[str(name)] = (flat / bound + 1.0) / 2.0
+    return entries, mapped
+
+
 def _gate_entry(name: str, s: GateStatistics) -> dict[str, Any]:
     path, _, gate = name.rpartition("/")
     return {
@@ -213,6 +251,7 @@ def explorer_data(
     checkpoint: Mapping[str, Any] | None = None,
     tracks: Mapping[str, Any] | None = None,
     labels: Sequence[str] | None = None,
+    states: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the explorer page shows, as a JSON-ready dict.
 
@@ -237,6 +276,9 @@ def explorer_data(
         (NaN where unknown); the page adds its own for text (space, inside quotes, bracket
         depth, indentation, line position).
       labels: one short label per sequence of the batch, shown in the sequence menu.
+      states: per-step states to show beside the gates, ``{name: [batch, time, units]}``
+        (``"output/hidden state"``); any real values, drawn over ``[-m, m]`` (see
+        :func:`_state_entries`).
 
     Returns:
       ``{"title", "notes", "left", "right", "gates": [...], "examples": [...], "ablation",
@@ -262,6 +304,7 @@ def explorer_data(
     _check_examples("max_steps", max_steps)
     attention = _check_arrays(flat, stats, mask, inputs, attention)
     tracks = _check_tracks(tracks, mask)
+    state_entries, state_values = _state_entries(states, mask)
     if labels is not None and len(labels) != mask.shape[0]:
         raise ValueError(f"labels must have one entry per sequence ({mask.shape[0]}); got "
                          f"{len(labels)}.")  # fmt: skip
@@ -275,8 +318,11 @@ def explorer_data(
         "notes": list(notes),
         "left": first.left,
         "right": first.right,
-        "gates": [_gate_entry(name, stats[name]) for name in flat],
-        "examples": [_example_entry(b, steps[b], flat, inputs, decode, labels) for b in shown],
+        "gates": [_gate_entry(name, stats[name]) for name in flat] + state_entries,
+        "examples": [
+            _example_entry(b, steps[b], {**flat, **state_values}, inputs, decode, labels)
+            for b in shown
+        ],
         "ablation": _ablation_entry(ablation),
         "attention": None
         if attention is None

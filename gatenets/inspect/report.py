@@ -421,6 +421,8 @@ def _compared_page(collected: ReportData, compare, options) -> dict[str, Any]:
     """The explorer data of the first batch for ``collected``'s model and the second model
     of ``compare``, side by side (statistics of that batch for both)."""
     second, first_label, second_label = compare
+    # The states given are the first model's: the comparison shows gates only.
+    options = {k: v for k, v in options.items() if k != "states"}
     trace = collected.trace
     _, second_trace = run_with_gates(second, collected.inputs, trace.mask)
     thresholds = next(iter(collected.stats.values()))

@@ -70,6 +70,15 @@ def test_text_and_step_are_what_the_page_shows(open_page, inspected):
     expected = np.asarray(trace.flat()["layer0/forward/forget"])[0, :, 3]
     shown = _page_values(page, 1, "layer0/forward/forget", [3])
     np.testing.assert_allclose(shown, expected, atol=QUANTUM)
+    # The hidden state beside the gates: its last step is the stack's final carry h.
+    hidden = _page_values(page, 1, "output/hidden state", [3])
+    embedded = loaded.model.embed(ids)
+    carry, _ = loaded.model.rnn(embedded, return_carry=True)
+    final_h = np.asarray(carry[-1].h if isinstance(carry, list | tuple) else carry.h)[0, 3]
+    bound = max(1.0, float(np.max(np.abs(np.asarray(loaded.model.rnn(embedded))))))
+    assert abs(hidden[-1] * 2 * bound - bound - final_h) <= 2 * bound * QUANTUM + 1e-6
+    readout = page.hover_cell("#heatmap", LENGTH - 1, 3)
+    assert abs(float(readout.rsplit(" ", 1)[1]) - final_h) <= 5e-5 + 2 * QUANTUM
     latest = _model_at(run_dir, 4)
     _, later = run_with_gates(latest.model, ids)
     assert np.max(np.abs(np.asarray(later.flat()["layer0/forward/forget"])[0, :, 3] - shown)) > 1e-3
@@ -338,3 +347,35 @@ def test_built_in_model_reports_its_loss_in_the_progress_bar_unit_too(monkeypatc
     args = argparse.Namespace(length=16, hidden=4, steps=1, batch_size=2, seed=0, no_progress=True)
     cli._train_charlm(args)
     assert "trained: loss 1.386 nats/char = 2.000 bits/char" in capsys.readouterr().out
+
+
+def test_states_are_stored_over_their_range_and_checked():
+    import base64
+
+    from gatenets import GateTrace, GRUGates
+    from gatenets.inspect import gate_statistics
+    from gatenets.inspect.explorer import explorer_data
+
+    rng = np.random.default_rng(7)
+    gates = GRUGates(rng.random((2, 5, 3)), rng.random((2, 5, 3)))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    trace = GateTrace({"forward": gates}, mask)
+    state = rng.uniform(-2.0, 2.0, size=(2, 5, 4))
+    state[1, 4] = 50.0  # a padded step does not set the range
+    data = explorer_data(
+        trace, gate_statistics(trace), np.zeros((2, 5), np.int32), states={"output/h": state}
+    )
+    entry = data["gates"][-1]
+    bound = np.abs(state[mask]).max()
+    assert entry["name"] == "output/h" and entry["kind"] == "state"
+    assert entry["range"] == [-bound, bound]
+    stored = np.frombuffer(base64.b64decode(data["examples"][1]["values"]["output/h"]), "<u2")
+    back = stored.reshape(3, 4) / 65535.0 * 2 * bound - bound
+    np.testing.assert_allclose(back, state[1, :3], atol=2 * bound * QUANTUM)
+    np.testing.assert_allclose(
+        entry["right_saturated"], (state[mask] >= 0.9 * bound).mean(axis=0), atol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"states\['bad'\] must be \[batch, time, units…\]"):
+        explorer_data(
+            trace, gate_statistics(trace), np.zeros((2, 5)), states={"bad": np.zeros((2, 4, 1))}
+        )
