@@ -29,7 +29,9 @@ from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.probe import GradientProfile
 from gatenets.inspect.statistics import GateStatistics, _check_trace, select_gates
 
-GATE_CMAP = "viridis"
+GATE_CMAP = "coolwarm"
+"""The colour map of gate values in every picture, the explorer's included: blue 0, grey 0.5,
+red 1."""
 
 
 def _grid(count: int, max_columns: int = 3) -> tuple[int, int]:
@@ -164,7 +166,7 @@ def gate_heatmap(
     units: Sequence[int] | None = None,
     labels: Sequence[str] | None = None,
 ) -> Figure:
-    """One sequence's gate values over its valid steps, units as rows (0 dark, 1 bright).
+    """One sequence's gate values over its valid steps, units as rows (blue 0, red 1).
 
     Args:
       trace: a :class:`~gatenets.GateTrace`.

@@ -3,7 +3,9 @@
 draws the pictures, :func:`write_report` writes the page; :func:`inspect_model` does all three.
 
 The report is one HTML file with every picture inlined as a ``data:image/png;base64`` URI and
-inline styles only: it opens offline in any browser and fetches nothing. The PNGs are also
+inline styles only: it opens offline in any browser and fetches nothing. It runs no script:
+its content-security policy allows none, and every text that comes from the user (title,
+notes, gate names) is escaped. The PNGs are also
 written beside it. Files are written atomically (temporary file, then rename).
 """
 
@@ -14,6 +16,7 @@ import html
 import io
 import itertools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -21,8 +24,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gatenets.inspect import plots
+from gatenets.inspect._template import Template, content_security_policy
 from gatenets.inspect.ablation import AblationResult, ablate
-from gatenets.inspect.explorer import attention_weights, explorer_data, write_explorer
+from gatenets.inspect.explorer import (
+    attention_weights,
+    compare_explorer_data,
+    explorer_data,
+    write_explorer,
+)
 from gatenets.inspect.export import _atomic_write
 from gatenets.inspect.probe import GradientProfile
 from gatenets.inspect.statistics import (
@@ -30,6 +39,7 @@ from gatenets.inspect.statistics import (
     _progress,
     accumulate,
     finalize,
+    gate_statistics,
     iterate_batches,
     run_with_gates,
     split_batch,
@@ -47,6 +57,25 @@ img { max-width: 100%; }
 .caption { color: #555; font-size: 0.9em; max-width: 60em; }
 .text-heatmap { font-family: monospace; font-size: 0.85em; line-height: 1.5; }
 """
+
+
+_PAGE = Template(
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    '<meta http-equiv="Content-Security-Policy" content="{{POLICY}}">'
+    "<title>{{TITLE}}</title><style>{{STYLE}}</style></head><body>{{BODY}}</body></html>\n"
+)
+_STYLE_ATTRIBUTE = re.compile(r"""\sstyle\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def _page(title: str, body: str) -> str:
+    """The report page: ``body`` (trusted HTML) under an escaped ``title``. Its policy runs no
+    script and applies only the report's style sheet and the style attributes ``body`` holds
+    (the text heatmap's colours), each by its SHA-256."""
+    attributes = [html.unescape(a or b) for a, b in _STYLE_ATTRIBUTE.findall(body)]
+    policy = content_security_policy(styles=(_STYLE,), style_attributes=attributes)
+    return _PAGE.render(
+        POLICY=html.escape(policy), TITLE=html.escape(title), STYLE=_STYLE, BODY=body
+    )
 
 
 class ReportFiles(NamedTuple):
@@ -96,8 +125,9 @@ def _ablation_table(results: Sequence[AblationResult], metric: str, value: Any) 
         "<th>ablated</th><th>change</th></tr>"
     )
     rows = [
-        f"<tr><td>{html.escape(r.gate)}</td><td>{r.baseline:.4f}</td><td>{r.ablated:.4f}</td>"
-        f"<td>{r.change:+.4f}</td></tr>"
+        # Four significant digits: an MSE of 0.00091 is not 0.0009.
+        f"<tr><td>{html.escape(r.gate)}</td><td>{r.baseline:#.4g}</td><td>{r.ablated:#.4g}</td>"
+        f"<td>{r.change:+#.4g}</td></tr>"
         for r in results
     ]
     return f"<table>{head}{''.join(rows)}</table>"
@@ -124,7 +154,8 @@ def write_report(
       title: page title.
       notes: paragraphs of plain text shown under the title (escaped).
       fragments: ``{heading: trusted HTML}`` sections such as
-        :func:`~gatenets.inspect.plots.text_heatmap_html` output.
+        :func:`~gatenets.inspect.plots.text_heatmap_html` output. Their style attributes are
+        allowed by the page's policy; scripts and event handlers in them do not run.
       ablation: ``(results, metric name, override value)`` for an ablation table.
       filename: name of the HTML file.
       dpi: resolution of the PNGs.
@@ -177,11 +208,7 @@ def write_report(
         body.append(f'<p class="caption">{html.escape(item.caption)}</p>')
     for heading, fragment in (fragments or {}).items():
         body += [f"<h2>{html.escape(heading)}</h2>", fragment]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
-    )
+    page = _page(title, "".join(body))
     html_path = os.path.join(directory, filename)
 
     def write_html(tmp):
@@ -367,7 +394,7 @@ def report_figures(
             "heatmap",
             plots.gate_heatmap(trace, gate, example=example, units=units),
             f"{gate} over sequence {example} of the first batch, for the {len(units)} units "
-            "whose gate varies most in it (0 dark, 1 bright).",
+            "whose gate varies most in it (blue 0, red 1).",
         ),
     ]
     fragments = {}
@@ -390,6 +417,27 @@ def report_figures(
     return ReportContent(figures, fragments)
 
 
+def _compared_page(collected: ReportData, compare, options) -> dict[str, Any]:
+    """The explorer data of the first batch for ``collected``'s model and the second model
+    of ``compare``, side by side (statistics of that batch for both)."""
+    second, first_label, second_label = compare
+    # The states given are the first model's: the comparison shows gates only.
+    options = {k: v for k, v in options.items() if k != "states"}
+    trace = collected.trace
+    _, second_trace = run_with_gates(second, collected.inputs, trace.mask)
+    thresholds = next(iter(collected.stats.values()))
+    pages = [
+        explorer_data(
+            t,
+            gate_statistics(t, left=thresholds.left, right=thresholds.right),
+            collected.inputs,
+            **options,
+        )
+        for t in (trace, second_trace)
+    ]
+    return compare_explorer_data(pages[0], pages[1], labels=(first_label, second_label))
+
+
 def inspect_model(
     model: Any,
     data: Any,
@@ -399,6 +447,8 @@ def inspect_model(
     title: str = "gatenets gate report",
     notes: Sequence[str] = (),
     explorer: bool = True,
+    explorer_options: Mapping[str, Any] | None = None,
+    compare: tuple[Any, str, str] | None = None,
     **collect_options: Any,
 ) -> ReportFiles:
     """Runs a model over data and writes the full gate report and the interactive explorer.
@@ -418,6 +468,13 @@ def inspect_model(
       notes: paragraphs under the title.
       explorer: also write ``explorer.html``, the interactive page of
         :mod:`gatenets.inspect.explorer` (first batch's sequences, linked from the report).
+      explorer_options: more arguments of
+        :func:`~gatenets.inspect.explorer.explorer_data` (``examples``, ``max_steps``,
+        ``source``, ``checkpoint``, ``tracks``, ``labels``).
+      compare: ``(second model, label of model, label of second)``: the explorer shows both
+        on the first batch, side by side and as differences
+        (:func:`~gatenets.inspect.explorer.compare_explorer_data`); its scatter and tables
+        then count that batch only, for both.
       **collect_options: passed to :func:`collect_report`: ``metric_fn`` (adds the ablation
         table), ``metric_name``, ``ablation_value``, ``ablation_batches``, ``profiles`` (adds
         the gradient picture), ``max_batches``, ``progress``, ``left``, ``right``, ``bins``.
@@ -441,16 +498,23 @@ def inspect_model(
     fragments = dict(content.fragments)
     explorer_path = None
     if explorer:
-        page = explorer_data(
-            collected.trace,
-            collected.stats,
-            collected.inputs,
+        options = dict(
             decode=decode,
-            ablation=collected.ablation,
-            attention=collected.attention,
             title=title.replace("report", "explorer"),
             notes=notes,
+            **(explorer_options or {}),
         )
+        if compare is None:
+            page = explorer_data(
+                collected.trace,
+                collected.stats,
+                collected.inputs,
+                ablation=collected.ablation,
+                attention=collected.attention,
+                **options,
+            )
+        else:
+            page = _compared_page(collected, compare, options)
         explorer_path = write_explorer(directory, page)
         fragments = {
             # Named, not linked: the report references nothing outside itself.

@@ -118,10 +118,31 @@ def register(subparsers) -> None:
         metavar="N",
         help="every N steps (default 50) write gate statistics to metrics.jsonl",
     )
-    parser.add_argument(
-        "--tensorboard", metavar="DIR", help="also write TensorBoard events (needs tensorboardX)"
-    )
+    _add_logging_arguments(parser)
     parser.set_defaults(func=main)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _add_logging_arguments(parser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard events into DIR/<run name>, with the run's configuration "
+        "as hparams (needs tensorboardX)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="log the training loss as the mean of every N steps (default 50; 1: every step)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -188,13 +209,45 @@ def main(args: argparse.Namespace) -> int:
         summary = train_run(
             opened,
             progress=not args.no_progress,
-            gate_stats_every=args.watch_gates,
-            tensorboard_dir=args.tensorboard,
+            **_watch_options(args, out),
         )
     finally:
         opened.close()
+    _tensorboard_hparams(_tensorboard_dir(args.tensorboard, out), config, summary, args.log_every)
     say(_format_summary(summary))
     return 0
+
+
+def _watch_options(args: argparse.Namespace, out: str) -> dict:
+    """What ``fit`` watches: gate statistics, TensorBoard (in ``DIR/<run name>``), the loss."""
+    return {
+        "gate_stats_every": args.watch_gates,
+        "tensorboard_dir": _tensorboard_dir(args.tensorboard, out),
+        "log_every": args.log_every,
+    }
+
+
+def _tensorboard_dir(root: str | None, out: str) -> pathlib.Path | None:
+    """``root/<run name>``: one TensorBoard run per run directory."""
+    if root is None:
+        return None
+    from gatenets.train.watch import tensorboard_run_dir
+
+    return tensorboard_run_dir(root, out)
+
+
+def _tensorboard_hparams(logdir, config, summary: dict, log_every: int) -> None:
+    """The run's configuration and test metrics as TensorBoard hparams (main process only)."""
+    from gatenets.train.watch import write_hparams
+
+    if logdir is None or not is_main_process():
+        return
+    hparams = {k: v for k, v in config._asdict().items() if k != "options"}
+    hparams.update({f"option/{k}": v for k, v in config.options.items()})
+    hparams["log_every"] = log_every
+    metrics = {f"test/{k}": v for k, v in summary["test"].items() if isinstance(v, int | float)}
+    every = "each step" if log_every == 1 else f"the mean of each {log_every} steps"
+    write_hparams(logdir, hparams, metrics, notes={"about/train_loss": f"train/loss: {every}."})
 
 
 def _check_text(path: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import pathlib
 import time
 import warnings
@@ -218,7 +219,12 @@ class TensorBoardWriter(Hook):
     Numbers in ``"train"`` and ``"valid"`` records become scalars ``train/loss``,
     ``valid/accuracy``, …; each gate of a ``"gates"`` record becomes the scalars
     ``gates/<name>/mean``, ``…/left_saturated`` and ``…/right_saturated`` and the histogram
-    ``gates/<name>``. As a hook, the loop closes it at the end.
+    ``gates/<name>``, and the record as a whole the image ``gates/histograms`` (the report's
+    histogram picture, at each watch step). As a hook, the loop closes it at the end.
+
+    TensorBoard shows one run per folder: give each run its own ``logdir``
+    (:func:`tensorboard_run_dir`; ``gatenets run --tensorboard DIR`` writes into
+    ``DIR/<run name>``), and :func:`write_hparams` adds the run's configuration.
 
     Args:
       logdir: the directory for the event files (created if needed).
@@ -248,6 +254,7 @@ class TensorBoardWriter(Hook):
         split = record.get("split", "train")
         if split == "gates":
             edges = record["bin_edges"]
+            self.writer.add_figure("gates/histograms", histogram_figure(record), step)
             for name, gate in record["gates"].items():
                 for field in _SUMMARY:
                     self.writer.add_scalar(f"gates/{name}/{field}", gate[field], step)
@@ -275,6 +282,139 @@ class TensorBoardWriter(Hook):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def plot_runs(runs: dict[str, list[Record]]):
+    """Several runs together: their training (line) and validation (dots) losses on one axis,
+    one colour per run, and below, per run that watched its gates, each gate's right-saturated
+    fraction (solid) and left-saturated fraction (dashed) over training.
+
+    Example:
+      >>> from gatenets.train.watch import plot_runs
+      >>> runs = {name: [{"step": s, "split": "train", "loss": k / s} for s in (1, 2)]
+      ...         for k, name in enumerate(("lstm", "gru"), 1)}
+      >>> fig = plot_runs(runs)
+      >>> [line.get_label() for line in fig.axes[0].get_lines()]
+      ['lstm train loss', 'gru train loss']
+    """
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("runs is empty: give at least one run's records.")
+    watched = [
+        name for name, records in runs.items() if any(r.get("split") == "gates" for r in records)
+    ]
+    fig = Figure(figsize=(8, 3.2 * (1 + len(watched))), layout="constrained")
+    axes = fig.subplots(1 + len(watched), 1, sharex=True, squeeze=False)[:, 0]
+    for k, (name, records) in enumerate(runs.items()):
+        for split, style in (("train", "-"), ("valid", "o")):
+            steps, losses = _series(records, split, "loss")
+            if steps:
+                axes[0].plot(steps, losses, style, color=f"C{k % 10}", markersize=3,
+                             label=f"{name} {split} loss")  # fmt: skip
+    axes[0].set_ylabel("loss")
+    axes[0].legend(loc="upper right", fontsize="small")
+    for ax, name in zip(axes[1:], watched, strict=True):
+        gate_records = [r for r in runs[name] if r.get("split") == "gates"]
+        steps = [r["step"] for r in gate_records]
+        for j, gate in enumerate(gate_records[-1]["gates"]):
+            for field, style in (("right_saturated", "-"), ("left_saturated", "--")):
+                values = [r["gates"].get(gate, {}).get(field, math.nan) for r in gate_records]
+                label = gate if style == "-" else None
+                ax.plot(steps, values, style, color=f"C{j % 10}", label=label)
+        ax.set_ylabel("saturated fraction")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{name}: right-saturated (solid), left-saturated (dashed)", fontsize="small")
+        ax.legend(loc="upper left", fontsize="x-small", ncol=2)
+    axes[-1].set_xlabel("step")
+    return fig
+
+
+def histogram_figure(record: Record):
+    """The histogram of each gate in a ``"gates"`` record (:class:`GateStatsHook`), one panel
+    per gate as the report draws them, with the left and right thresholds marked.
+
+    Example:
+      >>> from gatenets.train.watch import histogram_figure
+      >>> record = {"step": 5, "bin_edges": [0.0, 0.5, 1.0], "left": 0.1, "right": 0.9,
+      ...           "gates": {"forward/update": {"histogram": [3, 1]}}}
+      >>> [ax.get_title() for ax in histogram_figure(record).axes]
+      ['forward/update']
+    """
+    from matplotlib.figure import Figure
+
+    edges = np.asarray(record["bin_edges"], np.float64)
+    names = list(record["gates"])
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = Figure(figsize=(3.2 * columns, 2.4 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        counts = np.asarray(record["gates"][name]["histogram"], np.float64)
+        ax.stairs(counts / max(counts.sum(), 1.0), edges, fill=True, color="C0")
+        for threshold in (record.get("left"), record.get("right")):
+            if threshold is not None:
+                ax.axvline(threshold, color="0.4", linestyle=":", linewidth=1)
+        ax.set_title(name, fontsize="small")
+        ax.set_xlim(0.0, 1.0)
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    fig.suptitle(f"gate values at step {record['step']}", fontsize="small")
+    return fig
+
+
+def tensorboard_run_dir(root: str | pathlib.Path, run_dir: str | pathlib.Path) -> pathlib.Path:
+    """``root/<name of run_dir>``: where a run's TensorBoard events go, so that runs logged
+    into one ``root`` appear side by side in TensorBoard under their own names.
+
+    Example:
+      >>> from gatenets.train.watch import tensorboard_run_dir
+      >>> tensorboard_run_dir("tb", "runs/adding-gru/").as_posix()
+      'tb/adding-gru'
+    """
+    name = pathlib.Path(os.path.abspath(run_dir)).name
+    return pathlib.Path(root) / name
+
+
+def write_hparams(
+    logdir: str | pathlib.Path,
+    hparams: dict[str, Any],
+    metrics: dict[str, float],
+    *,
+    notes: dict[str, str] | None = None,
+) -> None:
+    """Writes a run's configuration and final metrics as TensorBoard hparams into its own
+    ``logdir`` (not a new subfolder, as ``SummaryWriter.add_hparams`` would), so the HParams
+    tab lists the run under its name beside its scalars. Values that are not numbers, strings
+    or booleans are written as text (``str``); None as ``"none"``. ``notes`` are written as
+    text summaries (``{tag: markdown}``), to say what a scalar means.
+
+    Example:
+      >>> import os, tempfile
+      >>> from gatenets.train.watch import write_hparams
+      >>> logdir = tempfile.mkdtemp()
+      >>> write_hparams(logdir, {"model": "gru", "hidden": 8}, {"test/loss": 0.25})
+      >>> sorted(os.listdir(logdir))[0].startswith("events.out.tfevents")
+      True
+    """
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summary
+
+    def plain(value):
+        if value is None:
+            return "none"
+        return value if isinstance(value, bool | int | float | str) else str(value)
+
+    clean = {str(k): plain(v) for k, v in hparams.items()}
+    scores = {str(k): float(v) for k, v in metrics.items()}
+    with SummaryWriter(logdir=str(logdir)) as writer:
+        file_writer = writer._get_file_writer()
+        for summary in hparams_summary(clean, scores):
+            file_writer.add_summary(summary)
+        for name, value in scores.items():
+            writer.add_scalar(name, value)
+        for tag, text in (notes or {}).items():
+            writer.add_text(tag, text)
 
 
 def read_metrics(path: str | pathlib.Path) -> list[Record]:

@@ -3,15 +3,13 @@ by Playwright opens the page ``inspect_model`` wrote, clicks a unit in the scatt
 timeline, heatmap and attention canvases, and checks every read-out against the trace. Any
 console error or uncaught exception on the page fails the test.
 
-One browser serves every test in this file. The tests skip, saying why, only when no Chromium
-(or no Playwright, which the ``dev`` extra installs) is found; ``.ci/run`` installs both.
+One browser serves every test (``tests/inspect/conftest.py``).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import time
 
 import jax.numpy as jnp
@@ -26,81 +24,8 @@ from gatenets.inspect.explorer import QUANTUM, explorer_data, write_explorer
 from gatenets.inspect.statistics import run_with_gates
 from gatenets.tasks import Batch, SequenceModel
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # A value on the page is the trace rounded to 1/65535, then printed with four decimals.
 READOUT_TOLERANCE = 5e-5 + QUANTUM
-
-
-def find_chromium() -> str | None:
-    for candidate in (
-        os.environ.get("GATENETS_CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set GATENETS_CHROMIUM)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')"
-    )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class Page:
-    """A page with its console errors and uncaught exceptions collected."""
-
-    def __init__(self, browser, path: pathlib.Path):
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        self.page.on(
-            "console",
-            lambda message: self.errors.append(message.text) if message.type == "error" else None,
-        )
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.goto(path.resolve().as_uri())
-        self.page.wait_for_function("window.gatenetsExplorer !== undefined")
-
-    def js(self, expression: str, arg=None):
-        return self.page.evaluate(expression, arg)
-
-    def hover_cell(self, selector: str, column: int, row: int, row_offset: float = 0.0) -> str:
-        """Moves the mouse to the centre of a cell of a canvas drawn with ``data-label-width``,
-        ``data-cell-width`` and ``data-row-height``; returns the matching read-out."""
-        self.page.locator(selector).scroll_into_view_if_needed()
-        box = self.page.locator(selector).bounding_box()
-        layout = self.js("(s) => Object.assign({}, document.querySelector(s).dataset)", selector)
-        x = box["x"] + float(layout["labelWidth"]) + (column + 0.5) * float(layout["cellWidth"])
-        height = float(layout.get("rowHeight", layout["cellWidth"]))
-        y = box["y"] + row_offset + (row + 0.5) * height
-        self.page.mouse.move(x, y)
-        readout = selector + "-readout"
-        return self.page.locator(readout).inner_text()
-
-    def close(self):
-        self.page.close()
-        assert self.errors == [], f"console errors on the page: {self.errors}"
-        assert all(url.startswith(("file:", "data:")) for url in self.requests), self.requests
 
 
 VOCAB = "abcde fgh\n"
@@ -157,14 +82,14 @@ def test_report_links_the_explorer_and_the_wheel_ships_its_files(text_report):
     # Self-contained: the script is inlined, nothing is fetched.
     assert "window.gatenetsExplorer" in page and "<script src" not in page
     pyproject = (pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text()
-    assert '"gatenets.inspect" = ["explorer.html", "explorer.js"]' in pyproject
+    assert '"gatenets.inspect" = ["explorer.html", "explorer.js", "explorer.css"]' in pyproject
 
 
-def test_click_a_unit_then_read_timeline_and_heatmap(browser, text_report):
+def test_click_a_unit_then_read_timeline_and_heatmap(open_page, text_report):
     path, trace, tokens, mask, _ = text_report
     stats = gate_statistics(trace)
     flat = {name: np.asarray(value) for name, value in trace.items()}
-    page = Page(browser, path)
+    page = open_page(path)
     try:
         # The page opens on the forget gate.
         gate = page.js("window.gatenetsExplorer.gates[window.gatenetsExplorer.state.gate]")
@@ -228,13 +153,13 @@ def test_click_a_unit_then_read_timeline_and_heatmap(browser, text_report):
         page.close()
 
 
-def test_attention_weights_and_numeric_input(browser, tmp_path):
+def test_attention_weights_and_numeric_input(open_page, tmp_path):
     layer = gatenets.GatedAttention(4, 2, gate="headwise", rngs=nnx.Rngs(0))
     inputs = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 4)), jnp.float32)
     mask = jnp.asarray(np.arange(9)[None, :] < np.array([[9], [6]]))
     _, trace, weights = layer(inputs, mask=mask, return_gates=True, return_attention_weights=True)
     data = explorer_data(trace, gate_statistics(trace), np.asarray(inputs), attention=weights)
-    page = Page(browser, pathlib.Path(write_explorer(tmp_path, data)))
+    page = open_page(pathlib.Path(write_explorer(tmp_path, data)))
     try:
         assert page.js("window.gatenetsExplorer.gates") == ["attention/output"]
         assert page.page.locator("#timeline").get_attribute("data-mode") == "line"
@@ -257,7 +182,7 @@ def test_attention_weights_and_numeric_input(browser, tmp_path):
         page.close()
 
 
-def test_large_trace_stays_fast(browser, tmp_path):
+def test_large_trace_stays_fast(open_page, tmp_path):
     units, steps = 512, 1000
     rng = np.random.default_rng(2)
     gates = GRUGates(*(rng.random((1, steps, units), np.float32) for _ in range(2)))
@@ -265,7 +190,7 @@ def test_large_trace_stays_fast(browser, tmp_path):
     data = explorer_data(trace, gate_statistics(trace), np.zeros((1, steps, 1), np.float32))
     path = pathlib.Path(write_explorer(tmp_path, data))
     began = time.perf_counter()
-    page = Page(browser, path)
+    page = open_page(path)
     try:
         loaded = time.perf_counter() - began
         began = time.perf_counter()
@@ -274,7 +199,7 @@ def test_large_trace_stays_fast(browser, tmp_path):
         redrawn = time.perf_counter() - began
         # Generous bounds for a loaded 2-core machine; DOM-per-cell pages take minutes here.
         assert loaded < 15 and redrawn < 5, (loaded, redrawn)
-        assert page.page.locator("canvas").count() == 4
+        assert page.page.locator("canvas").count() == 5  # and the colour bar
         readout = page.hover_cell("#heatmap", 999, 511)
         assert readout.startswith("unit 511 · step 999 · value ")
         assert abs(float(readout.rsplit(" ", 1)[1]) - gates.reset[0, 999, 511]) <= READOUT_TOLERANCE
@@ -282,7 +207,7 @@ def test_large_trace_stays_fast(browser, tmp_path):
         page.close()
 
 
-def test_layer_and_direction_menus_choose_the_gate(browser, tmp_path):
+def test_layer_and_direction_menus_choose_the_gate(open_page, tmp_path):
     rng = np.random.default_rng(3)
     mask = np.ones((1, 7), bool)
     gates = {
@@ -292,7 +217,7 @@ def test_layer_and_direction_menus_choose_the_gate(browser, tmp_path):
     }
     trace = GateTrace(gates, mask)
     data = explorer_data(trace, gate_statistics(trace), np.ones((1, 7, 2), np.float32))
-    page = Page(browser, pathlib.Path(write_explorer(tmp_path, data)))
+    page = open_page(pathlib.Path(write_explorer(tmp_path, data)))
     try:
         # No forget gate here: the page opens on the first update gate.
         current = "window.gatenetsExplorer.gates[window.gatenetsExplorer.state.gate]"
@@ -331,7 +256,7 @@ def test_explorer_data_names_bad_arguments():
         explorer_data(empty, stats, np.zeros((1, 3)))
 
 
-def test_infinite_time_constant_and_nan_ablation_show_without_errors(browser, tmp_path):
+def test_infinite_time_constant_and_nan_ablation_show_without_errors(open_page, tmp_path):
     rng = np.random.default_rng(4)
     forget = rng.random((1, 6, 3))
     forget[..., 0] = 1.0  # unit 0 never forgets: tau is infinite
@@ -340,7 +265,7 @@ def test_infinite_time_constant_and_nan_ablation_show_without_errors(browser, tm
     assert np.isinf(stats["forward/forget"].time_constant[0])
     ablation = ([AblationResult("forward/forget", 0.5, float("nan"))], "loss", 0.0)
     data = explorer_data(trace, stats, np.ones((1, 6, 1), np.float32), ablation=ablation)
-    page = Page(browser, pathlib.Path(write_explorer(tmp_path, data)))
+    page = open_page(pathlib.Path(write_explorer(tmp_path, data)))
     try:
         point = page.js("window.gatenetsExplorer.scatterPoint(0)")
         page.page.mouse.move(point["x"], point["y"])

@@ -160,7 +160,8 @@ def test_run_watch_gates_then_plot(tmp_path, capsys):
     assert code == 0
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["split"] == "gates"] == [1, 2]
-    assert list(tmp_path.joinpath("tb").glob("events.out.tfevents.*"))
+    # One folder per run, named as the run directory.
+    assert list(tmp_path.joinpath("tb", run_dir.name).glob("events.out.tfevents.*"))
     assert main(["plot", str(run_dir)]) == 0
     assert f"wrote {run_dir / 'training.png'}" in capsys.readouterr().out
     import matplotlib.image
