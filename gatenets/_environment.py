@@ -17,6 +17,8 @@ KNOWN: dict[str, str] = {
     "GATENETS_NATIVE_BLAS": "which BLAS the native kernels link (gatenets.kernels.native)",
     "GATENETS_NATIVE_CACHE": "where the compiled native kernels are cached",
     "GATENETS_NATIVE_THREADS": "threads of the native kernels",
+    "GATENETS_LOOP_TUNING": "0/off switches the measured loop choice off (gatenets.loop)",
+    "GATENETS_CACHE_DIR": "where measured loop choices are cached (gatenets.loop)",
     "GATENETS_COORDINATOR_ADDRESS": "host:port of process 0 (gatenets run, several processes)",
     "GATENETS_NUM_PROCESSES": "how many processes take part (gatenets run)",
     "GATENETS_PROCESS_ID": "this process's index (gatenets run)",

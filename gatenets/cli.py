@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     prog = f"gatenets {args.command}"
+    _show_loop_choices()
     quiet = None if args.debug else _QuietBackgroundErrors()
     if quiet is not None:
         logging.getLogger("absl").addFilter(quiet)
@@ -79,6 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if quiet is not None:
             logging.getLogger("absl").removeFilter(quiet)
+
+
+def _show_loop_choices() -> None:
+    """Prints the one line ``loop="auto"`` logs when it measures a new request."""
+    logger = logging.getLogger("gatenets.loop")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 class _QuietBackgroundErrors(logging.Filter):
