@@ -2,10 +2,10 @@
 
 from gatenets import inspect as inspect
 from gatenets import linen as linen
+from gatenets.attention._core import RoPE as RoPE
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
 from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
-from gatenets.attention._core import RoPE as RoPE
 from gatenets.attention.gau import GAUGates as GAUGates
 from gatenets.attention.sigmoid import SigmoidAttention as SigmoidAttention
 from gatenets.attention.sigmoid import SigmoidAttentionGates as SigmoidAttentionGates

@@ -133,8 +133,10 @@ class GatedAttention(_common.MultiHeadSelfAttention):
       True
       >>> layer.init_cache((1, 16, 8))  # decode one step at a time
       >>> y_step, step_trace = layer(x[:, :1], decode=True, return_gates=True)
-      >>> bool(jnp.allclose(y_step, y[:, :1], atol=1e-6)), step_trace.gates["attention"].output.shape
-      (True, (1, 1, 2))
+      >>> bool(jnp.allclose(y_step, y[:, :1], atol=1e-6))
+      True
+      >>> step_trace.gates["attention"].output.shape
+      (1, 1, 2)
 
     References:
       Qiu et al., "Gated Attention for Large Language Models: Non-linearity, Sparsity, and
