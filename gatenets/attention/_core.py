@@ -389,7 +389,9 @@ class RoPE(NamedTuple):
         dim = head_dim if self.rotary_dim is None else self.rotary_dim
         half = dim // 2
         inv_freq = 1.0 / (self.base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-        angles = jnp.asarray(positions, jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+        positions = jnp.asarray(positions, jnp.float32)
+        frequencies = jnp.asarray(inv_freq, jnp.float32).reshape((1,) * positions.ndim + (half,))
+        angles = positions[..., None] * frequencies
         if angles.ndim == 2:
             angles = angles[None]
         cos = jnp.cos(angles)[:, :, None, :]
