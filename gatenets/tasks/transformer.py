@@ -252,7 +252,7 @@ class GatedTransformer(nnx.Module):
                 raise ValueError("decode=True needs caches; call init_cache(input_shape) first.")
             step = cache_index[...]
             if self.positions == "sinusoidal":
-                x = x + _sinusoidal_position(step, self.hidden_features).astype(x.dtype)
+                x = x + _sinusoidal_position(step, self.hidden_features).astype(x.dtype)[None, None]
             elif self.positions == "learned":
                 x = x + self.position_embed(jnp.minimum(step, self.max_length - 1)[None])[None]
         elif self.positions == "sinusoidal":
