@@ -140,7 +140,15 @@ def _inspect_task(model: Any, task: Any, args: argparse.Namespace, *, title: str
     try:
         profiles = gradient_contrast(model, first.inputs, seed=args.seed)
     except ValueError:
-        print("gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn")
+        if getattr(model, "transformer", None) is not None:
+            print(
+                "gradient-through-time probe skipped: the attention model has no recurrence; "
+                "its attention gates and first block's weights are in the report and explorer"
+            )
+        else:
+            print(
+                "gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn"
+            )
         profiles = []
     return inspect_model(
         model,

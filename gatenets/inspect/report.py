@@ -297,8 +297,23 @@ def collect_report(
         inputs=np.asarray(first_inputs),
         ablation=ablation,
         profiles=tuple(profiles),
-        attention=attention_weights(model, first_inputs, first_mask),
+        attention=_attention(model, first_inputs, first_mask),
     )
+
+
+def _attention(model: Any, inputs: Any, mask: Any) -> np.ndarray | None:
+    """The ``[batch, heads, query, key]`` weights the explorer draws: the model's own (a
+    gatenets attention layer), else the first block's of a task model whose ``transformer``
+    is a :class:`~gatenets.tasks.GatedTransformer` (``gatenets run --model attention``)."""
+    weights = attention_weights(model, inputs, mask)
+    transformer = getattr(model, "transformer", None)
+    if weights is not None or transformer is None:
+        return weights
+    x = np.asarray(inputs)
+    if getattr(model, "embed", None) is not None:
+        x = model.embed(x)
+    _, per_block = transformer(x, mask=mask, return_attention_weights=True)
+    return np.asarray(per_block[0], np.float64)
 
 
 def _text_figure(

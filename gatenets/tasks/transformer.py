@@ -205,6 +205,7 @@ class GatedTransformer(nnx.Module):
         return_gates: bool = False,
         gate_overrides: Mapping[str, Any] | None = None,
         decode: bool = False,
+        return_attention_weights: bool = False,
     ):
         """Runs the blocks over ``inputs``, each step seeing itself and the steps before it.
 
@@ -221,10 +222,13 @@ class GatedTransformer(nnx.Module):
           decode: one step ``[batch, 1, in_features]`` against the caches made by
             :meth:`init_cache` (static; no ``mask``). Learned positions past
             ``max_length`` reuse the last learned vector.
+          return_attention_weights: also return a tuple of each block's ``[batch, heads,
+            query, key]`` softmax weights (static; they cost a ``[T, T]`` array per block).
 
         Returns:
           ``outputs`` ``[batch, time, hidden_features]``, preceded by None with
-          ``return_carry`` and followed by the trace with ``return_gates``.
+          ``return_carry`` and followed by the trace with ``return_gates``, then the weights
+          with ``return_attention_weights``.
         """
         if initial_carry is not None:
             raise ValueError(
@@ -260,7 +264,8 @@ class GatedTransformer(nnx.Module):
         elif self.positions == "learned":
             x = x + self.position_embed(jnp.arange(time))[None]
         attention_settings = {"decode": True} if decode else {"causal": True}
-        traces = []
+        attention_settings["return_attention_weights"] = return_attention_weights
+        traces, weights = [], []
         for k in range(self.num_layers):
             sublayers = (
                 ("attention", self.attention_norms[k], self.attentions[k], attention_settings),
@@ -274,6 +279,10 @@ class GatedTransformer(nnx.Module):
                     gate_overrides=_own(overrides[f"block{k}/{part}"], layer),
                     **settings,
                 )
+                if part == "attention" and return_attention_weights:
+                    *out, block_weights = out
+                    weights.append(block_weights)
+                    out = out[0] if len(out) == 1 else tuple(out)
                 if return_gates:
                     out, trace = out
                     traces.append(trace.prefixed(f"block{k}"))
@@ -283,6 +292,8 @@ class GatedTransformer(nnx.Module):
             result = (None, *result)
         if return_gates:
             result = (*result, merge_traces(traces))
+        if return_attention_weights:
+            result = (*result, tuple(weights))
         return result[0] if len(result) == 1 else result
 
 

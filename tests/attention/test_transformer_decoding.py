@@ -64,3 +64,21 @@ def test_sampling_with_the_cache_writes_the_text_of_rereading_the_window(tmp_pat
             assert cached == reread and len(cached) == len(prompt) + 14
     with pytest.raises(TypeError, match="use_cache must be a bool; got int"):
         task.sample(model, "ab", 3, use_cache=1)
+
+
+def test_the_report_of_an_attention_task_model_has_its_first_block_weights():
+    from gatenets.inspect.report import collect_report
+    from gatenets.tasks import SequenceModel
+
+    model = SequenceModel(5, 8, 5, model="attention", num_layers=2, embed_features=4,
+                          readout="all", rngs=nnx.Rngs(0))  # fmt: skip
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 5, (2, 6)), jnp.int32)
+    data = collect_report(model, [tokens], progress=False)
+    assert "block0/attention/output" in data.stats
+    assert data.attention.shape == (2, 4, 6, 6)
+    y, weights = model.transformer(model.embed(tokens), return_attention_weights=True)
+    assert len(weights) == 2
+    np.testing.assert_allclose(data.attention, weights[0], atol=1e-6)
+    np.testing.assert_allclose(data.attention.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.triu(data.attention[0, 0], 1), 0.0)  # causal
+    np.testing.assert_allclose(y, model.transformer(model.embed(tokens)), atol=2e-5)
