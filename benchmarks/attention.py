@@ -127,8 +127,9 @@ def cudnn_core_step(size: dict, dtype: Any) -> tuple[Any, tuple]:
     return jax.jit(jax.value_and_grad(loss)), (params, x)
 
 
-def line(name: str, measured: float, target: str, unit: str = "") -> str:
-    return f"{name:<58} {measured:>10.3f}{unit:<4} target {target}"
+def line(name: str, measured: float, target: str = "") -> str:
+    """One printed result: name, value, and the target it is held to (if any)."""
+    return f"{name:<58} {measured:>10.3f}" + (f"   target {target}" if target else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         results["cpu_memory"] = {"default_bytes": new, "materialised_bytes": old}
         print(f"CPU train step memory, {size}, float32, causal (XLA memory analysis)")
         print(line("  default path, GiB", new / GIB, "<= 0.931 (1 GB)"))
-        print(line("  materialised [T, T] path, GiB", old / GIB, "(before)"))
-        print(line("  default / materialised", new / old, "(smaller is better)"))
+        print(line("  materialised [T, T] path, GiB", old / GIB, ""))
+        print(line("  default / materialised", new / old, "smaller is better"))
 
     if "time" not in skip:
         size = sizes["cpu_time"]
