@@ -247,6 +247,9 @@ class CharLMTask(Task):
             fits = window - len(context)
             cached_steps = length - 1 if model.transformer.decode_matches_window else fits
             cached_steps = min(length - 1, cached_steps)
+            # Decode a copy: the caches never become part of the caller's model (its state,
+            # checkpoints and training stay as they were).
+            model = nnx.clone(model)
             model.transformer.init_cache((1, window, model.transformer.in_features))
             for token in context:
                 last = _decode_step(model, jnp.asarray(token, jnp.int32).reshape(1, 1))

@@ -15,6 +15,14 @@ from gatenets.attention import _core
 BLOCK = 16
 
 
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Comparisons that mean "the same function" run at full float32 (on NVIDIA GPUs JAX's
+    default float32 matmul is TF32, about 1e-3 relative)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def make(family, implementation, *, num_kv_heads=None, dtype=None, **extra):
     common = dict(
         kernel_init=KERNEL_INIT,
@@ -189,3 +197,33 @@ def test_path_arguments_are_checked():
         make("sigmoid", "cudnn")
     with pytest.raises(ValueError, match="block_size must be a positive int; got 0"):
         GatedAttention(8, 2, block_size=0, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="cuDNN's fused attention needs an NVIDIA GPU"
+)
+@pytest.mark.parametrize("causal, lengths, num_kv_heads", [(True, True, 2), (False, False, None)])
+def test_cudnn_equals_materialised(causal, lengths, num_kv_heads):
+    def layer(implementation):
+        return GatedAttention(
+            32, 4, num_kv_heads=num_kv_heads, dtype=jnp.bfloat16, kernel_init=KERNEL_INIT,
+            bias_init=BIAS_INIT, implementation=implementation, rngs=nnx.Rngs(0),
+        )  # fmt: skip
+
+    x = inputs(2, 40, 32, seed=4)
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=(2, 40, 32)), jnp.float32)
+    call = {"causal": causal}
+    if lengths:
+        call["seq_lengths"] = jnp.array([40, 23], jnp.int32)
+    out_dense, grads_dense = run(layer("materialised"), x, cotangent, call)
+    out_cudnn, grads_cudnn = run(layer("cudnn"), x, cotangent, call)
+    scale = float(jnp.max(jnp.abs(out_dense.astype(jnp.float32))))
+    np.testing.assert_allclose(
+        np.asarray(out_cudnn, np.float32), np.asarray(out_dense, np.float32), 3e-2, 3e-2 * scale
+    )
+    leaves = jax.tree_util.tree_leaves(grads_dense)
+    grad_scale = max(float(np.abs(np.asarray(b, np.float32)).max()) for b in leaves)
+    for a, b in zip(jax.tree_util.tree_leaves(grads_cudnn), leaves, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), 3e-2, 3e-2 * grad_scale
+        )

@@ -2,6 +2,7 @@
 against the full computation of the same window."""
 
 import attention_reference as ref
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +10,14 @@ from attention_testing import BIAS_INIT, KERNEL_INIT, inputs
 from flax import nnx
 
 from gatenets import GatedAttention, RoPE, SigmoidAttention
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Comparisons that mean "the same function" run at full float32 (on NVIDIA GPUs JAX's
+    default float32 matmul is TF32, about 1e-3 relative)."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def params_of(layer):
