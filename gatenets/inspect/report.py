@@ -301,13 +301,19 @@ def collect_report(
     )
 
 
+MAX_ATTENTION_STEPS = 2048
+"""Longest sequence whose attention weights a task model's report computes."""
+
+
 def _attention(model: Any, inputs: Any, mask: Any) -> np.ndarray | None:
     """The ``[batch, heads, query, key]`` weights the explorer draws: the model's own (a
     gatenets attention layer), else the first block's of a task model whose ``transformer``
-    is a :class:`~gatenets.tasks.GatedTransformer` (``gatenets run --model attention``)."""
+    is a :class:`~gatenets.tasks.GatedTransformer` (``gatenets run --model attention``), for
+    sequences of at most :data:`MAX_ATTENTION_STEPS` steps."""
     weights = attention_weights(model, inputs, mask)
     transformer = getattr(model, "transformer", None)
-    if weights is not None or transformer is None:
+    # Weights are a [T, T] array per head: a long sequence's gates stream, its weights do not.
+    if weights is not None or transformer is None or np.shape(inputs)[1] > MAX_ATTENTION_STEPS:
         return weights
     x = np.asarray(inputs)
     if getattr(model, "embed", None) is not None:

@@ -77,7 +77,8 @@ def test_sampling_with_the_cache_writes_the_text_of_rereading_the_window(tmp_pat
         task.sample(model, "ab", 3, use_cache=1)
 
 
-def test_the_report_of_an_attention_task_model_has_its_first_block_weights():
+def test_the_report_of_an_attention_task_model_has_its_first_block_weights(monkeypatch):
+    from gatenets.inspect import report
     from gatenets.inspect.report import collect_report
     from gatenets.tasks import SequenceModel
 
@@ -93,3 +94,7 @@ def test_the_report_of_an_attention_task_model_has_its_first_block_weights():
     np.testing.assert_allclose(data.attention.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(np.triu(data.attention[0, 0], 1), 0.0)  # causal
     np.testing.assert_allclose(y, model.transformer(model.embed(tokens)), atol=2e-5)
+    # Longer sequences: the gates are collected, the [T, T] weights are not.
+    monkeypatch.setattr(report, "MAX_ATTENTION_STEPS", 5)
+    data = collect_report(model, [tokens], progress=False)
+    assert data.attention is None and "block0/attention/output" in data.stats
