@@ -98,3 +98,19 @@ def test_the_report_of_an_attention_task_model_has_its_first_block_weights(monke
     monkeypatch.setattr(report, "MAX_ATTENTION_STEPS", 5)
     data = collect_report(model, [tokens], progress=False)
     assert data.attention is None and "block0/attention/output" in data.stats
+
+
+def test_char_lm_logits_through_the_caches_equal_a_full_recompute(tmp_path):
+    from gatenets.tasks import charlm
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("abcab def " * 40)
+    task = get_task("charlm", text_file=str(path), seq_len=6)
+    model = task.make_model("attention", 8, rngs=nnx.Rngs(1))
+    ids = task.encode("abcab deabcd")
+    model.transformer.init_cache((1, 6, model.transformer.in_features))
+    for t, token in enumerate(ids):
+        logits = charlm._decode_step(model, jnp.asarray(token, jnp.int32).reshape(1, 1))
+        if t + 1 in (3, 6, 12):  # shorter than, as long as and longer than the window
+            full = charlm._window_step(model, *charlm._window(ids[: t + 1], 6))
+            np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
