@@ -82,9 +82,13 @@ def gated_attention(size: dict, implementation: str | None, dtype: Any) -> Gated
     )  # fmt: skip
 
 
-def temp_bytes(fn: Any, args: tuple) -> int:
-    """Peak temporary memory of the compiled ``fn(*args)``, from XLA's memory analysis."""
-    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+def temp_bytes(fn: Any, args: tuple, device: Any) -> int:
+    """Peak temporary memory of the compiled ``fn(*args)`` on ``device``, from XLA's memory
+    analysis (nothing runs)."""
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    shapes = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args
+    )
     return int(fn.lower(*shapes).compile().memory_analysis().temp_size_in_bytes)
 
 
@@ -161,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if "memory" not in skip:
         size = sizes["cpu_memory"]
-        with jax.default_device(jax.devices("cpu")[0]):
+        cpu = jax.devices("cpu")[0]
+        with jax.default_device(cpu):
             new = temp_bytes(
-                *train_step(gated_attention(size, None, jnp.float32), size, jnp.float32)
+                *train_step(gated_attention(size, None, jnp.float32), size, jnp.float32), cpu
             )
             old = temp_bytes(
-                *train_step(gated_attention(size, "materialised", jnp.float32), size, jnp.float32)
+                *train_step(gated_attention(size, "materialised", jnp.float32), size, jnp.float32),
+                cpu,
             )
         results["cpu_memory"] = {"default_bytes": new, "materialised_bytes": old}
         print(f"CPU train step memory, {size}, float32, causal (XLA memory analysis)")
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         core_step = cudnn_core_step(size, dtype)
         layer_s = seconds(*layer_step, args.repeats, args.warmup)
         core_s = seconds(*core_step, args.repeats, args.warmup)
-        layer_mem = temp_bytes(*layer_step)
+        layer_mem = temp_bytes(*layer_step, jax.devices()[0])
         results["gpu"] = {
             "layer_s": layer_s,
             "cudnn_plus_projections_s": core_s,
