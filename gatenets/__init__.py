@@ -5,6 +5,7 @@ from gatenets import interop as interop
 from gatenets import linen as linen
 from gatenets._environment import warn_unknown_variables as _warn_unknown_environment_variables
 from gatenets._version import __version__ as __version__
+from gatenets.attention._core import RoPE as RoPE
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
 from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
@@ -120,6 +121,7 @@ __all__ = [
     "RouterGates",
     "SequenceSharding",
     "Routing",
+    "RoPE",
     "SigmoidAttention",
     "SigmoidAttentionGates",
     "SigmoidMoE",

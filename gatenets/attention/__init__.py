@@ -1,6 +1,7 @@
 """Attention layers built around sigmoid gates: gated attention, the gated attention unit and
 sigmoid attention. (Feed-forward blocks, heads and routers are in :mod:`gatenets.blocks`.)"""
 
+from gatenets.attention._core import RoPE as RoPE
 from gatenets.attention.gated import GatedAttention as GatedAttention
 from gatenets.attention.gated import GatedAttentionGates as GatedAttentionGates
 from gatenets.attention.gau import GatedAttentionUnit as GatedAttentionUnit
@@ -13,6 +14,7 @@ __all__ = [
     "GatedAttention",
     "GatedAttentionGates",
     "GatedAttentionUnit",
+    "RoPE",
     "SigmoidAttention",
     "SigmoidAttentionGates",
 ]

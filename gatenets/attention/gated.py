@@ -12,7 +12,7 @@ from flax import nnx
 
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.attention import _common
+from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides
 
 GATE_KINDS = ("elementwise", "headwise")
@@ -98,8 +98,26 @@ class GatedAttention(_common.MultiHeadSelfAttention):
       dtype: compute dtype (e.g. ``jnp.bfloat16``); None promotes inputs and parameters. The
         attention logits and softmax are always computed in float32.
       param_dtype: dtype of the parameters.
-      precision: matrix-product precision passed to :func:`jax.lax.dot_general`.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of every projection
+        and of the attention's own products on the materialised and blockwise paths, as in
+        :class:`flax.nnx.Linear`; None is JAX's default (TF32 for float32 on NVIDIA GPUs).
+        cuDNN's fused kernel (:func:`jax.nn.dot_product_attention`) takes no precision: it
+        computes in bfloat16/float16 with float32 accumulation.
+      rope: rotary positions (:class:`~gatenets.RoPE`) applied to queries and keys, or None.
+      implementation: None to choose per call, or ``"materialised"``, ``"blockwise"`` or
+        ``"cudnn"`` (see below).
+      block_size: query and key block length of the blockwise path.
       rngs: random streams for parameter initialisation.
+
+    Paths: with ``return_attention_weights=True`` the ``[batch, heads, query, key]`` weights
+    are computed as one array (``"materialised"``). Otherwise the layer runs cuDNN's fused
+    softmax kernel when it applies (NVIDIA GPU, bfloat16/float16, no ``mask`` with holes) and
+    else a blockwise online softmax whose memory grows linearly with the sequence length, so
+    the gates of a long sequence cost no ``[T, T]`` array. All paths compute the same function
+    (tested to float rounding, values and gradients).
+
+    Decoding: :meth:`init_cache` then ``decode=True`` one step at a time, as
+    :class:`flax.nnx.MultiHeadAttention`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -113,6 +131,12 @@ class GatedAttention(_common.MultiHeadSelfAttention):
       >>> y_off = layer(x, causal=True, gate_overrides={"output": 0.0})
       >>> bool(jnp.all(y_off == layer.out.bias[...][None, None]))  # every head gated shut
       True
+      >>> layer.init_cache((1, 16, 8))  # decode one step at a time
+      >>> y_step, step_trace = layer(x[:, :1], decode=True, return_gates=True)
+      >>> bool(jnp.allclose(y_step, y[:, :1], atol=1e-6))
+      True
+      >>> step_trace.gates["attention"].output.shape
+      (1, 1, 2)
 
     References:
       Qiu et al., "Gated Attention for Large Language Models: Non-linearity, Sparsity, and
@@ -120,6 +144,7 @@ class GatedAttention(_common.MultiHeadSelfAttention):
     """
 
     gate_names = ("output",)
+    kind = "softmax"
 
     def __init__(
         self,
@@ -136,6 +161,9 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
+        rope: _core.RoPE | None = None,
+        implementation: str | None = None,
+        block_size: int = _core.DEFAULT_BLOCK_SIZE,
         rngs: nnx.Rngs,
     ):
         if gate is not None and gate not in GATE_KINDS:
@@ -146,7 +174,15 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
         project = self._build_heads(
-            in_features, num_heads, head_dim, num_kv_heads, out_features, settings
+            in_features,
+            num_heads,
+            head_dim,
+            num_kv_heads,
+            out_features,
+            settings,
+            rope=rope,
+            implementation=implementation,
+            block_size=block_size,
         )
         self.gate_kind = gate
         gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
@@ -162,6 +198,7 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         return_gates: bool = False,
         return_attention_weights: bool = False,
         gate_overrides: Mapping[str, GateOverride] | None = None,
+        decode: bool = False,
     ) -> Any:
         """Attends over ``inputs`` and gates each head's output.
 
@@ -175,6 +212,11 @@ class GatedAttention(_common.MultiHeadSelfAttention):
           return_attention_weights: also return the softmax weights (static).
           gate_overrides: ``{"output": constant_or_function}`` replacing the gate in the
             computation (an error when ``gate=None``, which has no gate).
+          decode: autoregressive decoding (static): ``inputs`` is one step ``[batch, 1,
+            in_features]``, its key and value are written to the cache made by
+            :meth:`init_cache`, and it attends to the cached steps (causal by construction;
+            ``causal`` is not consulted). The gate and weights returned are the new step's;
+            the weights' key axis is the cache's slots.
 
         Returns:
           ``[batch, time, out_features]``; with ``return_gates``, ``(output, trace)``; with
@@ -189,11 +231,17 @@ class GatedAttention(_common.MultiHeadSelfAttention):
             return_gates=return_gates,
             return_attention_weights=return_attention_weights,
             gate_overrides=gate_overrides,
+            decode=decode,
         )
 
     def _gate_names_in_use(self) -> tuple[str, ...]:
         # gate=None leaves nothing to override: any name in gate_overrides is an error.
         return self.gate_names if self.gate is not None else ()
+
+    def _weights_needed(
+        self, return_gates: bool, return_attention_weights: bool, gate_overrides: Any
+    ) -> bool:
+        return return_attention_weights
 
     def _attend(
         self,
@@ -203,8 +251,20 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         key: Array,
         value: Array,
         gate_overrides: Mapping[str, GateOverride] | None,
-    ) -> tuple[Array, dict[str, Any], Array]:
-        heads, weights = softmax_attention(query, key, value, masks.allowed, self.precision)
+        path: str,
+    ) -> tuple[Array, dict[str, Any], Any]:
+        if path == "materialised":
+            allowed = masks.allowed(query.shape[1], key.shape[1])
+            heads, weights = softmax_attention(
+                query,
+                _common.repeat_kv(key, self.num_heads),
+                _common.repeat_kv(value, self.num_heads),
+                allowed,
+                self.precision,
+            )
+        else:
+            kernel = _core.BlockwiseKernel("softmax", 1.0 / math.sqrt(self.head_dim))
+            heads, weights = self._attention(query, key, value, masks, path, kernel), None
         if self.gate is None:
             return heads, {}, weights
         gates = GatedAttentionGates(jax.nn.sigmoid(self.gate(inputs)))

@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.attention import _common
+from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides
 
 U_GATE_KINDS = ("silu", "sigmoid")
@@ -78,7 +78,15 @@ class GatedAttentionUnit(nnx.Module):
       dtype: compute dtype; None promotes inputs and parameters. The attention kernel is
         computed in float32.
       param_dtype: dtype of the parameters.
-      precision: matrix-product precision.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the dense layers
+        and of the attention's products, as in :class:`flax.nnx.Linear`; None is JAX's
+        default.
+      rope: rotary positions (:class:`~gatenets.RoPE`) on Q and K (the paper uses RoPE), or
+        None.
+      implementation: None to choose per call, ``"materialised"`` or ``"blockwise"``. The
+        unit returns no weights, so by default it always runs blockwise: a ``lax.scan`` over
+        key blocks whose memory grows linearly with the sequence length.
+      block_size: query and key block length of the blockwise path.
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -95,6 +103,7 @@ class GatedAttentionUnit(nnx.Module):
     """
 
     gate_names = ("output",)
+    kind = "squared_relu"
 
     def __init__(
         self,
@@ -111,6 +120,9 @@ class GatedAttentionUnit(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
+        rope: _core.RoPE | None = None,
+        implementation: str | None = None,
+        block_size: int = _core.DEFAULT_BLOCK_SIZE,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
@@ -134,6 +146,9 @@ class GatedAttentionUnit(nnx.Module):
         self.max_relative_distance = max_relative_distance
         self.dtype = dtype
         self.precision = precision
+        self.rope = _core.check_rope(rope, qk_features, where)
+        self.implementation = _core.check_implementation(implementation, self.kind, where)
+        self.block_size = _core.check_block_size(block_size, where)
 
         dense = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
@@ -196,20 +211,60 @@ class GatedAttentionUnit(nnx.Module):
         query = z * gamma[0] + beta[0]
         key = z * gamma[1] + beta[1]
 
+        if self.rope is not None:
+            positions = jnp.arange(time)
+            query = self.rope.apply(query[:, :, None], positions)[:, :, 0]
+            key = self.rope.apply(key[:, :, None], positions)[:, :, 0]
+        path = _core.choose_path(
+            kind=self.kind,
+            weights_needed=False,
+            implementation=self.implementation,
+            dtype=query.dtype,
+            head_dim=self.qk_features,
+            has_holes=masks.has_holes,
+            where=type(self).__name__,
+        )
+        if path == "materialised":
+            attended = self._materialised(query, key, v, masks)
+        else:
+            kernel = _core.BlockwiseKernel(
+                "squared_relu",
+                1.0 / math.sqrt(self.qk_features),
+                relative_bias=None
+                if self.relative_bias is None
+                else self.relative_bias[...].astype(jnp.float32),
+                row_scale=1.0 / masks.counts,
+            )
+            attended = _core.blockwise_attention(
+                query[:, :, None],
+                key[:, :, None],
+                v[:, :, None],
+                kernel,
+                key_valid=masks.key_valid,
+                causal=causal,
+                block_size=self.block_size,
+                precision=self.precision,
+            )[:, :, 0]
+        output = _common.zero_invalid_queries(self.out(u * attended), masks.valid)
+        if not return_gates:
+            return output
+        return output, _layers.gate_trace({"gau": gates}, masks.valid, batch, time)
+
+    def _materialised(self, query: Array, key: Array, v: Array, masks: _common.Masks) -> Array:
+        """``[batch, time, expansion_features]`` attention output with the whole ``[query,
+        key]`` kernel in one array."""
+        time = query.shape[1]
         # The kernel in float32: squaring doubles the exponent range a bfloat16 logit needs.
         logits = _common.float32_logits("bqs,bks->bqk", query, key, self.precision)
         logits = logits / math.sqrt(self.qk_features)
         if self.relative_bias is not None:
             logits = logits + self._relative_bias(time)[None]
         kernel = jnp.square(jax.nn.relu(logits))
-        if masks.allowed is not None:
-            kernel = jnp.where(masks.allowed[:, 0], kernel, 0.0)
-        kernel = kernel / _common.attended_key_counts(masks, batch, time)[:, 0]
-        attended = jnp.einsum("bqk,bke->bqe", kernel.astype(v.dtype), v, precision=self.precision)
-        output = _common.zero_invalid_queries(self.out(u * attended), masks.valid)
-        if not return_gates:
-            return output
-        return output, _layers.gate_trace({"gau": gates}, masks.valid, batch, time)
+        allowed = masks.allowed(time, time)
+        if allowed is not None:
+            kernel = jnp.where(allowed[:, 0], kernel, 0.0)
+        kernel = kernel / masks.counts[:, :, None]
+        return jnp.einsum("bqk,bke->bqe", kernel.astype(v.dtype), v, precision=self.precision)
 
     def _relative_bias(self, time: int) -> Array:
         """``[query, key]`` learned bias of the clipped distance ``query - key``."""

@@ -13,7 +13,7 @@ from flax import nnx
 
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.attention import _common
+from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides
 
 
@@ -62,8 +62,20 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
       dtype: compute dtype; None promotes inputs and parameters. Logits and sigmoids are
         computed in float32.
       param_dtype: dtype of the parameters.
-      precision: matrix-product precision.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the projections
+        and of the attention's products, as in :class:`flax.nnx.Linear`; None is JAX's
+        default.
+      rope: rotary positions (:class:`~gatenets.RoPE`) applied to queries and keys, or None.
+      implementation: None to choose per call, ``"materialised"`` or ``"blockwise"``.
+      block_size: query and key block length of the blockwise path.
       rngs: random streams for parameter initialisation.
+
+    Paths: the weights are the gates, so ``return_gates``, ``return_attention_weights`` or a
+    ``gate_overrides`` entry computes them as one ``[batch, query, heads, key]`` array
+    (``"materialised"``). Otherwise a blockwise sum over key blocks (FlashSigmoid's
+    computation, Ramapuram et al., 2024, as a ``lax.scan``) keeps memory linear in the
+    sequence length; both give the same values and gradients. Decoding: :meth:`init_cache`
+    then ``decode=True``, one step per call.
 
     Example:
       >>> import jax.numpy as jnp
@@ -81,6 +93,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
     """
 
     gate_names = ("weights",)
+    kind = "sigmoid"
 
     def __init__(
         self,
@@ -97,6 +110,9 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: Any = None,
+        rope: _core.RoPE | None = None,
+        implementation: str | None = None,
+        block_size: int = _core.DEFAULT_BLOCK_SIZE,
         rngs: nnx.Rngs,
     ):
         if attention_bias is not None and not (
@@ -111,7 +127,17 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         settings = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
-        self._build_heads(in_features, num_heads, head_dim, num_kv_heads, out_features, settings)
+        self._build_heads(
+            in_features,
+            num_heads,
+            head_dim,
+            num_kv_heads,
+            out_features,
+            settings,
+            rope=rope,
+            implementation=implementation,
+            block_size=block_size,
+        )
         self.attention_bias = None if attention_bias is None else float(attention_bias)
 
     def __call__(
@@ -124,6 +150,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         return_gates: bool = False,
         return_attention_weights: bool = False,
         gate_overrides: Mapping[str, GateOverride] | None = None,
+        decode: bool = False,
     ) -> Any:
         """Attends over ``inputs`` with sigmoid weights.
 
@@ -138,6 +165,10 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
             the layout of :class:`GatedAttention` (static).
           gate_overrides: ``{"weights": constant_or_function}`` replacing the sigmoid weights;
             masked keys stay at 0 whatever the override.
+          decode: autoregressive decoding (static): ``inputs`` is one step ``[batch, 1,
+            in_features]`` attending to the cache made by :meth:`init_cache` (causal by
+            construction; ``causal`` is not consulted); :math:`n_i` is the number of cached
+            steps it sees. Gates and weights are the new step's, over the cache's slots.
 
         Returns:
           ``[batch, time, out_features]`` (zero at padded steps); with ``return_gates``,
@@ -151,7 +182,20 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
             return_gates=return_gates,
             return_attention_weights=return_attention_weights,
             gate_overrides=gate_overrides,
+            decode=decode,
         )
+
+    def _weights_needed(
+        self, return_gates: bool, return_attention_weights: bool, gate_overrides: Any
+    ) -> bool:
+        # The weights are the gates: returning or overriding them needs them all at once.
+        return return_gates or return_attention_weights or bool(gate_overrides)
+
+    def _row_bias(self, masks: _common.Masks) -> Any:
+        """``[batch, query]`` :math:`-\\log n_i`, or the constant bias."""
+        if self.attention_bias is None:
+            return -jnp.log(masks.counts)
+        return self.attention_bias
 
     def _attend(
         self,
@@ -161,20 +205,23 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         key: Array,
         value: Array,
         gate_overrides: Mapping[str, GateOverride] | None,
-    ) -> tuple[Array, dict[str, Any], Array]:
+        path: str,
+    ) -> tuple[Array, dict[str, Any], Any]:
+        row_bias = self._row_bias(masks)
+        if path != "materialised":
+            kernel = _core.BlockwiseKernel("sigmoid", 1.0 / math.sqrt(self.head_dim), row_bias)
+            return self._attention(query, key, value, masks, path, kernel), {}, None
+        key = _common.repeat_kv(key, self.num_heads)
+        value = _common.repeat_kv(value, self.num_heads)
         # Gate layout [batch, query, heads, key]: batch and time first, as every gate trace.
         logits = _common.float32_logits("bqhd,bkhd->bqhk", query, key, self.precision)
         logits = logits / math.sqrt(self.head_dim)
-        if self.attention_bias is None:
-            batch, time = inputs.shape[:2]
-            counts = jnp.swapaxes(_common.attended_key_counts(masks, batch, time), 1, 2)
-            logits = logits - jnp.log(counts)
-        else:
-            logits = logits + self.attention_bias
+        logits = logits + (row_bias[:, :, None, None] if jnp.ndim(row_bias) else row_bias)
         gates = apply_overrides(SigmoidAttentionGates(jax.nn.sigmoid(logits)), gate_overrides)
         weights = gates.weights
-        if masks.allowed is not None:
-            allowed = jnp.swapaxes(masks.allowed, 1, 2)
+        allowed = masks.allowed(query.shape[1], key.shape[1])
+        if allowed is not None or masks.valid is not None:
+            allowed = True if allowed is None else jnp.swapaxes(allowed, 1, 2)
             if masks.valid is not None:
                 allowed = allowed & masks.valid[:, :, None, None]
             weights = jnp.where(allowed, weights, 0.0)

@@ -92,7 +92,9 @@ class GatedFeedForward(nnx.Module):
       bias_init: initialiser of the biases.
       dtype: compute dtype; None promotes inputs and parameters.
       param_dtype: dtype of the parameters.
-      precision: matrix-product precision.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the three
+        projections, as in :class:`flax.nnx.Linear`; None is JAX's default (TF32 for float32
+        on NVIDIA GPUs).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -206,6 +208,8 @@ class BinaryHead(nnx.Module):
       bias_init: initialiser of the bias.
       dtype: compute dtype; None promotes inputs and parameters.
       param_dtype: dtype of the parameters.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the logit, as in
+        :class:`flax.nnx.Linear`; None is JAX's default.
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -235,13 +239,13 @@ class BinaryHead(nnx.Module):
         bias_init: Initializer = _layers.default_bias_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
         rngs: nnx.Rngs,
     ):
         _layers.check_positive_int(in_features, "in_features", type(self).__name__)
         self.in_features = in_features
-        # nnx.Linear's default precision (None): the head has no precision argument.
         settings = _layers.LinearSettings(
-            use_bias, kernel_init, bias_init, dtype, param_dtype, None, rngs
+            use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
         )
         self.linear = settings.factory(nnx.Linear)(in_features, 1)
 

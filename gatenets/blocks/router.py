@@ -83,6 +83,9 @@ class SigmoidRouter(nnx.Module):
       kernel_init: initialiser of the expert centroids :math:`e_i`, ``[in_features,
         num_experts]``.
       param_dtype: dtype of the centroids.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the scores, as in
+        :class:`flax.nnx.Linear`; None is JAX's default (TF32 for float32 on NVIDIA GPUs,
+        which can change which experts win a close top-k).
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -116,6 +119,7 @@ class SigmoidRouter(nnx.Module):
         bias_update_rate: float = 1e-3,
         kernel_init: Initializer = _layers.default_kernel_init,
         param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
@@ -141,6 +145,7 @@ class SigmoidRouter(nnx.Module):
         self.routed_scaling_factor = float(routed_scaling_factor)
         self.normalize = normalize
         self.bias_update_rate = float(bias_update_rate)
+        self.precision = precision
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, num_experts), param_dtype))
         self.expert_bias = ExpertBias(jnp.zeros((num_experts,), jnp.float32))
 
@@ -174,7 +179,7 @@ class SigmoidRouter(nnx.Module):
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
         inputs = _layers.zero_padding(inputs, valid).astype(jnp.float32)
 
-        logits = inputs @ self.kernel[...].astype(jnp.float32)
+        logits = jnp.matmul(inputs, self.kernel[...].astype(jnp.float32), precision=self.precision)
         gates = apply_overrides(RouterGates(jax.nn.sigmoid(logits)), gate_overrides)
         scores = gates.scores
         # The bias steers the choice only; no gradient flows through a discrete top-k anyway.
@@ -266,6 +271,8 @@ class SigmoidMoE(nnx.Module):
       router_kernel_init: initialiser of the router's expert centroids.
       dtype: compute dtype of the experts; None promotes inputs and parameters.
       param_dtype: dtype of the parameters.
+      precision: matrix-product precision (:class:`jax.lax.Precision`) of the router and of
+        every expert product, as in :class:`flax.nnx.Linear`; None is JAX's default.
       rngs: random streams for parameter initialisation.
 
     Example:
@@ -299,6 +306,7 @@ class SigmoidMoE(nnx.Module):
         router_kernel_init: Initializer = _layers.default_kernel_init,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
+        precision: Any = None,
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
@@ -315,6 +323,7 @@ class SigmoidMoE(nnx.Module):
             bias_update_rate=bias_update_rate,
             kernel_init=router_kernel_init,
             param_dtype=param_dtype,
+            precision=precision,
             rngs=rngs,
         )
         self.in_features = in_features
@@ -322,6 +331,7 @@ class SigmoidMoE(nnx.Module):
         self.out_features = out_features
         self.num_experts = num_experts
         self.dtype = dtype
+        self.precision = precision
 
         def kernel(n_in: int, n_out: int) -> nnx.Param:
             return nnx.Param(kernel_init(rngs.params(), (num_experts, n_in, n_out), param_dtype))
@@ -369,17 +379,25 @@ class SigmoidMoE(nnx.Module):
         x = inputs.astype(dtype)
         if mask is not None or seq_lengths is not None:
             x = _layers.zero_padding(x, trace.mask)
-        gate = jnp.einsum("btf,efh->bteh", x, self.gate_kernel[...].astype(dtype))
-        up = jnp.einsum("btf,efh->bteh", x, self.up_kernel[...].astype(dtype))
+        precision = self.precision
+        gate = jnp.einsum(
+            "btf,efh->bteh", x, self.gate_kernel[...].astype(dtype), precision=precision
+        )
+        up = jnp.einsum("btf,efh->bteh", x, self.up_kernel[...].astype(dtype), precision=precision)
         expert_out = jnp.einsum(
-            "bteh,eho->bteo", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype)
+            "bteh,eho->bteo",
+            jax.nn.silu(gate) * up,
+            self.down_kernel[...].astype(dtype),
+            precision=precision,
         )
         dense_weights = jnp.sum(
             jax.nn.one_hot(routing.experts, self.num_experts, dtype=jnp.float32)
             * routing.weights[..., None],
             axis=2,
         )
-        output = jnp.einsum("bte,bteo->bto", dense_weights.astype(dtype), expert_out)
+        output = jnp.einsum(
+            "bte,bteo->bto", dense_weights.astype(dtype), expert_out, precision=precision
+        )
         if not (return_gates or return_routing):
             return output
         results: tuple[Any, ...] = (output,)

@@ -314,7 +314,15 @@ def _inspect_task(model, task, data, args, *, title, notes, source, checkpoint, 
     try:
         profiles = gradient_contrast(model, first.inputs, seed=args.seed)
     except ValueError:
-        print("gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn")
+        if getattr(model, "transformer", None) is not None:
+            print(
+                "gradient-through-time probe skipped: the attention model has no recurrence; "
+                "its attention gates and first block's weights are in the report and explorer"
+            )
+        else:
+            print(
+                "gradient-through-time probe skipped: it needs a one-layer unidirectional model.rnn"
+            )
         profiles = []
     examples = args.sequences if args.text is not None else 4
     return inspect_model(

@@ -324,8 +324,29 @@ def collect_report(
         inputs=np.asarray(first_inputs),
         ablation=ablation,
         profiles=tuple(profiles),
-        attention=attention_weights(model, first_inputs, first_mask),
+        attention=_attention(model, first_inputs, first_mask),
     )
+
+
+MAX_ATTENTION_STEPS = 2048
+"""Longest sequence whose attention weights a task model's report computes."""
+
+
+def _attention(model: Any, inputs: Any, mask: Any) -> np.ndarray | None:
+    """The ``[batch, heads, query, key]`` weights the explorer draws: the model's own (a
+    gatenets attention layer), else the first block's of a task model whose ``transformer``
+    is a :class:`~gatenets.tasks.GatedTransformer` (``gatenets run --model attention``), for
+    sequences of at most :data:`MAX_ATTENTION_STEPS` steps."""
+    weights = attention_weights(model, inputs, mask)
+    transformer = getattr(model, "transformer", None)
+    # Weights are a [T, T] array per head: a long sequence's gates stream, its weights do not.
+    if weights is not None or transformer is None or np.shape(inputs)[1] > MAX_ATTENTION_STEPS:
+        return weights
+    x = np.asarray(inputs)
+    if getattr(model, "embed", None) is not None:
+        x = model.embed(x)
+    _, per_block = transformer(x, mask=mask, return_attention_weights=True)
+    return np.asarray(per_block[0], np.float64)
 
 
 def _text_figure(

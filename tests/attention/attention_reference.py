@@ -34,7 +34,24 @@ def f64(x):
     return np.asarray(x, np.float64)
 
 
-def multi_head_attention(x, p, allowed, gate=None, gate_kind=None):
+def rope(x, positions, rotary_dim=None, base=10000.0):
+    """Hugging Face Llama's ``apply_rotary_pos_emb`` for one head: ``x`` ``[time, dim]``.
+
+    ``inv_freq = 1 / base ** (arange(0, d, 2) / d)``, ``emb = cat(freqs, freqs)``,
+    ``x * cos(emb) + rotate_half(x) * sin(emb)`` with ``rotate_half(x) = cat(-x2, x1)``, on
+    the first ``rotary_dim`` features (the rest pass, as Qwen's partial rotary factor).
+    """
+    x = f64(x)
+    d = x.shape[-1] if rotary_dim is None else rotary_dim
+    inv_freq = 1.0 / base ** (np.arange(0, d, 2) / d)
+    freqs = np.outer(np.asarray(positions, np.float64), inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    rot, rest = x[..., :d], x[..., d:]
+    rotate_half = np.concatenate([-rot[..., d // 2 :], rot[..., : d // 2]], axis=-1)
+    return np.concatenate([rot * np.cos(emb) + rotate_half * np.sin(emb), rest], axis=-1)
+
+
+def multi_head_attention(x, p, allowed, gate=None, gate_kind=None, rope_args=None):
     """Softmax attention with an optional gate on each head's output.
 
     ``p`` holds wq [F, H, D], bq [H, D], wk/wv [F, Hkv, D], bk/bv [Hkv, D], wo [H, D, O], bo [O],
@@ -52,6 +69,9 @@ def multi_head_attention(x, p, allowed, gate=None, gate_kind=None):
             q = x[b] @ p["wq"][:, h] + p["bq"][h]
             k = x[b] @ p["wk"][:, h // group] + p["bk"][h // group]
             v = x[b] @ p["wv"][:, h // group] + p["bv"][h // group]
+            if rope_args is not None:
+                q = rope(q, np.arange(time), **rope_args)
+                k = rope(k, np.arange(time), **rope_args)
             logits = np.where(allowed[b], q @ k.T / np.sqrt(head_dim), -np.inf)
             weights[b, h] = softmax(logits)
             out_heads[b, :, h] = weights[b, h] @ v
@@ -93,7 +113,7 @@ def gau(x, p, allowed, u_gate="silu", gate=None, max_relative_distance=None):
     return (u * out) @ p["wo"] + p["bo"], gate
 
 
-def sigmoid_attention(x, p, allowed, bias=None, weights_override=None):
+def sigmoid_attention(x, p, allowed, bias=None, weights_override=None, rope_args=None):
     """sigma(q.k / sqrt(d) + b) V with b = -log(number of attended keys) unless given."""
     x = f64(x)
     batch, time, _ = x.shape
@@ -107,6 +127,9 @@ def sigmoid_attention(x, p, allowed, bias=None, weights_override=None):
             q = x[b] @ p["wq"][:, h] + p["bq"][h]
             k = x[b] @ p["wk"][:, h // group] + p["bk"][h // group]
             v = x[b] @ p["wv"][:, h // group] + p["bv"][h // group]
+            if rope_args is not None:
+                q = rope(q, np.arange(time), **rope_args)
+                k = rope(k, np.arange(time), **rope_args)
             b_row = -np.log(n) if bias is None else bias
             w = sigmoid(q @ k.T / np.sqrt(head_dim) + b_row)
             if weights_override is not None:

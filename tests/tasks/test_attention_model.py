@@ -45,7 +45,7 @@ def test_padding_garbage_never_reaches_the_last_valid_step():
 
 
 def test_with_every_gate_shut_a_block_adds_only_the_attention_output_bias():
-    stack = GatedTransformer(3, 8, rngs=nnx.Rngs(0))
+    stack = GatedTransformer(3, 8, positions="sinusoidal", rngs=nnx.Rngs(0))
     # Random biases, so that the test sees whether each one is added where it should be.
     stack.attentions[0].out.bias[...] = normal(8, seed=2)
     stack.final_norm.bias[...] = normal(8, seed=3)
@@ -99,7 +99,9 @@ def test_learned_positions_and_errors():
         stack(jnp.ones((1, 6, 2)))
     with pytest.raises(ValueError, match="max_length must be a positive int .*; got None"):
         GatedTransformer(2, 4, positions="learned", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"positions must be one of \('sinusoidal', 'learned'\)"):
+    with pytest.raises(
+        ValueError, match=r"positions must be one of \('rope', 'sinusoidal', 'learned'\)"
+    ):
         GatedTransformer(2, 4, positions="rotary", rngs=nnx.Rngs(0))
     model = SequenceModel(2, 4, 1, model="attention", rngs=nnx.Rngs(0))
     assert not model.recurrent
