@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gatenets._typing import Array
@@ -54,10 +55,20 @@ def check_precision(precision: Any, name: str = "precision") -> Any:
     )
 
 
-def check_positive_int(value: Any, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int; got {value!r}.")
-    return value
+def check_int(value: Any, name: str, *, minimum: int = 1, where: str | None = None) -> int:
+    """``value`` as an int if it is one ``>= minimum``, else a ValueError naming ``name`` (and
+    ``where``, the layer, when given): the one integer check of the package.
+
+    Example:
+      >>> from gatenets._layers import check_int
+      >>> check_int(3, "num_heads"), check_int(0, "seed", minimum=0)
+      (3, 0)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}{name} must be {expected}; got {value!r}.")
+    return int(value)
 
 
 def check_sequence_inputs(inputs: Any, in_features: int, where: str) -> tuple[int, int]:
@@ -121,14 +132,6 @@ class LinearSettings(NamedTuple):
     def factory(self, cls: type[nnx.Module]) -> Callable[..., Any]:
         """``cls`` with these settings bound: call it with the sizes (and ``axis``)."""
         return functools.partial(cls, **self._asdict())
-
-
-def zero_padding(inputs: Array, valid: Array | None) -> Array:
-    """Zeros padded steps so that garbage there (even NaN or inf, which 0 * x would spread)
-    cannot reach valid steps through a masked weight."""
-    if valid is None:
-        return inputs
-    return jnp.where(valid[..., None], inputs, jnp.zeros((), inputs.dtype))
 
 
 def gate_trace(gates: dict[str, Any], valid: Array | None, batch: int, time: int) -> GateTrace:

@@ -12,14 +12,13 @@ from flax import nnx
 
 from gatenets._layers import (
     LinearSettings,
-    check_positive_int,
+    check_int,
     check_sequence_call,
     gate_trace,
-    zero_padding,
 )
 from gatenets._typing import Array
 from gatenets.attention import _core
-from gatenets.gates import sequence_mask
+from gatenets.gates import sequence_mask, zero_invalid
 
 
 class HeadLayout(NamedTuple):
@@ -34,8 +33,8 @@ def resolve_heads(
     in_features: int, num_heads: int, head_dim: int | None, num_kv_heads: int | None, where: str
 ) -> HeadLayout:
     """Validates the head arguments of a multi-head layer and fills in the defaults."""
-    check_positive_int(in_features, "in_features", where)
-    check_positive_int(num_heads, "num_heads", where)
+    check_int(in_features, "in_features", where=where)
+    check_int(num_heads, "num_heads", where=where)
     if head_dim is None:
         if in_features % num_heads:
             raise ValueError(
@@ -44,10 +43,10 @@ def resolve_heads(
                 f"or choose num_heads among the divisors of {in_features}."
             )
         head_dim = in_features // num_heads
-    check_positive_int(head_dim, "head_dim", where)
+    check_int(head_dim, "head_dim", where=where)
     if num_kv_heads is None:
         num_kv_heads = num_heads
-    check_positive_int(num_kv_heads, "num_kv_heads", where)
+    check_int(num_kv_heads, "num_kv_heads", where=where)
     if num_heads % num_kv_heads:
         raise ValueError(
             f"{where}: num_kv_heads must divide num_heads (each key/value head serves a group of "
@@ -112,14 +111,6 @@ def attention_masks(
     return Masks(valid, valid, causal, seq_lengths, mask is not None, jnp.maximum(counts, 1.0))
 
 
-def zero_invalid_queries(outputs: Array, valid: Array | None) -> Array:
-    """Zeros outputs at padded query steps: they attend to nothing real and mean nothing."""
-    if valid is None:
-        return outputs
-    expand = (slice(None), slice(None)) + (None,) * (outputs.ndim - 2)
-    return jnp.where(valid[expand], outputs, jnp.zeros((), outputs.dtype))
-
-
 def float32_logits(spec: str, query: Array, key: Array, precision: Any) -> Array:
     """``jnp.einsum(spec, query, key)`` accumulated and returned in float32 whatever the
     compute dtype: attention logits are small differences that bfloat16 would round away."""
@@ -164,7 +155,7 @@ class MultiHeadSelfAttention(nnx.Module):
         layout = resolve_heads(in_features, num_heads, head_dim, num_kv_heads, where)
         if out_features is None:
             out_features = in_features
-        check_positive_int(out_features, "out_features", where)
+        check_int(out_features, "out_features", where=where)
         self.in_features = in_features
         self.out_features = out_features
         self.num_heads = layout.num_heads
@@ -213,8 +204,8 @@ class MultiHeadSelfAttention(nnx.Module):
                 f"{tuple(input_shape)!r}."
             )
         batch, max_length, features = input_shape
-        check_positive_int(batch, "input_shape[0] (batch)", where)
-        check_positive_int(max_length, "input_shape[1] (max_length)", where)
+        check_int(batch, "input_shape[0] (batch)", where=where)
+        check_int(max_length, "input_shape[1] (max_length)", where=where)
         if features != self.in_features:
             raise ValueError(
                 f"{where}: input_shape[2] must be in_features = {self.in_features}; got "
@@ -256,7 +247,7 @@ class MultiHeadSelfAttention(nnx.Module):
                 inputs, mask, seq_lengths, return_gates, return_attention_weights, gate_overrides
             )
         masks = attention_masks(batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal)
-        inputs = zero_padding(inputs, masks.valid)
+        inputs = zero_invalid(masks.valid, inputs)
         query, key, value = self._project(inputs, jnp.arange(time))
         path = _core.choose_path(
             kind=self.kind,
@@ -294,7 +285,7 @@ class MultiHeadSelfAttention(nnx.Module):
         return_gates: bool,
         return_attention_weights: bool,
     ) -> Any:
-        output = zero_invalid_queries(self.out(heads), masks.valid)
+        output = zero_invalid(masks.valid, self.out(heads))
         if not (return_gates or return_attention_weights):
             return output
         results: tuple[Any, ...] = (output,)

@@ -14,7 +14,7 @@ from flax import nnx
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common, _core
-from gatenets.gates import GateOverride, apply_overrides
+from gatenets.gates import GateOverride, apply_overrides, zero_invalid
 
 U_GATE_KINDS = ("silu", "sigmoid")
 
@@ -126,18 +126,18 @@ class GatedAttentionUnit(nnx.Module):
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _layers.check_positive_int(in_features, "in_features", where)
+        _layers.check_int(in_features, "in_features", where=where)
         if expansion_features is None:
             expansion_features = 2 * in_features
         if out_features is None:
             out_features = in_features
-        _layers.check_positive_int(expansion_features, "expansion_features", where)
-        _layers.check_positive_int(qk_features, "qk_features", where)
-        _layers.check_positive_int(out_features, "out_features", where)
+        _layers.check_int(expansion_features, "expansion_features", where=where)
+        _layers.check_int(qk_features, "qk_features", where=where)
+        _layers.check_int(out_features, "out_features", where=where)
         if u_gate not in U_GATE_KINDS:
             raise ValueError(f"{where}: u_gate must be one of {U_GATE_KINDS}; got {u_gate!r}.")
         if max_relative_distance is not None:
-            _layers.check_positive_int(max_relative_distance, "max_relative_distance", where)
+            _layers.check_int(max_relative_distance, "max_relative_distance", where=where)
         self.in_features = in_features
         self.expansion_features = expansion_features
         self.qk_features = qk_features
@@ -197,7 +197,7 @@ class GatedAttentionUnit(nnx.Module):
         masks = _common.attention_masks(
             batch, time, mask=mask, seq_lengths=seq_lengths, causal=causal
         )
-        inputs = _layers.zero_padding(inputs, masks.valid)
+        inputs = zero_invalid(masks.valid, inputs)
 
         e = self.expansion_features
         pre_u, pre_v, pre_z = jnp.split(self.uvz(inputs), [e, 2 * e], axis=-1)
@@ -245,7 +245,7 @@ class GatedAttentionUnit(nnx.Module):
                 block_size=self.block_size,
                 precision=self.precision,
             )[:, :, 0]
-        output = _common.zero_invalid_queries(self.out(u * attended), masks.valid)
+        output = zero_invalid(masks.valid, self.out(u * attended))
         if not return_gates:
             return output
         return output, _layers.gate_trace({"gau": gates}, masks.valid, batch, time)

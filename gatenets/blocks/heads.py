@@ -13,7 +13,13 @@ from flax import nnx
 
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.gates import GateOverride, apply_overrides, check_gate_names, sequence_mask
+from gatenets.gates import (
+    GateOverride,
+    apply_overrides,
+    check_gate_names,
+    sequence_mask,
+    zero_invalid,
+)
 
 ACTIVATIONS = ("silu", "sigmoid")
 
@@ -129,11 +135,11 @@ class GatedFeedForward(nnx.Module):
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _layers.check_positive_int(in_features, "in_features", where)
-        _layers.check_positive_int(hidden_features, "hidden_features", where)
+        _layers.check_int(in_features, "in_features", where=where)
+        _layers.check_int(hidden_features, "hidden_features", where=where)
         if out_features is None:
             out_features = in_features
-        _layers.check_positive_int(out_features, "out_features", where)
+        _layers.check_int(out_features, "out_features", where=where)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"{where}: activation must be one of {ACTIVATIONS}; got {activation!r}."
@@ -242,7 +248,7 @@ class BinaryHead(nnx.Module):
         precision: Any = None,
         rngs: nnx.Rngs,
     ):
-        _layers.check_positive_int(in_features, "in_features", type(self).__name__)
+        _layers.check_int(in_features, "in_features", where=type(self).__name__)
         self.in_features = in_features
         settings = _layers.LinearSettings(
             use_bias, kernel_init, bias_init, dtype, param_dtype, precision, rngs
@@ -337,7 +343,7 @@ class BinaryHead(nnx.Module):
         valid = None
         if mask is not None or seq_lengths is not None:
             valid = _trace_mask(inputs, mask, seq_lengths, where)
-            inputs = _layers.zero_padding(jnp.asarray(inputs), valid)
+            inputs = zero_invalid(valid, jnp.asarray(inputs))
         logits = self(inputs)
         if labels.shape != logits.shape:
             raise ValueError(

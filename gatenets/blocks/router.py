@@ -14,7 +14,7 @@ from flax import nnx
 
 from gatenets import _layers
 from gatenets._typing import Array, Dtype, Initializer
-from gatenets.gates import GateOverride, apply_overrides, sequence_mask
+from gatenets.gates import GateOverride, apply_overrides, sequence_mask, zero_invalid
 
 # Fan-in per expert: axis 0 indexes experts and must not count towards the fan-in.
 _EXPERT_KERNEL_INIT = nnx.initializers.lecun_normal(batch_axis=(0,))
@@ -123,9 +123,9 @@ class SigmoidRouter(nnx.Module):
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _layers.check_positive_int(in_features, "in_features", where)
-        _layers.check_positive_int(num_experts, "num_experts", where)
-        _layers.check_positive_int(top_k, "top_k", where)
+        _layers.check_int(in_features, "in_features", where=where)
+        _layers.check_int(num_experts, "num_experts", where=where)
+        _layers.check_int(top_k, "top_k", where=where)
         if top_k > num_experts:
             raise ValueError(
                 f"{where}: top_k must be at most num_experts = {num_experts}; got top_k={top_k}."
@@ -177,7 +177,7 @@ class SigmoidRouter(nnx.Module):
             self, inputs, gate_overrides, self.gate_names, return_gates=return_gates
         )
         valid = sequence_mask(batch, time, seq_lengths=seq_lengths, mask=mask)
-        inputs = _layers.zero_padding(inputs, valid).astype(jnp.float32)
+        inputs = zero_invalid(valid, inputs).astype(jnp.float32)
 
         logits = jnp.matmul(inputs, self.kernel[...].astype(jnp.float32), precision=self.precision)
         gates = apply_overrides(RouterGates(jax.nn.sigmoid(logits)), gate_overrides)
@@ -310,10 +310,10 @@ class SigmoidMoE(nnx.Module):
         rngs: nnx.Rngs,
     ):
         where = type(self).__name__
-        _layers.check_positive_int(hidden_features, "hidden_features", where)
+        _layers.check_int(hidden_features, "hidden_features", where=where)
         if out_features is None:
             out_features = in_features
-        _layers.check_positive_int(out_features, "out_features", where)
+        _layers.check_int(out_features, "out_features", where=where)
         self.router = SigmoidRouter(
             in_features,
             num_experts,
@@ -378,7 +378,7 @@ class SigmoidMoE(nnx.Module):
         dtype = _layers.compute_dtype(self.dtype, inputs, self.gate_kernel[...])
         x = inputs.astype(dtype)
         if mask is not None or seq_lengths is not None:
-            x = _layers.zero_padding(x, trace.mask)
+            x = zero_invalid(trace.mask, x)
         precision = self.precision
         gate = jnp.einsum(
             "btf,efh->bteh", x, self.gate_kernel[...].astype(dtype), precision=precision

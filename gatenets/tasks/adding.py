@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatenets._layers import check_int
 from gatenets._typing import Array
-from gatenets.tasks.base import Batch, SequenceModel, Task, check_positive_int
+from gatenets.tasks.base import Batch, SequenceModel, Task
 
 
 def adding_data(rng: np.random.Generator, batch_size: int, length: int) -> Batch:
@@ -67,7 +68,7 @@ class AddingTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_positive_int("length", self.options["length"], minimum=2)
+        check_int(self.options["length"], "length", minimum=2)
 
     @property
     def baseline(self) -> float:

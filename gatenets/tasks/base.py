@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatenets._layers import check_int
 from gatenets._typing import Array
 from gatenets.registry import FAMILIES
 from gatenets.tasks.transformer import GatedTransformer
@@ -45,13 +46,6 @@ class Batch(NamedTuple):
     mask: Any = None
 
 
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """Returns ``value`` if it is an int ``>= minimum``, else raises naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return int(value)
-
-
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
@@ -67,7 +61,7 @@ def endless_batches(
 ) -> Iterator[Batch]:
     """The training stream of a task that overrides :meth:`Task.batches`: batch ``k`` is
     ``make(batch_rng(seed, "train", k))``, for ``k = start, start + 1, …`` without end."""
-    index = check_positive_int("start", start, minimum=0)
+    index = check_int(start, "start", minimum=0)
     while True:
         yield make(batch_rng(seed, "train", index))
         index += 1
@@ -138,8 +132,8 @@ class SequenceModel(nnx.Module):
             raise ValueError(f"model must be one of {list(MODELS)}; got {model!r}.")
         if readout not in ("last", "all"):
             raise ValueError(f"readout must be 'last' or 'all'; got {readout!r}.")
-        check_positive_int("hidden", hidden_features)
-        check_positive_int("num_layers", num_layers)
+        check_int(hidden_features, "hidden")
+        check_int(num_layers, "num_layers")
         self.kind = model
         self.readout = readout
         self.vocab_size = in_features if embed_features is not None else None
@@ -295,8 +289,8 @@ class Task:
           start: index of the first training batch (to resume a run).
         """
         check_split(split)
-        check_positive_int("batch_size", batch_size)
-        check_positive_int("start", start, minimum=0)
+        check_int(batch_size, "batch_size")
+        check_int(start, "start", minimum=0)
         if split == "train":
             index = start
             while True:

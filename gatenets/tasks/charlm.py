@@ -19,7 +19,7 @@ from gatenets.tasks.base import (
     Batch,
     SequenceModel,
     Task,
-    check_positive_int,
+    check_int,
     check_split,
     cross_entropy,
     endless_batches,
@@ -103,7 +103,7 @@ class CharLMTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
-        seq_len = check_positive_int("seq_len", self.options["seq_len"], minimum=2)
+        seq_len = check_int(self.options["seq_len"], "seq_len", minimum=2)
         text_file = self.options["text_file"]
         if text_file is None:
             if self.options["text_sha256"] is not None:
@@ -189,7 +189,7 @@ class CharLMTask(Task):
 
     def batches(self, split: str, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Batch]:
         check_split(split)
-        check_positive_int("batch_size", batch_size)
+        check_int(batch_size, "batch_size")
         ids, window = self._splits[split], self.options["seq_len"] + 1
         if split == "train":
 
@@ -249,7 +249,7 @@ class CharLMTask(Task):
         """
         if not isinstance(temperature, int | float) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number; got {temperature!r}.")
-        check_positive_int("length", length, minimum=0)
+        check_int(length, "length", minimum=0)
         if not prompt:
             raise ValueError("prompt must hold at least one character; got ''.")
         if not isinstance(use_cache, bool):

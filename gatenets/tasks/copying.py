@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatenets._layers import check_int
 from gatenets._typing import Array
-from gatenets.tasks.base import Batch, SequenceModel, Task, check_positive_int, cross_entropy
+from gatenets.tasks.base import Batch, SequenceModel, Task, cross_entropy
 
 BLANK = 0
 DELIMITER = 9
@@ -78,7 +79,7 @@ class CopyingTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_positive_int("delay", self.options["delay"])
+        check_int(self.options["delay"], "delay")
 
     @property
     def baseline(self) -> float:

@@ -14,7 +14,7 @@ from gatenets.tasks.base import (
     Batch,
     SequenceModel,
     Task,
-    check_positive_int,
+    check_int,
     check_split,
     cross_entropy,
     endless_batches,
@@ -91,8 +91,8 @@ class MNIST1DTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_positive_int("data_seed", self.options["data_seed"], minimum=0)
-        check_positive_int("num_samples", self.options["num_samples"], minimum=50)
+        check_int(self.options["data_seed"], "data_seed", minimum=0)
+        check_int(self.options["num_samples"], "num_samples", minimum=50)
 
     @property
     def baseline(self) -> float:
@@ -122,7 +122,7 @@ class MNIST1DTask(Task):
 
     def batches(self, split: str, batch_size: int, *, seed: int, start: int = 0) -> Iterator[Batch]:
         check_split(split)
-        check_positive_int("batch_size", batch_size)
+        check_int(batch_size, "batch_size")
         x, y = self.split_arrays(split)
         if split == "train":
             if batch_size > len(x):

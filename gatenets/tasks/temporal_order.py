@@ -8,8 +8,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gatenets._layers import check_int
 from gatenets._typing import Array
-from gatenets.tasks.base import Batch, SequenceModel, Task, check_positive_int
+from gatenets.tasks.base import Batch, SequenceModel, Task
 
 # Tokens: four distractors, start and end markers, and the two relevant symbols.
 SYMBOLS = ("a", "b", "c", "d", "B", "E", "X", "Y")
@@ -82,8 +83,8 @@ class TemporalOrderTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
-        low = check_positive_int("min_length", self.options["min_length"], minimum=10)
-        high = check_positive_int("max_length", self.options["max_length"], minimum=10)
+        low = check_int(self.options["min_length"], "min_length", minimum=10)
+        high = check_int(self.options["max_length"], "max_length", minimum=10)
         if high < low:
             raise ValueError(f"max_length must be >= min_length = {low}; got max_length={high}.")
 

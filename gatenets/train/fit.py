@@ -39,7 +39,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gatenets.tasks.base import Batch, Task, check_positive_int
+from gatenets._layers import check_int
+from gatenets.tasks.base import Batch, Task
 from gatenets.train.checkpoint import Checkpointer
 from gatenets.train.distributed import is_main_process
 from gatenets.train.hooks import (
@@ -285,7 +286,7 @@ def _check_fit_arguments(
     }
     for name, value in counts.items():
         if value is not None:
-            check_positive_int(name, value, minimum=0 if name == "eval_every" else 1)
+            check_int(value, name, minimum=0 if name == "eval_every" else 1)
 
 
 def _result(state: LoopState, hooks: FitHooks) -> FitResult:

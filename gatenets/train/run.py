@@ -14,8 +14,9 @@ import optax
 from flax import nnx
 
 from gatenets._files import atomic_write
+from gatenets._layers import check_int
 from gatenets.tasks import MODELS, get_task
-from gatenets.tasks.base import Task, check_positive_int
+from gatenets.tasks.base import Task
 from gatenets.tasks.charlm import TextChangedError
 from gatenets.train.checkpoint import Checkpointer, saved_steps
 from gatenets.train.distributed import is_main_process
@@ -81,10 +82,10 @@ class RunConfig(NamedTuple):
         if filled.checkpoint_every is None:
             filled = filled._replace(checkpoint_every=filled.eval_every)
         for field in ("hidden", "num_layers", "steps", "batch_size", "eval_batch_size"):
-            check_positive_int(field, getattr(filled, field))
+            check_int(getattr(filled, field), field)
         for field in ("eval_every", "checkpoint_every", "seed"):
-            check_positive_int(field, getattr(filled, field), minimum=0)
-        check_positive_int("keep_checkpoints", filled.keep_checkpoints)
+            check_int(getattr(filled, field), field, minimum=0)
+        check_int(filled.keep_checkpoints, "keep_checkpoints")
         for field in ("learning_rate", "grad_clip"):
             value = getattr(filled, field)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

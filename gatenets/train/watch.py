@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gatenets.tasks.base import Batch, check_positive_int
+from gatenets._layers import check_int
+from gatenets.tasks.base import Batch
 from gatenets.train.hooks import FitContext, Hook, LoopState, Record, Schedule
 from gatenets.train.sharding import batch_placer
 
@@ -176,7 +177,7 @@ class GateStatsHook(Hook):
         bins: int = 20,
     ):
         if every is not None:
-            check_positive_int("every", every)
+            check_int(every, "every")
         self.batch = batch
         self.schedule = schedule
         self.emit = emit

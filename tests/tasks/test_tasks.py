@@ -329,7 +329,7 @@ def test_last_readout_with_a_mask_equals_the_unpadded_run():
         ("adding", {"lenght": 5}, ValueError, r"unknown option\(s\) \['lenght'\]"),
         ("adding", {"length": 1}, ValueError, "length must be an int >= 2; got 1"),
         ("adding", {"length": 2.5}, ValueError, "length must be an int >= 2; got 2.5"),
-        ("copying", {"delay": 0}, ValueError, "delay must be an int >= 1; got 0"),
+        ("copying", {"delay": 0}, ValueError, "delay must be a positive int; got 0"),
         ("temporal_order", {"min_length": 30, "max_length": 20}, ValueError, "max_length"),
         ("charlm", {"text_file": "/nonexistent/x.txt"}, FileNotFoundError, "text_file: no such"),
         ("mnist1d", {"data_seed": -1}, ValueError, "data_seed must be an int >= 0; got -1"),
@@ -355,7 +355,7 @@ def test_bad_batch_arguments():
     task = get_task("adding", length=4)
     with pytest.raises(ValueError, match="split must be one of"):
         first(task, "validation")
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got 0"):
         first(task, batch_size=0)
     with pytest.raises(
         ValueError, match="model must be one of \\['lstm', 'gru', .*'attention'\\]; got 'rnn'"

@@ -228,10 +228,10 @@ def test_run_writes_the_contract_files_and_load_run_restores_them(tmp_path):
     ("changes", "message"),
     [
         ({"model": "transformer"}, "model: unknown model 'transformer'; the models are"),
-        ({"steps": 0}, "steps must be an int >= 1; got 0"),
-        ({"hidden": -3}, "hidden must be an int >= 1; got -3"),
+        ({"steps": 0}, "steps must be a positive int; got 0"),
+        ({"hidden": -3}, "hidden must be a positive int; got -3"),
         ({"learning_rate": -1.0}, "learning_rate must be a positive number; got -1.0"),
-        ({"batch_size": 2.0}, "batch_size must be an int >= 1; got 2.0"),
+        ({"batch_size": 2.0}, "batch_size must be a positive int; got 2.0"),
     ],
 )
 def test_bad_run_configs_are_named(changes, message):
@@ -245,7 +245,7 @@ def test_bad_fit_arguments_are_named(tmp_path):
     model = task.make_model("lstm", 4, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation; got str"):
         fit(model, "adam", task, steps=1, batch_size=4)
-    with pytest.raises(ValueError, match="steps must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="steps must be a positive int; got 0"):
         fit(model, optax.sgd(0.1), task, steps=0, batch_size=4)
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
         fit(model, optax.sgd(0.1), task, steps=1, batch_size=4, resume=True)
