@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import pytest
+from helpers import require_mnist1d
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 
@@ -25,6 +26,8 @@ def load_example(name):
     ],
 )
 def test_example_runs(name, settings, printed, capsys):
+    if name == "mnist1d":
+        require_mnist1d()
     metrics = load_example(name).main(steps=2, progress=False, **settings)
     assert printed in capsys.readouterr().out
     assert all(value == value for value in metrics.values())  # no NaN
