@@ -24,7 +24,7 @@ two implementations' different summation orders and activation functions. A wron
 or padding step differs by order 1 at any precision.
 
     python benchmarks/gpu.py --json gpu.json
-    python benchmarks/gpu.py --precision highest --json gpu-highest.json
+    python benchmarks/gpu.py --precision highest --check-only --json gpu-check-highest.json
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="the first size only, 3 repeats, 1 warm-up"
     )
+    parser.add_argument("--check-only", action="store_true", help="the check, no timing")
     args = parser.parse_args(argv)
     args.torch_threads = [1]
     if args.quick:
@@ -169,8 +170,9 @@ def run(args) -> int:
         print("gpu.py: the cuDNN path does not equal the fused kernel; stopping.", file=sys.stderr)
         bench.write_json(args.json, {**env, "stopped": "cuDNN != fused"}, [])
         return 1
+    bench.write_json(args.json, env, [])
     rows = []
-    for model, variants in VARIANTS.items():
+    for model, variants in [] if args.check_only else VARIANTS.items():
         for size in SIZES[:1] if args.quick else SIZES:
             for mode in ("train", "forward"):
                 point = bench.Point(model, *size, mode)
@@ -178,7 +180,8 @@ def run(args) -> int:
                     rows.append(row)
                     print(bench.format_row(row), flush=True)
                 bench.write_json(args.json, env, rows)
-    print(bench.markdown_table(rows))
+    if rows:
+        print(bench.markdown_table(rows))
     print(f"# {time.perf_counter() - start:.0f} s; wrote {args.json}")
     return 0
 
