@@ -4,6 +4,7 @@ skips that say why, a tiny training run, and the environment of the tests' worke
 Test modules import from here (``from helpers import ...``), never from one another.
 """
 
+import importlib.util
 import os
 import pathlib
 
@@ -92,6 +93,20 @@ def tiny_fit(task, out_dir, *, steps=6, resume=False, log_every=1, **kwargs):
         **kwargs,
     )
     return model
+
+
+def load_script(path, name):
+    """Runs the Python file ``path`` as a module called ``name`` (not entered in
+    ``sys.modules``, where an example named like a package would shadow it) and returns it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_example(name):
+    """The example script ``examples/{name}.py`` as a module."""
+    return load_script(ROOT / "examples" / f"{name}.py", name)
 
 
 def cpu_process_env() -> dict[str, str]:

@@ -1,23 +1,19 @@
 """benchmarks/gpu.py off the GPU: its tolerance rule, its check run against the pure-JAX
 stand-in for cuDNN, and its refusal, with a JSON note, where there is no GPU."""
 
-import importlib.util
 import json
 
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 from gatenets.kernels import cudnn
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu.py", "gpu_benchmark")
 
 
 def test_tolerance_follows_the_matmul_precision(gpu):

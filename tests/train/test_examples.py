@@ -1,19 +1,7 @@
 """Each task's example script runs end to end at tiny settings and reports its metric."""
 
-import importlib.util
-import pathlib
-
 import pytest
-from helpers import require_mnist1d
-
-ROOT = pathlib.Path(__file__).parent.parent.parent
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example, require_mnist1d
 
 
 @pytest.mark.parametrize(
