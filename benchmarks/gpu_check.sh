@@ -46,8 +46,8 @@ import importlib.metadata as metadata
 import platform
 
 print("python", platform.python_version())
-for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
-             "orbax-checkpoint", "numpy", "torch", "pytest", "pytest-xdist", "pytest-timeout",
+for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "flax",
+             "optax", "orbax-checkpoint", "numpy", "torch", "pytest", "pytest-xdist", "pytest-timeout",
              "hypothesis"):
     try:
         print(name, metadata.version(name))
