@@ -8,38 +8,12 @@ import numpy as np
 import pytest
 import reference
 from flax import nnx
+from helpers import H, I, inputs, randomize
 from jax.test_util import check_grads
 
 import gatenets
 from gatenets.loop import family_loops
 from gatenets.registry import FAMILIES
-
-B, T, I, H = 2, 5, 3, 4
-
-
-def unavailable_loop_marks(loop):
-    """A skip mark, saying why, for a loop this machine cannot run (the native kernels without
-    a C++ compiler or BLAS); nothing for the others."""
-    from gatenets import Loop
-    from gatenets.kernels import native
-
-    if str(loop) == str(Loop.NATIVE) and not native.available():
-        return pytest.mark.skip(reason=f"native kernels unavailable: {native.unavailable_reason}")
-    return ()
-
-
-def randomize(module, seed=0, scale=0.5):
-    """Sets every parameter to random values so no term of the equations hides behind a zero."""
-    rng = np.random.default_rng(seed)
-    for _, param in nnx.iter_graph(module):
-        if isinstance(param, nnx.Param):
-            param[...] = jnp.asarray(scale * rng.standard_normal(param.shape), param.dtype)
-    return module
-
-
-def inputs(seed=1, shape=(B, T, I)):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
 
 # Cells whose default loop has a hand-written backward pass (Loop.FUSED): checked against
 # finite differences here; the others' autodiff gradients against Loop.SCAN's in the

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_cells import B, H, I, T, inputs, randomize, unavailable_loop_marks
+from helpers import B, H, I, T, inputs, randomize, unavailable_loop_marks
 
 import gatenets
 import gatenets.linen as gl

@@ -2,7 +2,8 @@
 
 Every line of the dispatch — weight packing, carries, padding, time-major layouts, the
 gradient back to gatenets' parameters — runs here; only JAX's own cuDNN call is replaced.
-Values and gradients must equal gatenets' fused kernels.
+Values and gradients must equal gatenets' fused kernels. On a CUDA GPU, the real cuDNN call
+is checked as well; elsewhere, that it is refused with the reason.
 """
 
 import jax
@@ -151,6 +152,29 @@ def test_cudnn_forced_where_it_cannot_apply_says_why(reference_cudnn):
         layer(jnp.ones((B, T, I)), mask=jnp.ones((B, T), bool))
 
 
+@pytest.mark.skipif(
+    cudnn.available(),
+    reason="JAX's cuDNN RNN is here: test_cudnn_on_a_cuda_gpu_is_taken_and_equals_the_fused_kernel",
+)
 def test_cudnn_without_a_gpu_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         gatenets.LSTM(I, H, loop="cudnn", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.skipif(
+    not cudnn.available(),
+    reason=f"no CUDA GPU with JAX's cuDNN RNN (JAX's backend is {jax.default_backend()!r})",
+)
+def test_cudnn_on_a_cuda_gpu_is_taken_and_equals_the_fused_kernel(monkeypatch):
+    calls = []
+    real_call = cudnn.lstm_call
+    monkeypatch.setattr(cudnn, "lstm_call", lambda *a, **k: calls.append(1) or real_call(*a, **k))
+    layers = [
+        randomized(gatenets.LSTM(I, H, bidirectional=True, loop=loop, rngs=nnx.Rngs(0)), seed=1)
+        for loop in ("cudnn", "fused")
+    ]
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((B, T, I)), jnp.float32)
+    seq_lengths = jnp.asarray([5, 2, 4], jnp.int32)
+    y_cudnn, y_fused = (layer(x, seq_lengths=seq_lengths) for layer in layers)
+    assert len(calls) == 1
+    np.testing.assert_allclose(y_cudnn, y_fused, atol=1e-5)

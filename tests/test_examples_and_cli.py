@@ -1,23 +1,16 @@
 """The README's example and the command line, at tiny sizes."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from helpers import load_example
 
 import gatenets
 from gatenets.cli import main
 
 ROOT = pathlib.Path(__file__).parent.parent
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quickstart_loss_falls_and_gates_are_summarised(capsys):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_cells import B, H, I, T, inputs, randomize
+from helpers import B, H, I, T, inputs, randomize
 
 import gatenets
 

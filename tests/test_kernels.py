@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import B, H, I, T, inputs, randomize
 from jax.test_util import check_grads
-from test_cells import B, H, I, T, inputs, randomize
 
 import gatenets
 from gatenets.kernels import gru_sequence, lstm_sequence

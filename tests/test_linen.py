@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import linen as nn
 from flax import nnx
-from test_cells import B, H, I, T, inputs, randomize
+from helpers import B, H, I, T, inputs, randomize
 
 import gatenets
 import gatenets.linen as gl

@@ -3,13 +3,12 @@ its own measurement or cache says (they must all compile the same program)."""
 
 import contextlib
 import json
-import os
-import pathlib
 import socket
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).parent.parent
+from helpers import ROOT, cpu_process_env
+
 WORKER = ROOT / "tests" / "loop_choice_worker.py"
 
 
@@ -27,11 +26,7 @@ def test_every_process_takes_process_zeros_choice(tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     processes = []
     for process_id, winner in ((0, "fused"), (1, "scan")):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "GATENETS_CACHE_DIR": str(tmp_path / f"cache{process_id}"),
-        }
+        env = {**cpu_process_env(), "GATENETS_CACHE_DIR": str(tmp_path / f"cache{process_id}")}
         with open(tmp_path / f"{process_id}.out", "w") as out:
             processes.append(
                 subprocess.Popen(

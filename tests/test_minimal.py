@@ -4,16 +4,13 @@
 The generic contract checks (padding, nnx.RNN, gate range, every loop = scan, …) are in
 test_conformance.py."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import B, H, I, T, inputs, load_example, randomize
 from jax.test_util import check_grads
-from test_cells import B, H, I, T, inputs, randomize
 
 import gatenets
 from gatenets.cells.rglru import sqrt_bounded_derivative
@@ -379,11 +376,7 @@ def test_bad_input_raises_clear_error(make_bad, error, message):
 
 
 def test_adding_example_trains(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "min_rnn_adding", pathlib.Path(__file__).parent.parent / "examples" / "min_rnn_adding.py"
-    )
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("min_rnn_adding")
     # One model keeps the compile short; the cells themselves are tested above.
     results = example.main(
         steps=40, length=8, batch=32, hidden=8, layers=1, learning_rate=3e-2, models="MinLSTM"

@@ -28,6 +28,15 @@ pytestmark = pytest.mark.skipif(
     reason=f"native kernels not built here: {native.unavailable_reason}",
 )
 
+
+@pytest.fixture(autouse=True)
+def on_the_cpu():
+    """The native kernels are CPU kernels: these tests put every array and program on the CPU,
+    also where JAX's default backend is a GPU."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 T, B, I, H = 5, 3, 4, 6
 
 # valid[t, b]: one row with a gap, one never valid (its carry is held throughout), one

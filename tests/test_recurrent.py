@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import reference
 from flax import nnx
+from helpers import B, H, I, T, inputs, randomize, unavailable_loop_marks
 from hypothesis import HealthCheck, given, settings
-from test_cells import B, H, I, T, inputs, randomize, unavailable_loop_marks
 
 import gatenets
 from gatenets.loop import STACK_LOOPS, family_loops

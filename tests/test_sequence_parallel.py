@@ -2,7 +2,6 @@
 devices equal the unsplit layers, values and gradients, with padding; bad meshes are named."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cpu_process_env
 from jax.sharding import Mesh
 
 import gatenets
@@ -25,11 +25,7 @@ def test_split_layers_equal_unsplit_layers_on_four_devices():
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
-        },
+        env=cpu_process_env(),
         timeout=50,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from test_cells import randomize
+from helpers import randomize
 
 import gatenets
 from gatenets.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
+
+torch = pytest.importorskip("torch", reason="the PyTorch equivalence tests need torch (.[dev])")
 
 B, T, I, H = 3, 6, 4, 5
 LENGTHS = np.array([T, 4, 1])

@@ -4,7 +4,6 @@ import collections
 import pathlib
 import sys
 
-import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -46,6 +45,7 @@ def test_npz_round_trip_is_exact(tmp_path):
 
 
 def test_lstmvis_layout(tmp_path):
+    h5py = pytest.importorskip("h5py", reason="HDF5 export needs the optional h5py (.[inspect-h5])")
     trace = small_trace()
     token_ids = np.array([[0, 2, 1, 0], [3, 1, 0, 0]])
     vocabulary = ["a", " ", "\n", "b"]

@@ -9,6 +9,7 @@ import pathlib
 import matplotlib.image
 import numpy as np
 import pytest
+from helpers import load_example
 from matplotlib import colormaps
 
 from gatenets import GateTrace, GRUGates, LSTMGates
@@ -236,12 +237,7 @@ def test_inspect_command_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys,
 
 
 def test_example_writes_the_report(tmp_path, capsys):
-    import importlib.util
-
-    path = pathlib.Path(__file__).parents[2] / "examples" / "inspect_gates.py"
-    spec = importlib.util.spec_from_file_location("inspect_gates", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("inspect_gates")
     # The command test's sizes, so the compiled steps are shared.
     files, stats, bits = example.main(
         steps=2, hidden=8, length=12, batch=4, batches=2, out=str(tmp_path), progress=False

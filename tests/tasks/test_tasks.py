@@ -5,12 +5,12 @@ import collections
 import math
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import params_of, require_mnist1d
 
 from gatenets.registry import FAMILIES
 from gatenets.tasks import TASKS, SequenceModel, get_task, list_models, list_tasks
@@ -45,8 +45,11 @@ SMALL = {
 }
 
 
-def small(name):
-    """The task ``name`` at its small options, and its settings."""
+def small(name, *, data=True):
+    """The task ``name`` at its small options, and its settings; with ``data``, the test is
+    skipped, saying why, where the task's data cannot be made here (an optional package)."""
+    if data and name == "mnist1d":
+        require_mnist1d()
     settings = SMALL.get(name, Small())
     return get_task(name, **settings.options), settings
 
@@ -59,15 +62,11 @@ def first_at(task, index, seed):
     return next(task.batches("train", 8, seed=seed, start=index))
 
 
-def params_of(model):
-    return [np.asarray(p) for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
-
-
 def test_registry_names_and_contract_attributes():
     assert list_tasks() == sorted(TASKS) and len(TASKS) >= 5
     assert list_models() == [*FAMILIES, "attention"]
     for name in list_tasks():
-        task, _ = small(name)
+        task, _ = small(name, data=False)
         assert task.name == name and task.description and task.metric
         assert isinstance(task.baseline, float) and isinstance(task.target, float)
         assert task.baseline_source and {"steps", "batch_size", "hidden"} <= set(task.defaults)
@@ -191,6 +190,7 @@ def test_copying_baseline_is_the_memoryless_cross_entropy(delay):
 
 
 def test_mnist1d_splits_match_make_dataset():
+    require_mnist1d()
     from mnist1d.data import get_dataset_args, make_dataset
 
     # A small dataset keeps the test quick; the split logic is the same at the default 5000.
@@ -212,6 +212,7 @@ def test_mnist1d_splits_match_make_dataset():
 
 
 def test_mnist1d_training_batches_are_distinct_rows_of_the_train_split():
+    require_mnist1d()
     task = get_task("mnist1d", num_samples=500)
     x, y = task.split_arrays("train")
     batch = first(task, batch_size=32)

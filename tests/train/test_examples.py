@@ -1,18 +1,7 @@
 """The examples' own helpers; each example runs as a script in tests/test_examples_as_scripts.py."""
 
-import importlib.util
-import pathlib
-
 import pytest
-
-ROOT = pathlib.Path(__file__).parent.parent.parent
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example
 
 
 def test_min_rnn_adding_takes_every_model_name_in_any_case():

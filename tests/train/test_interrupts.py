@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_training import params_of, tiny_fit
+from helpers import params_of, tiny_fit
 
 from gatenets.tasks import AddingTask
 from gatenets.train import Checkpointer

@@ -5,7 +5,6 @@ logs."""
 
 import contextlib
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import cpu_process_env
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 WORKER = ROOT / "tests" / "train" / "multiprocess_fit.py"
@@ -31,11 +31,7 @@ def run_all(commands: dict[str, list[str]], logs: pathlib.Path) -> dict[str, tup
     """Starts every command at once and waits for all of them, ``TIMEOUT_SECONDS`` in all;
     whatever still runs then, or after a failure, is killed. Returns ``{name: (returncode,
     stdout, stderr)}``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
-    }
+    env = cpu_process_env()
     processes = {}
     try:
         for name, command in commands.items():

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import cpu_process_env, params_of, require_mnist1d, tiny_fit
 
 from gatenets.tasks import AddingTask, get_task
 from gatenets.train import (
@@ -32,11 +33,8 @@ from gatenets.train.run import _write_json as write_json
 ROOT = pathlib.Path(__file__).parent.parent.parent
 
 
-def params_of(model):
-    return [np.asarray(p) for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))]
-
-
 def test_evaluation_weighs_batches_by_their_sequences():
+    require_mnist1d()
     task = get_task("mnist1d", num_samples=500)
     model = task.make_model("gru", 8, rngs=nnx.Rngs(0))
     # 100 test sequences in batches of 30: the last batch holds 10.
@@ -72,24 +70,6 @@ class Poisoned(AddingTask):
             if split == "train" and start + index == self.at:
                 batch = batch._replace(inputs=np.full_like(batch.inputs, np.nan))
             yield batch
-
-
-def tiny_fit(task, out_dir, *, steps=6, resume=False, log_every=1, **kwargs):
-    model = task.make_model("lstm", 8, rngs=nnx.Rngs(1))
-    fit(
-        model,
-        optax.adam(1e-2),
-        task,
-        steps=steps,
-        batch_size=8,
-        eval_every=0,
-        log_every=log_every,
-        out_dir=out_dir,
-        resume=resume,
-        progress=False,
-        **kwargs,
-    )
-    return model
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
@@ -171,7 +151,7 @@ def test_sharded_training_equals_single_device_training():
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=cpu_process_env(),
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
