@@ -90,6 +90,7 @@ def _show_loop_choices() -> None:
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # once, whatever the root logger is set up to do
 
 
 class _QuietBackgroundErrors(logging.Filter):
