@@ -17,7 +17,11 @@ os.environ.setdefault("GATENETS_LOOP_TUNING", "0")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 # Doctest modules and the optional package each needs.
-_DOCTEST_NEEDS = {"gatenets/tasks/mnist1d.py": "mnist1d"}
+_DOCTEST_NEEDS = {
+    "gatenets/tasks/mnist1d.py": "mnist1d",
+    "gatenets/interop/keras.py": "keras",
+    "gatenets/train/watch.py": "tensorboardX",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -476,10 +476,11 @@ _TUNING = {"enabled": None}
 _MODES = {True: "train", False: "forward", None: "any"}
 _MEMO: dict[str, Loop] = {}
 _LOCK = threading.RLock()
-TUNING_STEPS = 64
+TUNING_STEPS = 32
 """Sequences are timed over at most this many steps: the loops differ per step."""
 TUNING_BUDGET_S = 1.0
-"""Time spent on timed rounds per new request (compilation aside), after three rounds."""
+"""Time for the timed rounds of a new request, compiling and one warm call of each candidate
+aside: as many rounds as fit (at least one, at most seven)."""
 
 
 def loop_tuning_enabled() -> bool:
@@ -720,34 +721,44 @@ def _measure(
 
 
 def _time_rounds(timers: Callable) -> tuple[dict[Loop, float], int]:
-    """Compiles every candidate, then times interleaved rounds (at least three, at most
-    seven, stopping once :data:`TUNING_BUDGET_S` is spent): the median of each."""
+    """Compiles every candidate and times one warm call of each, then times interleaved
+    rounds — as many as :data:`TUNING_BUDGET_S` allows at the warm calls' pace, at least one,
+    at most seven: the median of each."""
     with jax.ensure_compile_time_eval():
         fns = timers()
-        for fn in fns.values():
-            jax.block_until_ready(fn())  # compile and warm
-        compiled = time.perf_counter()
+        warm = {}
+        for loop, fn in fns.items():
+            jax.block_until_ready(fn())  # compile
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            warm[loop] = time.perf_counter() - t0
+        rounds = int(min(7, max(1, TUNING_BUDGET_S // max(sum(warm.values()), 1e-9))))
         samples: dict[Loop, list[float]] = {loop: [] for loop in fns}
-        for round_ in range(7):
+        for round_ in range(rounds):
             order = list(fns)[round_ % len(fns) :] + list(fns)[: round_ % len(fns)]
             for loop in order:
                 t0 = time.perf_counter()
                 jax.block_until_ready(fns[loop]())
                 samples[loop].append(time.perf_counter() - t0)
-            if round_ >= 2 and time.perf_counter() - compiled > TUNING_BUDGET_S:
-                break
     medians = {loop: statistics.median(ts) for loop, ts in samples.items()}
-    return medians, len(next(iter(samples.values())))
+    return medians, rounds
 
 
 def concrete_like(tree: Any, seed: int = 0) -> Any:
-    """Random concrete arrays of the shapes and dtypes of ``tree``'s leaves (tracers too)."""
+    """Random concrete arrays of the shapes and dtypes of ``tree``'s leaves (tracers too);
+    random keys (a dropout stream's) become fresh keys of the same implementation."""
     leaves, treedef = jax.tree.flatten(tree)
     rng = np.random.default_rng(seed)
     out = []
     for leaf in leaves:
-        dtype = jnp.result_type(leaf)
+        dtype = jnp.result_type(leaf) if not _is_key(leaf) else None
         shape = np.shape(leaf)
+        if dtype is None:
+            keys = jax.random.split(
+                jax.random.key(seed, impl=jax.random.key_impl(leaf)), max(1, int(np.prod(shape)))
+            )
+            out.append(keys.reshape(shape))
+            continue
         if jnp.issubdtype(dtype, jnp.floating):
             value = (0.5 * rng.standard_normal(shape)).astype(np.float32)
         elif dtype == jnp.bool_:
@@ -756,6 +767,10 @@ def concrete_like(tree: Any, seed: int = 0) -> Any:
             value = np.zeros(shape, np.int32)
         out.append(jnp.asarray(value, dtype))
     return jax.tree.unflatten(treedef, out)
+
+
+def _is_key(leaf: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
 
 
 def _shorten(xs: Any, valid: Any) -> tuple[Any, Any]:

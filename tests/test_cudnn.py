@@ -6,6 +6,8 @@ Values and gradients must equal gatenets' fused kernels. On a CUDA GPU, the real
 is checked as well; elsewhere, that it is refused with the reason.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +109,9 @@ def test_packed_weights_unpack_to_the_cells_parameters_exactly():
 
 def test_auto_takes_cudnn_only_where_it_computes_the_request(reference_cudnn, monkeypatch):
     # A static order that puts cuDNN first (as measuring would where it is fastest).
-    order = (Loop.CUDNN, *gatenets.loop.static_order("cpu"))
-    monkeypatch.setitem(gatenets.loop.STATIC_ORDER, "cpu", order)
+    backend = jax.default_backend()
+    order = (Loop.CUDNN, *(m for m in gatenets.loop.static_order() if m is not Loop.CUDNN))
+    monkeypatch.setitem(gatenets.loop.STATIC_ORDER, backend, order)
     calls = []
     monkeypatch.setattr(
         cudnn, "lstm_call", lambda *a, **k: calls.append(1) or cudnn.reference_lstm_call(*a, **k)
@@ -178,3 +181,30 @@ def test_cudnn_on_a_cuda_gpu_is_taken_and_equals_the_fused_kernel(monkeypatch):
     y_cudnn, y_fused = (layer(x, seq_lengths=seq_lengths) for layer in layers)
     assert len(calls) == 1
     np.testing.assert_allclose(y_cudnn, y_fused, atol=1e-5)
+
+
+def test_auto_measures_cudnn_against_the_layers_own_loops(reference_cudnn, tmp_path, monkeypatch):
+    """With measuring on, a stack cuDNN can run is timed both ways (its dropout streams' keys
+    included in the copy that is timed) and runs the winner, equal to the fused kernel."""
+    monkeypatch.setenv("GATENETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gatenets.loop, "_MEMO", {})
+    monkeypatch.setattr(gatenets.loop, "TUNING_BUDGET_S", 0.01)
+    if Loop.CUDNN not in gatenets.loop.static_order():
+        order = (*gatenets.loop.static_order(), Loop.CUDNN)
+        monkeypatch.setitem(gatenets.loop.STATIC_ORDER, jax.default_backend(), order)
+    layer = randomized(gatenets.LSTM(I, H, num_layers=2, dropout=0.3, rngs=nnx.Rngs(0)), 1)
+    layer.eval()
+    fused = randomized(
+        gatenets.LSTM(I, H, num_layers=2, dropout=0.3, loop="fused", rngs=nnx.Rngs(0)), 1
+    )
+    fused.eval()
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((B, T, I)), jnp.float32)
+    lengths = jnp.array([5, 2, 4])
+    with gatenets.loop_tuning(True), gatenets.loop.recorded_loops() as ran:
+        y = jax.jit(lambda v, n: layer(v, seq_lengths=n))(x, lengths)
+    np.testing.assert_allclose(y, fused(x, seq_lengths=lengths), atol=1e-5)
+    choices = json.loads((tmp_path / "loops.json").read_text())["choices"].values()
+    stack = [c for c in choices if "cudnn" in c["median_ms"]]
+    assert len(stack) == 1 and set(stack[0]["median_ms"]) == {"auto", "cudnn"}
+    ran_cudnn = [loop for _, loop in ran] == [Loop.CUDNN]
+    assert ran_cudnn == (stack[0]["loop"] == "cudnn")

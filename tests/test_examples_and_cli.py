@@ -47,6 +47,9 @@ def test_readme_code_runs():
     """Every ```python block of the README, in order, as one script: the tour stays true."""
     import re
 
+    for package in ("torch", "keras", "equinox"):  # the tour moves models in from them
+        pytest.importorskip(package, reason=f"the README's tour uses {package}")
+
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert blocks
     exec(compile("\n".join(blocks), "README.md", "exec"), {})
