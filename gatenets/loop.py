@@ -782,28 +782,29 @@ def _shorten(xs: Any, valid: Any) -> tuple[Any, Any]:
 
 def _cell_timers(cell, candidates, carry, xs, valid, request, differentiated):
     """``{loop: timed function}``: one pass of a copy of ``cell`` with random parameters and
-    inputs of the call's shapes, forward or forward and backward."""
+    inputs of the call's shapes, forward or forward and backward (the gradient of the
+    parameters, the initial carry and the inputs)."""
     from flax import nnx
 
-    graphdef, state = nnx.split(cell)
-    state = concrete_like(state)
+    graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
+    params, rest = concrete_like(params), concrete_like(rest)
     carry, xs, valid, mask = concrete_like((carry, xs, valid, request.recurrent_mask), seed=1)
     xs, valid = _shorten(xs, valid)
     request = request._replace(recurrent_mask=mask)
 
     def timer(loop: Loop) -> Callable[[], Any]:
-        def forward(state, carry, xs):
-            clone = nnx.merge(graphdef, state)
+        def forward(params, carry, xs):
+            clone = nnx.merge(graphdef, params, rest)
             return run(clone, loop, carry, xs, valid, request)
 
-        def loss(state, carry, xs):
-            final, ys, gates = forward(state, carry, xs)
+        def loss(params, carry, xs):
+            final, ys, gates = forward(params, carry, xs)
             total = jnp.sum(ys.astype(jnp.float32))
             for leaf in jax.tree.leaves((final, gates)):
                 total = total + jnp.sum(leaf.astype(jnp.float32))
             return total
 
         fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)) if differentiated else forward)
-        return functools.partial(fn, state, carry, xs)
+        return functools.partial(fn, params, carry, xs)
 
     return {loop: timer(loop) for loop in candidates}

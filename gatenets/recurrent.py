@@ -661,26 +661,27 @@ class RecurrentStack(nnx.Module):
         return tuple(finals), (jnp.swapaxes(y, 0, 1) if self.time_major else y)
 
     def _stack_timers(self, candidates, differentiated, inputs, seq_lengths):
-        """``{loop: timed function}`` of this stack's forward (and backward) pass with random
-        parameters and inputs of the call's shapes: for the measured choice."""
-        graphdef, state = nnx.split(self)
-        state = loop_table.concrete_like(state)
+        """``{loop: timed function}`` of this stack's forward (and backward: the parameters'
+        gradient) pass with random parameters and inputs of the call's shapes: for the
+        measured choice."""
+        graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+        params, rest = loop_table.concrete_like(params), loop_table.concrete_like(rest)
         x = loop_table.concrete_like(inputs, seed=1)
         axis = 0 if self.time_major else 1
         x = jax.lax.slice_in_dim(x, 0, min(x.shape[axis], loop_table.TUNING_STEPS), axis=axis)
         lengths = None if seq_lengths is None else jnp.full(seq_lengths.shape, x.shape[axis])
 
         def timer(choice):
-            def forward(state, x):
-                stack = nnx.merge(graphdef, state)
+            def forward(params, x):
+                stack = nnx.merge(graphdef, params, rest)
                 overrides = resolve_overrides(None, stack.paths, stack.cell.gate_names)
                 return stack._run(x, None, lengths, None, False, overrides, choice)[1]
 
-            def loss(state, x):
-                return jnp.sum(forward(state, x).astype(jnp.float32))
+            def loss(params, x):
+                return jnp.sum(forward(params, x).astype(jnp.float32))
 
             fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if differentiated else forward)
-            return functools.partial(fn, state, x)
+            return functools.partial(fn, params, x)
 
         return {choice: timer(choice) for choice in candidates}
 

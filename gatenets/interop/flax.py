@@ -165,9 +165,10 @@ def from_flax(source: Any) -> Any:
       >>> from gatenets.interop import from_flax
       >>> flax_cell = nnx.OptimizedLSTMCell(3, 4, rngs=nnx.Rngs(0))
       >>> cell = from_flax(flax_cell)
-      >>> carry = flax_cell.initialize_carry((2, 3), nnx.Rngs(0))
+      >>> carry = flax_cell.initialize_carry((2, 3), nnx.Rngs(0))  # Flax's (c, h) tuple
       >>> x = jnp.ones((2, 3))
-      >>> bool(jnp.allclose(cell(carry, x)[1], flax_cell(carry, x)[1], atol=1e-6))
+      >>> ours = cell.carry_type(*carry)  # named once: gatenets refuses a bare pair
+      >>> bool(jnp.allclose(cell(ours, x)[1], flax_cell(carry, x)[1], atol=1e-6))
       True
     """
     if isinstance(source, nnx.Bidirectional):

@@ -128,7 +128,7 @@ def test_settings_come_from_flags_then_environment_and_are_checked(monkeypatch):
         distributed_settings(environ={"GATENETS_NUM_PROCESSES": "two"})
     with pytest.raises(ValueError, match="process_id must be below num_processes = 2; got 2"):
         distributed_settings(num_processes=2, process_id=2, environ={})
-    with pytest.raises(ValueError, match="num_processes must be a positive int; got 0"):
+    with pytest.raises(ValueError, match="num_processes must be an int >= 1; got 0"):
         distributed_settings(num_processes=0, environ={})
 
 
