@@ -140,18 +140,14 @@ def _always(*_: Any) -> None:
     return None
 
 
-def _on_cpu() -> str | None:
-    backend = jax.default_backend()
-    return None if backend == "cpu" else f"it runs on CPU; the backend is {backend}"
-
-
 def _native_available() -> str | None:
     from gatenets.kernels import native
 
-    reason = _on_cpu()
-    if reason is None and not native.available():
-        reason = f"the native kernels are not available here: {native.unavailable_reason}"
-    return reason
+    if jax.default_backend() != "cpu":
+        return f"it runs on CPU; the backend is {jax.default_backend()}"
+    if not native.available():
+        return f"the native kernels are not available here: {native.unavailable_reason}"
+    return None
 
 
 def _cudnn_available() -> str | None:
@@ -346,7 +342,7 @@ def choose(cell: Any, loop: Loop | str, carry: Any, xs: Any, valid: Any, request
     candidates = resolve_candidates(cell, request)
     if len(candidates) == 1 or not loop_tuning_enabled():
         return candidates[0]
-    differentiated = _differentiated(nnx_state(cell), carry, xs)
+    differentiated = _differentiated(_state_of(cell), carry, xs)
     key = _key(
         "cell",
         cell,
@@ -366,13 +362,9 @@ def run(cell: Any, loop: Loop, carry: Any, xs: Any, valid: Any, request: LoopReq
     """Runs one pass of ``cell`` with the resolved ``loop``: ``(carry, outputs, gates)``."""
     _record(cell, loop)
     row = loop_table()[loop]
-    kernel = _scan_kernel if row.kernels is None else row.kernels[cell.family]
+    kernel = None if row.kernels is None else row.kernels[cell.family]
     with jax.named_scope(f"{type(cell).__name__}.{loop}"):
         return row.run(cell, kernel, carry, xs, valid, request)
-
-
-def _scan_kernel(*_: Any) -> None:  # the generic row's kernel slot: scan_steps is called
-    return None
 
 
 def choose_stack(
@@ -406,7 +398,7 @@ def choose_stack(
     )
     if not loop_tuning_enabled():
         return candidates[0]
-    differentiated = _differentiated(nnx_state(stack), inputs)
+    differentiated = _differentiated(_state_of(stack), inputs)
     key = _key("stack", stack, request, _avals(inputs), differentiated, candidates)
     return _measured(
         key, candidates, lambda: timers(candidates, differentiated), _MODES[differentiated]
@@ -434,11 +426,9 @@ def recorded_loops() -> Iterator[list[tuple[str, Loop]]]:
     """Collects ``(layer or cell class name, loop)`` for every pass traced inside the block.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax.numpy as jnp, gatenets
       >>> from flax import nnx
-      >>> import gatenets
-      >>> from gatenets.loop import recorded_loops
-      >>> with recorded_loops() as loops:
+      >>> with gatenets.loop.recorded_loops() as loops:
       ...     _ = gatenets.GRU(2, 3, loop="scan", rngs=nnx.Rngs(0))(jnp.ones((1, 4, 2)))
       >>> [(name, str(loop)) for name, loop in loops]
       [('GRUCell', 'scan')]
@@ -558,7 +548,7 @@ def _versions() -> str:
     return f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, gatenets {own}"
 
 
-def nnx_state(module: Any) -> Any:
+def _state_of(module: Any) -> Any:
     from flax import nnx
 
     return nnx.state(module)

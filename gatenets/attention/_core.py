@@ -235,93 +235,22 @@ def blockwise_attention(
 
     # A constant bias is closed over; a per-row one is split into query blocks.
     scalar_bias = kernel.row_bias is not None and jnp.ndim(kernel.row_bias) == 0
-    const_bias = kernel.row_bias if scalar_bias else None
+    setup = _BlockSetup(
+        kernel=kernel,
+        const_bias=kernel.row_bias if scalar_bias else None,
+        causal=causal,
+        bq=bq,
+        bk=bk,
+        precision=precision,
+        shape=(batch, kv_heads, groups, value_dim),
+        out_dtype=out_dtype,
+    )
     row_bias = None if scalar_bias else rows(kernel.row_bias)
     row_scale = rows(kernel.row_scale)
-    softmax = kernel.kind == "softmax"
-    neg = float(jnp.finfo(jnp.float32).min)
 
     def query_block(args: Any) -> Array:
         qb, qi, rb, rs = args
-        q_pos = qi * bq + jnp.arange(bq)
-
-        def key_step(carry: Any, kargs: Any) -> Any:
-            kb, vb, kvb, ki = kargs
-            k_pos = ki * bk + jnp.arange(bk)
-            logits = jnp.einsum(
-                "bqkgd,bskd->bkgqs",
-                qb,
-                kb,
-                precision=precision,
-                preferred_element_type=jnp.float32,
-            )
-            logits = logits * kernel.scale
-            allowed = None
-            if kvb is not None:
-                allowed = kvb[:, None, None, None, :]
-            if causal:
-                lower = (k_pos[None, :] <= q_pos[:, None])[None, None, None]
-                allowed = lower if allowed is None else allowed & lower
-            if rb is not None:
-                logits = logits + rb[:, None, None, :, None]
-            if const_bias is not None:
-                logits = logits + const_bias
-            if kernel.relative_bias is not None:
-                distance = (len(kernel.relative_bias) - 1) // 2
-                offsets = jnp.clip(q_pos[:, None] - k_pos[None, :], -distance, distance)
-                logits = logits + kernel.relative_bias[offsets + distance][None, None, None]
-            if softmax:
-                acc, top, total = carry
-                masked = logits if allowed is None else jnp.where(allowed, logits, neg)
-                new_top = jnp.maximum(top, jnp.max(masked, axis=-1))
-                weights = jnp.exp(masked - new_top[..., None])
-                if allowed is not None:
-                    weights = jnp.where(allowed, weights, 0.0)
-                rescale = jnp.exp(top - new_top)
-                total = total * rescale + jnp.sum(weights, axis=-1)
-                acc = acc * jnp.moveaxis(rescale, -1, 1)[..., None]
-                top = new_top
-            else:
-                (acc,) = carry
-                if kernel.kind == "sigmoid":
-                    weights = jax.nn.sigmoid(logits)
-                else:
-                    weights = jnp.square(jax.nn.relu(logits))
-                if allowed is not None:
-                    weights = jnp.where(allowed, weights, 0.0)
-            acc = acc + jnp.einsum(
-                "bkgqs,bske->bqkge",
-                weights.astype(vb.dtype),
-                vb,
-                precision=precision,
-                preferred_element_type=jnp.float32,
-            )
-            return ((acc, top, total) if softmax else (acc,)), None
-
-        def maybe_step(carry: Any, kargs: Any) -> Any:
-            if not causal:
-                return key_step(carry, kargs)
-            # A key block starting after the query block's last query is all future: skip it.
-            needed = kargs[3] * bk <= qi * bq + bq - 1
-            return jax.lax.cond(needed, key_step, lambda c, _: (c, None), carry, kargs)
-
-        acc = jnp.zeros((batch, bq, kv_heads, groups, value_dim), jnp.float32)
-        if softmax:
-            init = (
-                acc,
-                jnp.full((batch, kv_heads, groups, bq), neg, jnp.float32),
-                jnp.zeros((batch, kv_heads, groups, bq), jnp.float32),
-            )
-        else:
-            init = (acc,)
-        carry, _ = jax.lax.scan(maybe_step, init, (k, v, kv_valid, jnp.arange(nk)))
-        acc = carry[0]
-        if softmax:
-            total = jnp.moveaxis(carry[2], -1, 1)[..., None]
-            acc = acc / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
-        if rs is not None:
-            acc = acc * rs[:, :, None, None, None]
-        return acc.reshape(batch, bq, heads, value_dim).astype(out_dtype)
+        return _query_block(setup, qb, qi, rb, rs, (k, v, kv_valid, jnp.arange(nk)))
 
     # Each query block is recomputed in the backward pass, so only one block's [block, key]
     # intermediates are alive at a time: memory linear in the length, the forward computed
@@ -330,6 +259,121 @@ def blockwise_attention(
     out = jax.lax.map(jax.checkpoint(query_block), (q, jnp.arange(nq), row_bias, row_scale))
     out = jnp.moveaxis(out, 0, 1).reshape(batch, nq * bq, heads, value_dim)
     return out[:, :q_time]
+
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+class _BlockSetup(NamedTuple):
+    """What every block of :func:`blockwise_attention` shares."""
+
+    kernel: BlockwiseKernel
+    const_bias: Any
+    causal: bool
+    bq: int
+    bk: int
+    precision: Any
+    shape: tuple[int, int, int, int]  # batch, kv_heads, groups, value_dim
+    out_dtype: Any
+
+
+def _block_logits(setup: _BlockSetup, qb, kb, rb, q_pos, k_pos) -> Array:
+    """``[batch, kv_heads, groups, bq, bk]`` float32 logits of one query and key block."""
+    kernel = setup.kernel
+    logits = jnp.einsum(
+        "bqkgd,bskd->bkgqs", qb, kb, precision=setup.precision, preferred_element_type=jnp.float32
+    )
+    logits = logits * kernel.scale
+    if rb is not None:
+        logits = logits + rb[:, None, None, :, None]
+    if setup.const_bias is not None:
+        logits = logits + setup.const_bias
+    if kernel.relative_bias is not None:
+        distance = (len(kernel.relative_bias) - 1) // 2
+        offsets = jnp.clip(q_pos[:, None] - k_pos[None, :], -distance, distance)
+        logits = logits + kernel.relative_bias[offsets + distance][None, None, None]
+    return logits
+
+
+def _block_allowed(setup: _BlockSetup, kvb, q_pos, k_pos) -> Array | None:
+    """Where a query may attend a key of the block (valid keys, causality), or None: all."""
+    allowed = None if kvb is None else kvb[:, None, None, None, :]
+    if setup.causal:
+        lower = (k_pos[None, :] <= q_pos[:, None])[None, None, None]
+        allowed = lower if allowed is None else allowed & lower
+    return allowed
+
+
+def _key_step(setup: _BlockSetup, qb, qi, rb, carry, kargs):
+    """One key block into a query block's running sums (and, for softmax, the running maximum
+    and total, rescaled when the maximum grows)."""
+    kb, vb, kvb, ki = kargs
+    q_pos = qi * setup.bq + jnp.arange(setup.bq)
+    k_pos = ki * setup.bk + jnp.arange(setup.bk)
+    logits = _block_logits(setup, qb, kb, rb, q_pos, k_pos)
+    allowed = _block_allowed(setup, kvb, q_pos, k_pos)
+    if setup.kernel.kind == "softmax":
+        acc, top, total = carry
+        masked = logits if allowed is None else jnp.where(allowed, logits, _NEG)
+        new_top = jnp.maximum(top, jnp.max(masked, axis=-1))
+        weights = jnp.exp(masked - new_top[..., None])
+        rescale = jnp.exp(top - new_top)
+        acc = acc * jnp.moveaxis(rescale, -1, 1)[..., None]
+    else:
+        (acc,) = carry
+        weights = (
+            jax.nn.sigmoid(logits)
+            if setup.kernel.kind == "sigmoid"
+            else jnp.square(jax.nn.relu(logits))
+        )
+    if allowed is not None:
+        weights = jnp.where(allowed, weights, 0.0)
+    acc = acc + jnp.einsum(
+        "bkgqs,bske->bqkge",
+        weights.astype(vb.dtype),
+        vb,
+        precision=setup.precision,
+        preferred_element_type=jnp.float32,
+    )
+    if setup.kernel.kind == "softmax":
+        return (acc, new_top, total * rescale + jnp.sum(weights, axis=-1)), None
+    return (acc,), None
+
+
+def _query_block(setup: _BlockSetup, qb, qi, rb, rs, keys) -> Array:
+    """One block of queries against every key block: ``[batch, bq, heads, value_dim]``."""
+    batch, kv_heads, groups, value_dim = setup.shape
+    bq, bk = setup.bq, setup.bk
+
+    def step(carry, kargs):
+        if not setup.causal:
+            return _key_step(setup, qb, qi, rb, carry, kargs)
+        # A key block starting after the query block's last query is all future: skip it.
+        needed = kargs[3] * bk <= qi * bq + bq - 1
+        return jax.lax.cond(
+            needed,
+            lambda c, a: _key_step(setup, qb, qi, rb, c, a),
+            lambda c, _: (c, None),
+            carry,
+            kargs,
+        )
+
+    acc = jnp.zeros((batch, bq, kv_heads, groups, value_dim), jnp.float32)
+    init = (acc,)
+    if setup.kernel.kind == "softmax":
+        init = (
+            acc,
+            jnp.full((batch, kv_heads, groups, bq), _NEG, jnp.float32),
+            jnp.zeros((batch, kv_heads, groups, bq), jnp.float32),
+        )
+    carry, _ = jax.lax.scan(step, init, keys)
+    acc = carry[0]
+    if setup.kernel.kind == "softmax":
+        total = jnp.moveaxis(carry[2], -1, 1)[..., None]
+        acc = acc / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+    if rs is not None:
+        acc = acc * rs[:, :, None, None, None]
+    return acc.reshape(batch, bq, kv_heads * groups, value_dim).astype(setup.out_dtype)
 
 
 class RoPE(NamedTuple):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets import _layers
+from gatenets._layers import scoped
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides
@@ -188,6 +189,7 @@ class GatedAttention(_common.MultiHeadSelfAttention):
         gate_shape = {"elementwise": (self.num_heads, self.head_dim), "headwise": (self.num_heads,)}
         self.gate = nnx.data(project(gate_shape[gate]) if gate is not None else None)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

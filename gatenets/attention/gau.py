@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets import _layers
+from gatenets._layers import scoped
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides, zero_invalid
@@ -166,6 +167,7 @@ class GatedAttentionUnit(nnx.Module):
         )
         self.out = dense(expansion_features, out_features)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gatenets import _layers
+from gatenets._layers import scoped
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.attention import _common, _core
 from gatenets.gates import GateOverride, apply_overrides
@@ -140,6 +141,7 @@ class SigmoidAttention(_common.MultiHeadSelfAttention):
         )
         self.attention_bias = None if attention_bias is None else float(attention_bias)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 
 from gatenets import _layers
+from gatenets._layers import scoped
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.gates import (
     GateOverride,
@@ -156,6 +157,7 @@ class GatedFeedForward(nnx.Module):
         self.up = dense(in_features, hidden_features)
         self.down = dense(hidden_features, out_features)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,
@@ -255,6 +257,7 @@ class BinaryHead(nnx.Module):
         )
         self.linear = settings.factory(nnx.Linear)(in_features, 1)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

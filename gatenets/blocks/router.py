@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from gatenets import _layers
+from gatenets._layers import scoped
 from gatenets._typing import Array, Dtype, Initializer
 from gatenets.gates import GateOverride, apply_overrides, sequence_mask, zero_invalid
 
@@ -149,6 +150,7 @@ class SigmoidRouter(nnx.Module):
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, num_experts), param_dtype))
         self.expert_bias = ExpertBias(jnp.zeros((num_experts,), jnp.float32))
 
+    @scoped
     def __call__(
         self,
         inputs: Array,
@@ -340,6 +342,7 @@ class SigmoidMoE(nnx.Module):
         self.up_kernel = kernel(in_features, hidden_features)
         self.down_kernel = kernel(hidden_features, out_features)
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

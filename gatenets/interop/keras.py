@@ -246,16 +246,8 @@ def _same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] is b[k] if callable(a[k]) else a[k] == b[k] for k in keys)
 
 
-def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
-    """The pieces computing a Keras ``LSTM`` / ``GRU`` / ``Bidirectional`` layer."""
-    keras = _keras()
-    if getattr(layer, "return_state", False):
-        raise ValueError(
-            f"{where}: return_state=True is not converted (outputs and states in one list); "
-            "build the Keras layer with return_state=False, run the gatenets layer with "
-            "return_carry=True and convert its carry with carry_to_keras."
-        )
-    bidirectional = isinstance(layer, keras.layers.Bidirectional)
+def _recurrent_parts(layer: Any, bidirectional: bool, where: str) -> list[Any]:
+    """The Keras ``LSTM`` / ``GRU`` layers of ``layer``, one per direction, checked."""
     if bidirectional:
         if layer.merge_mode not in ("concat", "sum", "ave", "mul"):
             raise ValueError(
@@ -275,14 +267,13 @@ def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
                 "reverse=True) and flip its output (y[:, ::-1])."
             )
         parts = [layer]
-    settings = [_cell_settings(p, f"{where}.{p.name}") for p in parts]
+    return parts
+
+
+def _recurrent_core(settings: list[dict], bidirectional: bool, rngs: nnx.Rngs):
+    """``(layer, its passes)``: one gatenets stack when the directions' cells agree, else a
+    ``Bidirectional`` of two ``RNN`` passes."""
     first = settings[0]
-    pieces: list[Any] = []
-    if first["dropout"] > 0:
-        if any(s["dropout"] != first["dropout"] for s in settings):
-            raise ValueError(f"{where}: the two directions have different input dropout rates.")
-        # Keras draws one input mask per sequence and call, the same for every step.
-        pieces.append(nnx.Dropout(first["dropout"], broadcast_dims=(1,), rngs=rngs))
     stack_type = LSTM if first["kind"] == "LSTM" else GRU
     if all(_same_cell(first, s) for s in settings):
         core = stack_type(
@@ -309,6 +300,29 @@ def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
             for k, s in enumerate(settings)
         ]
         core = Bidirectional(*rnns)
+    return core, rnns
+
+
+def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
+    """The pieces computing a Keras ``LSTM`` / ``GRU`` / ``Bidirectional`` layer."""
+    keras = _keras()
+    if getattr(layer, "return_state", False):
+        raise ValueError(
+            f"{where}: return_state=True is not converted (outputs and states in one list); "
+            "build the Keras layer with return_state=False, run the gatenets layer with "
+            "return_carry=True and convert its carry with carry_to_keras."
+        )
+    bidirectional = isinstance(layer, keras.layers.Bidirectional)
+    parts = _recurrent_parts(layer, bidirectional, where)
+    settings = [_cell_settings(p, f"{where}.{p.name}") for p in parts]
+    first = settings[0]
+    pieces: list[Any] = []
+    if first["dropout"] > 0:
+        if any(s["dropout"] != first["dropout"] for s in settings):
+            raise ValueError(f"{where}: the two directions have different input dropout rates.")
+        # Keras draws one input mask per sequence and call, the same for every step.
+        pieces.append(nnx.Dropout(first["dropout"], broadcast_dims=(1,), rngs=rngs))
+    core, rnns = _recurrent_core(settings, bidirectional, rngs)
     for rnn, part, s in zip(rnns, parts, settings, strict=True):
         _load(rnn.cell, _cell_arrays(part, s), f"{where}.{part.name}")
     pieces.append(core)
@@ -322,6 +336,59 @@ def _recurrent(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
             )
         )
     return pieces
+
+
+def _embedding(layer: Any, rngs: nnx.Rngs, where: str) -> nnx.Embed:
+    """A Keras ``Embedding`` as ``nnx.Embed``."""
+    if layer.mask_zero:
+        raise ValueError(
+            f"{where}: mask_zero=True is not converted (Keras passes the mask on to the "
+            "recurrent layers); build it with mask_zero=False and pass seq_lengths= or "
+            "mask= to the gatenets layer."
+        )
+    table = _numpy(layer.embeddings)
+    embed = nnx.Embed(*table.shape, param_dtype=table.dtype, rngs=rngs)
+    embed.embedding[...] = jnp.asarray(table)
+    return embed
+
+
+def _dense(layer: Any, rngs: nnx.Rngs, where: str) -> list[Any]:
+    """A Keras ``Dense`` as ``nnx.Linear`` (and its activation, if any)."""
+    kernel = _numpy(layer.kernel)
+    linear = nnx.Linear(*kernel.shape, use_bias=layer.use_bias, param_dtype=kernel.dtype, rngs=rngs)
+    linear.kernel[...] = jnp.asarray(kernel)
+    if layer.use_bias:
+        linear.bias[...] = jnp.asarray(_numpy(layer.bias))
+    activation = _function(layer.activation, _DENSE_FUNCTIONS, where + ".activation")
+    return [linear] if activation is None else [linear, activation]
+
+
+def _layer_norm(layer: Any, rngs: nnx.Rngs, where: str) -> nnx.LayerNorm:
+    """A Keras ``LayerNormalization`` over the last axis as ``nnx.LayerNorm``."""
+    rank = len(layer.input.shape)
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    if [a % rank for a in axes] != [rank - 1]:
+        raise ValueError(
+            f"{where}: only normalisation over the last axis converts; got axis={layer.axis}."
+        )
+    if getattr(layer, "rms_scaling", False):
+        raise ValueError(f"{where}: rms_scaling=True is not converted.")
+    features = int(layer.input.shape[-1])
+    dtype = np.dtype(layer.variable_dtype)
+    norm = nnx.LayerNorm(
+        features,
+        epsilon=float(layer.epsilon),
+        use_scale=bool(layer.scale),
+        use_bias=bool(layer.center),
+        use_fast_variance=False,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
+    if layer.scale:
+        norm.scale[...] = jnp.asarray(_numpy(layer.gamma))
+    if layer.center:
+        norm.bias[...] = jnp.asarray(_numpy(layer.beta))
+    return norm
 
 
 def _layer_pieces(layer: Any, rngs: nnx.Rngs) -> list[Any]:
@@ -344,51 +411,11 @@ def _layer_pieces(layer: Any, rngs: nnx.Rngs) -> list[Any]:
             raise TypeError(f"{where}: only a Bidirectional LSTM or GRU converts.")
         return _recurrent(layer, rngs, where)
     if isinstance(layer, layers.Embedding):
-        if layer.mask_zero:
-            raise ValueError(
-                f"{where}: mask_zero=True is not converted (Keras passes the mask on to the "
-                "recurrent layers); build it with mask_zero=False and pass seq_lengths= or "
-                "mask= to the gatenets layer."
-            )
-        table = _numpy(layer.embeddings)
-        embed = nnx.Embed(*table.shape, param_dtype=table.dtype, rngs=rngs)
-        embed.embedding[...] = jnp.asarray(table)
-        return [embed]
+        return [_embedding(layer, rngs, where)]
     if isinstance(layer, layers.Dense):
-        kernel = _numpy(layer.kernel)
-        linear = nnx.Linear(
-            *kernel.shape, use_bias=layer.use_bias, param_dtype=kernel.dtype, rngs=rngs
-        )
-        linear.kernel[...] = jnp.asarray(kernel)
-        if layer.use_bias:
-            linear.bias[...] = jnp.asarray(_numpy(layer.bias))
-        activation = _function(layer.activation, _DENSE_FUNCTIONS, where + ".activation")
-        return [linear] if activation is None else [linear, activation]
+        return _dense(layer, rngs, where)
     if isinstance(layer, layers.LayerNormalization):
-        rank = len(layer.input.shape)
-        axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-        if [a % rank for a in axes] != [rank - 1]:
-            raise ValueError(
-                f"{where}: only normalisation over the last axis converts; got axis={layer.axis}."
-            )
-        if getattr(layer, "rms_scaling", False):
-            raise ValueError(f"{where}: rms_scaling=True is not converted.")
-        features = int(layer.input.shape[-1])
-        dtype = np.dtype(layer.variable_dtype)
-        norm = nnx.LayerNorm(
-            features,
-            epsilon=float(layer.epsilon),
-            use_scale=bool(layer.scale),
-            use_bias=bool(layer.center),
-            use_fast_variance=False,
-            param_dtype=dtype,
-            rngs=rngs,
-        )
-        if layer.scale:
-            norm.scale[...] = jnp.asarray(_numpy(layer.gamma))
-        if layer.center:
-            norm.bias[...] = jnp.asarray(_numpy(layer.beta))
-        return [norm]
+        return [_layer_norm(layer, rngs, where)]
     if isinstance(layer, layers.Dropout):
         if layer.noise_shape is not None:
             raise ValueError(f"{where}: noise_shape is not converted; got {layer.noise_shape}.")

@@ -374,6 +374,67 @@ def _load_cell(cell, state, suffix, config: TorchConfig, double_bias: bool, pref
         current[...] = jnp.asarray(value, current.dtype)
 
 
+def _embedding_from_torch(module: Any, rngs: nnx.Rngs) -> nnx.Embed:
+    """``nn.Embedding`` as ``nnx.Embed`` (no ``max_norm``; ``padding_idx`` warned)."""
+    if module.max_norm is not None or module.scale_grad_by_freq:
+        raise ValueError(
+            "nn.Embedding with max_norm or scale_grad_by_freq has no nnx.Embed equivalent; "
+            f"got max_norm={module.max_norm}, scale_grad_by_freq={module.scale_grad_by_freq}."
+        )
+    if module.padding_idx is not None:
+        warnings.warn(
+            f"nn.Embedding(padding_idx={module.padding_idx}): PyTorch never updates that "
+            "row; nnx.Embed trains it like the others.",
+            UserWarning,
+            stacklevel=4,
+        )
+    weight = _as_numpy(module.weight, "Embedding.weight")
+    embed = nnx.Embed(*weight.shape, param_dtype=weight.dtype, rngs=rngs)
+    embed.embedding[...] = jnp.asarray(weight)
+    return embed
+
+
+def _linear_from_torch(module: Any, rngs: nnx.Rngs) -> nnx.Linear:
+    """``nn.Linear`` as ``nnx.Linear``: the kernel is the weight transposed."""
+    weight = _as_numpy(module.weight, "Linear.weight")
+    linear = nnx.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        use_bias=module.bias is not None,
+        param_dtype=weight.dtype,
+        rngs=rngs,
+    )
+    linear.kernel[...] = jnp.asarray(weight.T)
+    if module.bias is not None:
+        linear.bias[...] = jnp.asarray(_as_numpy(module.bias, "Linear.bias"))
+    return linear
+
+
+def _layer_norm_from_torch(module: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """``nn.LayerNorm`` over the last axis as ``nnx.LayerNorm``."""
+    if len(module.normalized_shape) != 1:
+        raise ValueError(
+            "nn.LayerNorm: only normalisation over the last axis converts; got "
+            f"normalized_shape={tuple(module.normalized_shape)}."
+        )
+    affine = module.elementwise_affine
+    has_bias = affine and module.bias is not None
+    norm = nnx.LayerNorm(
+        module.normalized_shape[0],
+        epsilon=module.eps,
+        use_scale=affine,
+        use_bias=has_bias,
+        use_fast_variance=False,
+        param_dtype=_as_numpy(module.weight).dtype if affine else jnp.float32,
+        rngs=rngs,
+    )
+    if affine:
+        norm.scale[...] = jnp.asarray(_as_numpy(module.weight, "LayerNorm.weight"))
+    if has_bias:
+        norm.bias[...] = jnp.asarray(_as_numpy(module.bias, "LayerNorm.bias"))
+    return norm
+
+
 def _from_torch_module(module: Any, rngs: nnx.Rngs) -> Any:
     """``nn.Embedding`` / ``Linear`` / ``LayerNorm`` / ``Dropout`` / ``Sequential`` → NNX."""
     torch = _torch()
@@ -388,57 +449,11 @@ def _from_torch_module(module: Any, rngs: nnx.Rngs) -> Any:
     if isinstance(module, nn.Dropout):
         return nnx.Dropout(float(module.p), deterministic=not module.training, rngs=rngs)
     if isinstance(module, nn.Embedding):
-        if module.max_norm is not None or module.scale_grad_by_freq:
-            raise ValueError(
-                "nn.Embedding with max_norm or scale_grad_by_freq has no nnx.Embed equivalent; "
-                f"got max_norm={module.max_norm}, scale_grad_by_freq={module.scale_grad_by_freq}."
-            )
-        if module.padding_idx is not None:
-            warnings.warn(
-                f"nn.Embedding(padding_idx={module.padding_idx}): PyTorch never updates that "
-                "row; nnx.Embed trains it like the others.",
-                UserWarning,
-                stacklevel=3,
-            )
-        weight = _as_numpy(module.weight, "Embedding.weight")
-        embed = nnx.Embed(*weight.shape, param_dtype=weight.dtype, rngs=rngs)
-        embed.embedding[...] = jnp.asarray(weight)
-        return embed
+        return _embedding_from_torch(module, rngs)
     if isinstance(module, nn.Linear):
-        weight = _as_numpy(module.weight, "Linear.weight")
-        linear = nnx.Linear(
-            weight.shape[1],
-            weight.shape[0],
-            use_bias=module.bias is not None,
-            param_dtype=weight.dtype,
-            rngs=rngs,
-        )
-        linear.kernel[...] = jnp.asarray(weight.T)
-        if module.bias is not None:
-            linear.bias[...] = jnp.asarray(_as_numpy(module.bias, "Linear.bias"))
-        return linear
+        return _linear_from_torch(module, rngs)
     if isinstance(module, nn.LayerNorm):
-        if len(module.normalized_shape) != 1:
-            raise ValueError(
-                "nn.LayerNorm: only normalisation over the last axis converts; got "
-                f"normalized_shape={tuple(module.normalized_shape)}."
-            )
-        affine = module.elementwise_affine
-        has_bias = affine and module.bias is not None
-        norm = nnx.LayerNorm(
-            module.normalized_shape[0],
-            epsilon=module.eps,
-            use_scale=affine,
-            use_bias=has_bias,
-            use_fast_variance=False,
-            param_dtype=_as_numpy(module.weight).dtype if affine else jnp.float32,
-            rngs=rngs,
-        )
-        if affine:
-            norm.scale[...] = jnp.asarray(_as_numpy(module.weight, "LayerNorm.weight"))
-        if has_bias:
-            norm.bias[...] = jnp.asarray(_as_numpy(module.bias, "LayerNorm.bias"))
-        return norm
+        return _layer_norm_from_torch(module, rngs)
     raise TypeError(
         "source must be a torch.nn.LSTM, a torch.nn.GRU, a state_dict, or a torch.nn.Embedding, "
         f"Linear, LayerNorm, Dropout or Sequential (or a list of those); got "

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gatenets._layers import check_int
+from gatenets._layers import check_int, scoped
 from gatenets._typing import Array
 from gatenets.registry import FAMILIES
 from gatenets.tasks.transformer import GatedTransformer
@@ -157,6 +157,7 @@ class SequenceModel(nnx.Module):
         ``return_carry`` then work); False for ``"attention"``."""
         return self.kind != "attention"
 
+    @scoped
     def __call__(
         self,
         inputs: Array,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gatenets._layers import check_int, scoped
 from gatenets._typing import Array
 from gatenets.attention import GatedAttention, RoPE
 from gatenets.blocks import GatedFeedForward
@@ -41,6 +42,30 @@ def _sinusoidal_position(step: Array, features: int) -> Array:
     exponents = 2 * (np.arange(features) // 2) / features
     angles = jnp.asarray(step, jnp.float32) / jnp.asarray(10000.0**exponents, jnp.float32)
     return jnp.where(np.arange(features) % 2 == 0, jnp.sin(angles), jnp.cos(angles))
+
+
+def _check_layout(hidden_features, num_layers, num_heads, positions, max_length, rope) -> int:
+    """Checks the transformer's arguments; returns the number of heads (chosen when None)."""
+    check_int(num_layers, "num_layers")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}.")
+    if positions == "learned" and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(
+            f"max_length must be a positive int with learned positions; got {max_length!r}."
+        )
+    if rope is not None and positions != "rope":
+        raise ValueError(f"rope is used with positions='rope' only; got positions={positions!r}.")
+    if num_heads is not None:
+        return num_heads
+    # Rotary positions rotate pairs of features: with them, heads of an even size.
+    even = positions == "rope"
+    for n in (4, 2, 1):
+        if hidden_features % n == 0 and not (even and (hidden_features // n) % 2):
+            return n
+    raise ValueError(
+        f"positions='rope' rotates pairs of features and needs an even head size; "
+        f"hidden_features={hidden_features} is odd. Use positions='sinusoidal'."
+    )
 
 
 class GatedTransformer(nnx.Module):
@@ -104,34 +129,9 @@ class GatedTransformer(nnx.Module):
         rope: RoPE | None = None,
         rngs: nnx.Rngs,
     ):
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int; got {num_layers!r}.")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}.")
-        if positions == "learned" and (not isinstance(max_length, int) or max_length < 1):
-            raise ValueError(
-                f"max_length must be a positive int with learned positions; got {max_length!r}."
-            )
-        if rope is not None and positions != "rope":
-            raise ValueError(
-                f"rope is used with positions='rope' only; got positions={positions!r}."
-            )
-        if num_heads is None:
-            # Rotary positions rotate pairs of features: with them, heads of an even size.
-            even = positions == "rope"
-            num_heads = next(
-                (
-                    n
-                    for n in (4, 2, 1)
-                    if hidden_features % n == 0 and not (even and (hidden_features // n) % 2)
-                ),
-                None,
-            )
-            if num_heads is None:
-                raise ValueError(
-                    f"positions='rope' rotates pairs of features and needs an even head size; "
-                    f"hidden_features={hidden_features} is odd. Use positions='sinusoidal'."
-                )
+        num_heads = _check_layout(
+            hidden_features, num_layers, num_heads, positions, max_length, rope
+        )
         if positions == "rope" and rope is None:
             rope = RoPE()
         self.in_features = in_features
@@ -195,6 +195,26 @@ class GatedTransformer(nnx.Module):
         """Names of the parts in gate traces and overrides."""
         return tuple(f"block{k}/{part}" for k in range(self.num_layers) for part in PARTS)
 
+    def _add_positions(self, x: Array, decode: bool) -> Array:
+        """``x`` plus the sinusoidal or learned positions of its steps (RoPE acts inside the
+        attention instead); while decoding, the position of the cache's next step."""
+        if decode:
+            cache_index = self.attentions[0].cache_index
+            if cache_index is None:
+                raise ValueError("decode=True needs caches; call init_cache(input_shape) first.")
+            step = cache_index[...]
+            if self.positions == "sinusoidal":
+                x = x + _sinusoidal_position(step, self.hidden_features).astype(x.dtype)[None, None]
+            elif self.positions == "learned":
+                x = x + self.position_embed(jnp.minimum(step, self.max_length - 1)[None])[None]
+        elif self.positions == "sinusoidal":
+            time = x.shape[1]
+            x = x + jnp.asarray(sinusoidal_positions(time, self.hidden_features), x.dtype)[None]
+        elif self.positions == "learned":
+            x = x + self.position_embed(jnp.arange(x.shape[1]))[None]
+        return x
+
+    @scoped
     def __call__(
         self,
         inputs: Array,
@@ -249,20 +269,7 @@ class GatedTransformer(nnx.Module):
         overrides = resolve_overrides(
             gate_overrides, self.paths, GatedAttention.gate_names + GatedFeedForward.gate_names
         )
-        x = self.project(inputs)
-        if decode:
-            cache_index = self.attentions[0].cache_index
-            if cache_index is None:
-                raise ValueError("decode=True needs caches; call init_cache(input_shape) first.")
-            step = cache_index[...]
-            if self.positions == "sinusoidal":
-                x = x + _sinusoidal_position(step, self.hidden_features).astype(x.dtype)[None, None]
-            elif self.positions == "learned":
-                x = x + self.position_embed(jnp.minimum(step, self.max_length - 1)[None])[None]
-        elif self.positions == "sinusoidal":
-            x = x + jnp.asarray(sinusoidal_positions(time, self.hidden_features), x.dtype)[None]
-        elif self.positions == "learned":
-            x = x + self.position_embed(jnp.arange(time))[None]
+        x = self._add_positions(self.project(inputs), decode)
         attention_settings = {"decode": True} if decode else {"causal": True}
         attention_settings["return_attention_weights"] = return_attention_weights
         traces, weights = [], []

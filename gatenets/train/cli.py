@@ -150,26 +150,12 @@ def main(args: argparse.Namespace) -> int:
     from gatenets.train.rundir import RunDirectoryInUseError
 
     if args.list:
-        print("tasks:")
-        for name in list_tasks():
-            print(f"  {name:15s} {TASKS[name].description}")
-        print("models (--model):")
-        for name in list_models():
-            print(f"  {name:15s} {describe_model(name)}")
+        _print_list()
         return 0
     if args.task is None:
         print("gatenets run: give a TASK or --list", file=sys.stderr)
         return 2
-    options = dict(args.option)
-    if args.text is not None:
-        _check_text(args.text)
-        options["text_file"] = args.text
-    if args.tensorboard is not None:
-        if importlib.util.find_spec("tensorboardX") is None:
-            raise UsageError(
-                "--tensorboard needs tensorboardX: pip install 'gatenets[tensorboard]'."
-            )
-        check_output_dir("--tensorboard", args.tensorboard)
+    options = _task_options(args)
     try:
         # Before anything touches a device: with several processes, jax.devices() spans them.
         distributed = initialize_from_arguments(args)
@@ -216,6 +202,31 @@ def main(args: argparse.Namespace) -> int:
     _tensorboard_hparams(_tensorboard_dir(args.tensorboard, out), config, summary, args.log_every)
     say(_format_summary(summary))
     return 0
+
+
+def _print_list() -> None:
+    print("tasks:")
+    for name in list_tasks():
+        print(f"  {name:15s} {TASKS[name].description}")
+    print("models (--model):")
+    for name in list_models():
+        print(f"  {name:15s} {describe_model(name)}")
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    """The task's options from ``-o`` and ``--text``, with ``--text`` and ``--tensorboard``
+    checked before any work."""
+    options = dict(args.option)
+    if args.text is not None:
+        _check_text(args.text)
+        options["text_file"] = args.text
+    if args.tensorboard is not None:
+        if importlib.util.find_spec("tensorboardX") is None:
+            raise UsageError(
+                "--tensorboard needs tensorboardX: pip install 'gatenets[tensorboard]'."
+            )
+        check_output_dir("--tensorboard", args.tensorboard)
+    return options
 
 
 def _watch_options(args: argparse.Namespace, out: str) -> dict:
