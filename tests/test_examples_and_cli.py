@@ -47,8 +47,11 @@ def test_readme_code_runs():
     """Every ```python block of the README, in order, as one script: the tour stays true."""
     import re
 
+    import importlib.util
+
     for package in ("torch", "keras", "equinox"):  # the tour moves models in from them
-        pytest.importorskip(package, reason=f"the README's tour uses {package}")
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"the README's tour uses {package}, which is not installed")
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert blocks
