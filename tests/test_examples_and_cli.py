@@ -45,9 +45,8 @@ def test_module_entry_point_runs():
 
 def test_readme_code_runs():
     """Every ```python block of the README, in order, as one script: the tour stays true."""
-    import re
-
     import importlib.util
+    import re
 
     for package in ("torch", "keras", "equinox"):  # the tour moves models in from them
         if importlib.util.find_spec(package) is None:
