@@ -122,3 +122,18 @@ def cpu_process_env() -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
     }
+
+
+def dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every ``dot_general`` in a jaxpr and in its sub-jaxprs (scan
+    bodies, custom-VJP calls, ``cond`` branches)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += dot_precisions(inner)
+    return found

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import B, H, I, T, inputs, randomize
+from helpers import B, H, I, T, dot_precisions, inputs, randomize
 from jax.test_util import check_grads
 
 import gatenets
@@ -283,21 +283,6 @@ def test_bad_loop_choices_raise_clear_errors():
             rnn(jnp.asarray(inputs()), gate_overrides={GATE[kind]: jnp.ones((B, H))})
 
 
-def _dot_precisions(jaxpr) -> list:
-    """The ``precision`` of every ``dot_general`` in a jaxpr and in its sub-jaxprs (scan
-    bodies, custom-VJP calls)."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if isinstance(inner, jax.extend.core.Jaxpr):
-                    found += _dot_precisions(inner)
-    return found
-
-
 @pytest.mark.parametrize("remat", [False, True])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_precision_reaches_every_matmul_forward_and_backward(kind, remat):
@@ -326,7 +311,7 @@ def test_precision_reaches_every_matmul_forward_and_backward(kind, remat):
     with jax.default_matmul_precision("bfloat16"):
         for precision in ("highest", None, (jax.lax.Precision.HIGH, "highest")):
             jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(weights, precision)
-            found[str(precision)] = _dot_precisions(jaxpr.jaxpr)
+            found[str(precision)] = dot_precisions(jaxpr.jaxpr)
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     # Forward: x W and h U; backward: dz U^T in the loop, then dU, dW, dX (with remat: the
     # recomputed x W and h U, and the per-step sums, in the loop).

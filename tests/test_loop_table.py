@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import dot_precisions
 
 import gatenets
 from gatenets import Loop
@@ -187,20 +188,6 @@ def test_a_new_cell_is_one_file_and_one_row():
         gatenets.registry.CellFamily.of(gatenets.GatedCell)
 
 
-def _dot_precisions(jaxpr):
-    """Every dot_general's precision in a jaxpr, sub-jaxprs (scan bodies, custom VJPs) too."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _dot_precisions(inner)
-    return found
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_precision_reaches_every_matmul_of_every_loop(name):
     family = FAMILIES[name]
@@ -217,7 +204,7 @@ def test_precision_reaches_every_matmul_of_every_loop(name):
 
         with jax.default_matmul_precision("bfloat16"):
             jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x()).jaxpr
-        precisions = _dot_precisions(jaxpr)
+        precisions = dot_precisions(jaxpr)
         assert precisions, (name, loop)
         assert all(p in ("highest", (highest, highest)) for p in precisions), (name, loop)
     with pytest.raises(ValueError, match="precision must be None, 'default'"):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from helpers import dot_precisions
 
 from gatenets import (
     BinaryHead,
@@ -17,18 +18,6 @@ from gatenets import (
 )
 
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _dot_precisions(jaxpr):
-    """The ``precision`` of every ``dot_general`` in ``jaxpr`` and the jaxprs inside it."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            yield eqn.params["precision"]
-        for param in eqn.params.values():
-            for item in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(item, "jaxpr", item)
-                if hasattr(inner, "eqns"):
-                    yield from _dot_precisions(inner)
 
 
 LAYERS = {
@@ -70,7 +59,7 @@ def test_precision_reaches_every_matrix_product(name):
 
             # Forward and backward: the products of the gradient inherit the precision too.
             jaxpr = jax.make_jaxpr(jax.grad(loss))(state, x)
-            found = list(_dot_precisions(jaxpr.jaxpr))
+            found = list(dot_precisions(jaxpr.jaxpr))
             assert len(found) >= 2, (name, call)
             want = (HIGHEST, HIGHEST) if precision is not None else None
             assert all(p == want for p in found), (name, call, precision, set(found))
