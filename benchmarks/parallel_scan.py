@@ -3,8 +3,8 @@
 For each sequence length T, every model takes the same optax Adam train step (forward,
 backward, update) on the same ``[batch, T, features]`` batch: ``gatenets.GRU`` (the peer), and
 ``MinGRU``, ``MinLSTM`` and ``RGLRU`` each with ``loop="associative"`` ("parallel": log-space
-associative scan) and ``loop="scan"`` ("sequential": ``lax.scan``). The models are timed in
-interleaved rounds after warm-up and the median is reported, with the ratio
+associative scan) and ``loop="linear_scan"`` ("sequential": one multiply-add per step in
+``lax.scan``). The models are timed in interleaved rounds after warm-up and the median is reported, with the ratio
 ``GRU_ms / model_ms`` (above 1: faster than the GRU) and ``sequential_ms / parallel_ms`` for
 each cell (above 1: the parallel scan wins).
 
@@ -46,11 +46,11 @@ JSON_PATH = "parallel_scan.json"
 MODELS = {
     "GRU": (gatenets.GRU, None),
     "MinGRU/parallel": (gatenets.MinGRU, "associative"),
-    "MinGRU/sequential": (gatenets.MinGRU, "scan"),
+    "MinGRU/sequential": (gatenets.MinGRU, "linear_scan"),
     "MinLSTM/parallel": (gatenets.MinLSTM, "associative"),
-    "MinLSTM/sequential": (gatenets.MinLSTM, "scan"),
+    "MinLSTM/sequential": (gatenets.MinLSTM, "linear_scan"),
     "RGLRU/parallel": (gatenets.RGLRU, "associative"),
-    "RGLRU/sequential": (gatenets.RGLRU, "scan"),
+    "RGLRU/sequential": (gatenets.RGLRU, "linear_scan"),
 }
 
 
