@@ -4,9 +4,9 @@ For each sequence length T, every model takes the same optax Adam train step (fo
 backward, update) on the same ``[batch, T, features]`` batch: ``gatenets.GRU`` (the peer), and
 ``MinGRU``, ``MinLSTM`` and ``RGLRU`` each with ``loop="associative"`` ("parallel": log-space
 associative scan) and ``loop="linear_scan"`` ("sequential": one multiply-add per step in
-``lax.scan``). The models are timed in interleaved rounds after warm-up and the median is reported, with the ratio
-``GRU_ms / model_ms`` (above 1: faster than the GRU) and ``sequential_ms / parallel_ms`` for
-each cell (above 1: the parallel scan wins).
+``lax.scan``). The models are timed in interleaved rounds after warm-up and the median is
+reported, with the ratio ``GRU_ms / model_ms`` (above 1: faster than the GRU) and
+``sequential_ms / parallel_ms`` for each cell (above 1: the parallel scan wins).
 
     python benchmarks/parallel_scan.py                      # T = 256, 1024, 4096
     python benchmarks/parallel_scan.py --lengths 64 --repeats 3   # a quick look
