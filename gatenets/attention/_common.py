@@ -259,6 +259,7 @@ class MultiHeadSelfAttention(nnx.Module):
             head_dim=self.head_dim,
             has_holes=masks.has_holes,
             where=type(self).__name__,
+            logits_bytes=4 * batch * query.shape[2] * time * time,
         )
         heads, gates, weights = self._attend(inputs, masks, query, key, value, gate_overrides, path)
         return self._finish(

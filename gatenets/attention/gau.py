@@ -225,6 +225,7 @@ class GatedAttentionUnit(nnx.Module):
             head_dim=self.qk_features,
             has_holes=masks.has_holes,
             where=type(self).__name__,
+            logits_bytes=4 * query.shape[0] * time * time,
         )
         if path == "materialised":
             attended = self._materialised(query, key, v, masks)

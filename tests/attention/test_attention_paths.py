@@ -160,9 +160,12 @@ def _has_square(layer, time, **call):
 
 
 @pytest.mark.parametrize("family", ["gated", "sigmoid", "gau"])
-def test_no_time_by_time_array_unless_weights_are_asked_for(family):
+def test_no_time_by_time_array_unless_weights_are_asked_for(family, monkeypatch):
     time = 48  # three blocks of 16
     layer = make(family, None)
+    # Small logits are materialised by the rule (faster there); long sequences stream.
+    assert _has_square(layer, time, causal=True)
+    monkeypatch.setattr(_core, "MATERIALISE_BYTES", 0)
     call = {"causal": True}
     if family == "gated":  # the gate trace streams: asking for gates builds no [T, T] either
         call["return_gates"] = True
@@ -185,6 +188,11 @@ def test_choose_path_rule():
     assert choose(kind="sigmoid", weights_needed=False, **base) == "blockwise"
     forced = {**base, "implementation": "materialised"}
     assert choose(kind="squared_relu", weights_needed=False, **forced) == "materialised"
+    small, large = _core.MATERIALISE_BYTES, _core.MATERIALISE_BYTES + 1
+    assert choose(kind="sigmoid", weights_needed=False, logits_bytes=small, **base) == (
+        "materialised"
+    )
+    assert choose(kind="sigmoid", weights_needed=False, logits_bytes=large, **base) == "blockwise"
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="implementation='cudnn' cannot run this call: it "):
             choose(kind="softmax", weights_needed=False, **{**base, "implementation": "cudnn"})
