@@ -408,7 +408,9 @@ def write_hparams(
 
     clean = {str(k): plain(v) for k, v in hparams.items()}
     scores = {str(k): float(v) for k, v in metrics.items()}
-    with SummaryWriter(logdir=str(logdir)) as writer:
+    # A file of its own: the training writer's file is named by the second and the host, and a
+    # second writer opened in the same second would otherwise replace it.
+    with SummaryWriter(logdir=str(logdir), filename_suffix=".hparams") as writer:
         file_writer = writer._get_file_writer()
         for summary in hparams_summary(clean, scores):
             file_writer.add_summary(summary)
