@@ -299,7 +299,11 @@ class Checkpointer:
 
     def _write_manifests(self) -> None:
         """Writes the manifest of every save that orbax has finished and renamed into place;
-        call it only when no save is in flight."""
+        call it only when no save is in flight. Process 0 writes it: the step folder is
+        shared, and two writers listing it while the other writes would race."""
+        if jax.process_index() != 0:
+            self._unverified.clear()
+            return
         for step in self._unverified:
             step_dir = self.directory / str(step)
             if step_dir.is_dir():  # not deleted by keep= meanwhile
@@ -378,6 +382,11 @@ class Checkpointer:
             self.manager.wait_until_finished()
         self._in_flight = None
         self._write_manifests()
+        if jax.process_count() > 1:
+            # Process 0 wrote the manifests; no process goes on (to resume from them) before.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("gatenets checkpoint manifests")
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
