@@ -4,6 +4,8 @@
 The generic contract checks (padding, nnx.RNN, gate range, every loop = scan, …) are in
 test_conformance.py."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -407,6 +409,46 @@ def test_linear_recurrence_kernel_matches_a_loop(loop):
             state = np.where(valid[t][:, None], np.exp(log_a[t]) * state + b[t], state)
             expected[t] = state
         np.testing.assert_allclose(h, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loop", SOLVERS)
+def test_linear_recurrence_gradients_match_a_python_loop(loop):
+    """Both solvers' gradients (the associative one's is a hand-written reversed recurrence)
+    against autodiff of the recurrence written step by step, padding and both directions."""
+    rng = np.random.default_rng(1)
+    time, batch, hidden = 7, 2, 3
+    log_a, b, h0, weights = (
+        jnp.asarray(v, jnp.float32)
+        for v in (
+            -rng.uniform(0.0, 2.0, (time, batch, hidden)),
+            rng.standard_normal((time, batch, hidden)),
+            rng.standard_normal((batch, hidden)),
+            rng.standard_normal((time, batch, hidden)),
+        )
+    )
+    valid = jnp.asarray(rng.uniform(size=(time, batch)) > 0.3)
+
+    def by_steps(log_a, b, h0, reverse):
+        states, state = [None] * time, h0
+        for t in range(time - 1, -1, -1) if reverse else range(time):
+            state = jnp.where(valid[t][:, None], jnp.exp(log_a[t]) * state + b[t], state)
+            states[t] = state
+        return jnp.stack(states)
+
+    for reverse in (False, True):
+
+        def loss(solve, *args, reverse=reverse):
+            return jnp.sum(solve(*args, reverse) * weights)
+
+        ours = jax.grad(
+            functools.partial(
+                loss, lambda *a: linear_recurrence(*a[:3], valid=valid, reverse=a[3], loop=loop)
+            ),
+            argnums=(0, 1, 2),
+        )(log_a, b, h0)
+        expected = jax.grad(functools.partial(loss, by_steps), argnums=(0, 1, 2))(log_a, b, h0)
+        for got, want in zip(ours, expected, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_linear_recurrence_bad_input():

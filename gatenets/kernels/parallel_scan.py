@@ -53,17 +53,53 @@ def sequential_recurrence(
     return h
 
 
+def _prefix_states(log_a: Array, b: Array) -> Array:
+    """Every prefix of the pairs ``(log_a, b)`` in time order: the states from a zero start."""
+    return jax.lax.associative_scan(_combine, (log_a, b), axis=0)[1]
+
+
+@jax.custom_vjp
+def _associative(log_a: Array, b: Array) -> Array:
+    return _prefix_states(log_a, b)
+
+
+def _associative_fwd(log_a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
+    h = _prefix_states(log_a, b)
+    return h, (log_a, h)
+
+
+def _associative_bwd(residuals: tuple[Array, Array], dh: Array) -> tuple[Array, Array]:
+    r"""The gradient of a linear recurrence is a linear recurrence run backwards:
+    :math:`\lambda_t = \delta h_t + e^{\ell_{t+1}} \lambda_{t+1}` (the total gradient reaching
+    :math:`h_t`), then :math:`\delta b_t = \lambda_t` and
+    :math:`\delta \ell_t = \lambda_t e^{\ell_t} h_{t-1}`; solved with the same associative scan
+    over the reversed sequence. Only ``log_a`` and the states are kept, not the scan's tree."""
+    log_a, h = residuals
+    dh = dh.astype(h.dtype)
+    following = jnp.concatenate([log_a[1:], jnp.zeros_like(log_a[:1])], axis=0)
+    total = _prefix_states(following[::-1], dh[::-1])[::-1]
+    h_before = jnp.concatenate([jnp.zeros_like(h[:1]), h[:-1]], axis=0)
+    d_log_a = (total * jnp.exp(log_a) * h_before).astype(log_a.dtype)
+    return d_log_a, total.astype(h.dtype)
+
+
+_associative.defvjp(_associative_fwd, _associative_bwd)
+
+
 def associative_recurrence(
     log_a: Array, b: Array, h0: Array, *, reverse: bool = False, unroll: int = 1
 ) -> Array:
     """``Loop.ASSOCIATIVE``'s solver: ``jax.lax.associative_scan`` over the log-space pairs
-    (``unroll`` has no meaning here)."""
+    (``unroll`` has no meaning here). Its backward pass is the reversed recurrence solved the
+    same way (a custom VJP), not autodiff through the scan's tree of slices: it keeps only the
+    states, and it is the form XLA compiles inside ``shard_map`` on every JAX version we
+    support (autodiff of the scan there crashed XLA 0.11's compiler)."""
     del unroll
     if reverse:
         log_a, b = log_a[::-1], b[::-1]
     # The initial state enters as part of the first step's input: b_1 + a_1 h_0.
     b = b.at[0].add(jnp.exp(log_a[0]) * h0.astype(b.dtype))
-    _, h = jax.lax.associative_scan(_combine, (log_a, b), axis=0)
+    h = _associative(log_a, b)
     return h[::-1] if reverse else h
 
 
