@@ -124,16 +124,23 @@ def cpu_process_env() -> dict[str, str]:
     }
 
 
-def dot_precisions(jaxpr) -> list:
-    """The ``precision`` of every ``dot_general`` in a jaxpr and in its sub-jaxprs (scan
-    bodies, custom-VJP calls, ``cond`` branches)."""
+def dot_equations(jaxpr, in_loop: bool = False) -> list:
+    """``(equation, in_loop)`` for every ``dot_general`` in a jaxpr and in its sub-jaxprs (scan
+    and while bodies, custom-VJP calls, ``cond`` branches); ``in_loop`` says whether it runs
+    inside a ``scan`` or ``while`` body."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
+            found.append((eqn, in_loop))
+        looping = in_loop or eqn.primitive.name in ("scan", "while")
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    found += dot_precisions(inner)
+                    found += dot_equations(inner, looping)
     return found
+
+
+def dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every ``dot_general`` in a jaxpr and in its sub-jaxprs."""
+    return [eqn.params["precision"] for eqn, _ in dot_equations(jaxpr)]

@@ -11,7 +11,12 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
-from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
+from gatenets.cells.base import (
+    FusedKernelCell,
+    fused_orthogonal,
+    recurrent_input,
+    state_dtype,
+)
 from gatenets.gates import GateOverride, apply_override
 
 
@@ -71,7 +76,8 @@ class GRUCell(FusedKernelCell):
       kernel_init: initialiser of the input kernel.
       recurrent_kernel_init: initialiser of each ``[hidden, hidden]`` recurrent block.
       bias_init: initialiser of the biases.
-      dtype: dtype of the computation.
+      dtype: dtype of the computation (the matmuls' operands and the outputs); the state
+        ``h`` stays in float32 for bf16 / f16, and the matmuls accumulate into it.
       param_dtype: dtype of the parameters.
       precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
         default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
@@ -184,7 +190,13 @@ class GRUCell(FusedKernelCell):
         if return_gates:
             reset, update = jnp.split(gates, 2, axis=-1)
             gates = GRUGates(reset=reset, update=update)
-        return GRUCarry(h=h), hs, gates
+        # The kernel carries the state in its own dtype; the outputs are in the compute dtype.
+        return GRUCarry(h=h), hs.astype(self.compute_dtype), gates
+
+    def _carry_dtype(self):
+        # h is the GRU's whole memory: under bf16 compute it is kept in float32, as the LSTM
+        # keeps c, so that small updates (an update gate near 1) are not rounded away.
+        return state_dtype(self.compute_dtype)
 
     def step(
         self,
@@ -199,31 +211,32 @@ class GRUCell(FusedKernelCell):
         Returns:
           ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden]``.
         """
-        dtype = projected.dtype
+        dtype, state = projected.dtype, carry.h.dtype
         hidden = self.hidden_features
         overrides = gate_overrides or {}
-        h_prev = carry.h.astype(dtype)
-        h_in = recurrent_input(h_prev, recurrent_mask)
+        # The state stays in its own dtype (float32 under bf16 compute); the matmuls take
+        # compute-dtype operands and accumulate in the state dtype, where the gate math runs.
+        h_prev = carry.h
+        h_in = recurrent_input(h_prev, recurrent_mask).astype(dtype)
         kernel = self.recurrent_kernel[...].astype(dtype)
-        x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
+
+        def matmul(a, b):
+            return jnp.dot(a, b, precision=self.precision, preferred_element_type=state)
+
+        x_r, x_z, x_n = jnp.split(projected.astype(state), 3, axis=-1)
         if self.reset_after:
-            hh = jnp.dot(h_in, kernel, precision=self.precision)
-            h_r, h_z, h_n = jnp.split(hh, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(matmul(h_in, kernel), 3, axis=-1)
             if self.use_bias:
                 h_n = h_n + jnp.broadcast_to(
-                    self.recurrent_bias[2 * hidden :].astype(dtype), h_n.shape
+                    self.recurrent_bias[2 * hidden :].astype(dtype).astype(state), h_n.shape
                 )
         else:
-            h_r, h_z = jnp.split(
-                jnp.dot(h_in, kernel[:, : 2 * hidden], precision=self.precision), 2, axis=-1
-            )
+            h_r, h_z = jnp.split(matmul(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
         r = apply_override(self.gate_fn(x_r + h_r), overrides.get("reset"), "reset")
         z = apply_override(self.gate_fn(x_z + h_z), overrides.get("update"), "update")
         if self.reset_after:
             n = self.activation_fn(x_n + r * h_n)
         else:
-            n = self.activation_fn(
-                x_n + jnp.dot(r * h_in, kernel[:, 2 * hidden :], precision=self.precision)
-            )
+            n = self.activation_fn(x_n + matmul((r * h_in).astype(dtype), kernel[:, 2 * hidden :]))
         h = (1.0 - z) * n + z * h_prev
-        return GRUCarry(h=h), h, GRUGates(reset=r, update=z)
+        return GRUCarry(h=h), h.astype(dtype), GRUGates(reset=r, update=z)

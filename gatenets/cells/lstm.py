@@ -84,7 +84,8 @@ class LSTMCell(FusedKernelCell):
       kernel_init: initialiser of the input kernel.
       recurrent_kernel_init: initialiser of each ``[hidden or proj, hidden]`` recurrent block.
       bias_init: initialiser of the biases (before ``forget_bias`` / ``chrono_init``).
-      dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16).
+      dtype: dtype of the computation (the cell state stays in float32 for bf16 / f16, and
+        the recurrent matmul accumulates into it).
       param_dtype: dtype of the parameters.
       precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
         default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
@@ -253,13 +254,16 @@ class LSTMCell(FusedKernelCell):
         Returns:
           ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden or proj]``.
         """
-        dtype = projected.dtype
+        dtype, state = projected.dtype, carry.c.dtype
         h_prev = recurrent_input(carry.h, recurrent_mask)
-        z = projected + jnp.dot(
-            h_prev.astype(dtype), self.recurrent_kernel[...].astype(dtype), precision=self.precision
+        # Compute-dtype operands, accumulated in the cell-state dtype (float32 under bf16
+        # compute), where the gate math runs too.
+        z = projected.astype(state) + jnp.dot(
+            h_prev.astype(dtype),
+            self.recurrent_kernel[...].astype(dtype),
+            precision=self.precision,
+            preferred_element_type=state,
         )
-        # Gate math in the cell-state dtype (float32 under bf16 compute).
-        z = z.astype(carry.c.dtype)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
         if self.peephole:
             peep = self.peephole_weights[...].astype(carry.c.dtype)

@@ -59,16 +59,23 @@ class _Weights(NamedTuple):
 
 def _step_values(x_t, h, weights: _Weights, config: GRUKernelConfig) -> Array:
     """``[r, z, n, m]`` (``[batch, 4 hidden]``) of one step from the carried ``h``."""
-    dtype = weights.recurrent_kernel.dtype
+    # Compute-dtype operands (bf16 for the tensor cores), accumulated and returned in the
+    # state's dtype (float32 under bf16 compute), where the gate math runs.
+    dtype, state = weights.recurrent_kernel.dtype, h.dtype
+
+    def matmul(a, b):
+        return jnp.dot(a.astype(dtype), b, precision=config.precision, preferred_element_type=state)
+
     h_in = apply_mask(h, weights.recurrent_mask)
-    if weights.input_kernel is not None:
-        x_t = jnp.dot(x_t.astype(dtype), weights.input_kernel, precision=config.precision)
-        x_t = x_t + jnp.broadcast_to(weights.bias, x_t.shape)
-    hh = jnp.dot(h_in.astype(dtype), weights.recurrent_kernel, precision=config.precision)
+    if weights.input_kernel is None:
+        x_t = x_t.astype(state)
+    else:
+        x_t = matmul(x_t, weights.input_kernel)
+        x_t = x_t + jnp.broadcast_to(weights.bias.astype(state), x_t.shape)
     x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
-    hh_r, hh_z, m = jnp.split(hh, 3, axis=-1)
+    hh_r, hh_z, m = jnp.split(matmul(h_in, weights.recurrent_kernel), 3, axis=-1)
     if weights.recurrent_bias is not None:
-        m = m + jnp.broadcast_to(weights.recurrent_bias, m.shape)
+        m = m + jnp.broadcast_to(weights.recurrent_bias.astype(state), m.shape)
     r = jax.nn.sigmoid(x_r + hh_r)
     z = jax.nn.sigmoid(x_z + hh_z)
     if config.overrides[0] is not None:
@@ -249,7 +256,8 @@ def gru_sequence(
       xs: ``[time, batch, 3 hidden]`` projected inputs (every bias but :math:`b_{hn}` added), or
         ``[time, batch, features]`` raw inputs with ``input_kernel``.
       recurrent_kernel: ``[hidden, 3 hidden]`` in the compute dtype.
-      h0: ``[batch, hidden]`` initial hidden state.
+      h0: ``[batch, hidden]`` initial hidden state; its dtype is the state's and the gate
+        math's (float32 under bf16 compute: the matmuls accumulate into it).
       valid: ``[time, batch]`` booleans, or None.
       recurrent_bias: ``[hidden]``, the :math:`b_{hn}` inside the reset product, or None.
       input_kernel: ``[features, 3 hidden]`` to project inside the loop, or None.

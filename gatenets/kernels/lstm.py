@@ -63,14 +63,22 @@ def _activations(z: Array, overrides: tuple) -> Array:
 
 
 def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype, precision):
+    """``x_t + h_in U`` in the state dtype: the matmuls take compute-dtype operands (bf16 for
+    the tensor cores) and accumulate and return the state dtype, so a bf16 layer rounds its
+    pre-activations once, never between the matmul and the gate math."""
     dtype = recurrent_kernel.dtype
-    z = jnp.dot(h_in.astype(dtype), recurrent_kernel, precision=precision)
+    z = jnp.dot(
+        h_in.astype(dtype),
+        recurrent_kernel,
+        precision=precision,
+        preferred_element_type=state_dtype,
+    )
     if input_kernel is None:
-        z = x_t + z
-    else:
-        z = z + jnp.dot(x_t.astype(dtype), input_kernel, precision=precision)
-        z = z + jnp.broadcast_to(bias, z.shape)
-    return z.astype(state_dtype)
+        return x_t.astype(state_dtype) + z
+    z = z + jnp.dot(
+        x_t.astype(dtype), input_kernel, precision=precision, preferred_element_type=state_dtype
+    )
+    return z + jnp.broadcast_to(bias.astype(state_dtype), z.shape)
 
 
 def _forward(
