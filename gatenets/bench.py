@@ -18,9 +18,11 @@ Variants of the gatenets layer (``--variants``): ``plain`` (``loop="auto"``); ``
 trace returned; in training a small penalty on the forget/update gate so the gates are
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
 ``scan`` / ``fused`` / ``native`` / ``cudnn`` (that loop forced); ``before`` (input matmul
-before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute, float32
-cell state); ``two_pass`` / ``one_loop`` (a bidirectional layer's directions one after the
-other, or in one vmapped loop); ``loops`` (``plain`` and every loop this machine runs, each
+before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute with float32
+parameters, state and accumulation; ``bf16_scan`` / ``bf16_fused`` with that loop forced;
+their peers run in mixed precision too: Flax NNX with ``dtype=bfloat16``, PyTorch under
+``torch.autocast(dtype=torch.bfloat16)``); ``two_pass`` / ``one_loop`` (a bidirectional
+layer's directions one after the other, or in one vmapped loop); ``loops`` (``plain`` and every loop this machine runs, each
 forced). Every row names the loop the layer ran (for ``plain``, the one ``loop="auto"``
 chose: measured, unless ``GATENETS_LOOP_TUNING=0``), and the header the CPU model, the BLAS
 and the core kernel OpenBLAS picked, or the GPU. On a GPU, PyTorch runs on CUDA (cuDNN) and
@@ -35,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -68,6 +71,8 @@ VARIANTS = (
     "fused_before",
     "remat",
     "bf16",
+    "bf16_scan",
+    "bf16_fused",
     "two_pass",
     "one_loop",
     "loops",
@@ -179,16 +184,25 @@ def jax_runner(module: nnx.Module, call: Callable, mode: str, data: dict) -> Run
     return Runner(run, compile_s, temp)
 
 
+def peer_variant(variant: str) -> str:
+    """What the peers run beside a gatenets variant: ``mask`` (the same padding), ``bf16``
+    (their own mixed precision) or ``plain``."""
+    if variant == "mask":
+        return "mask"
+    return "bf16" if variant.startswith("bf16") else "plain"
+
+
 def gatenets_module(point: Point, variant: str) -> nnx.Module:
     layer = MODELS[point.model].layer
     kwargs: dict[str, Any] = {"num_layers": point.layers, "bidirectional": point.bidirectional}
-    if variant in ("scan", "fused", "native", "cudnn", "fused_before"):
-        kwargs["loop"] = variant.removesuffix("_before")
+    loop = variant.removeprefix("bf16_").removesuffix("_before")
+    if loop in ("scan", "fused", "native", "cudnn"):
+        kwargs["loop"] = loop
     if variant == "remat":
         kwargs["remat"] = True
     if variant in ("before", "fused_before"):
         kwargs["precompute_inputs"] = True
-    if variant == "bf16":
+    if variant.startswith("bf16"):
         kwargs["dtype"] = jnp.bfloat16
     module = layer(point.features, point.hidden, rngs=nnx.Rngs(0), **kwargs)
     if variant in ("two_pass", "one_loop"):
@@ -212,10 +226,13 @@ def gatenets_call(point: Point, variant: str) -> Callable:
     return call
 
 
-def flax_module(point: Point) -> nnx.Module:
+def flax_module(point: Point, variant: str = "plain") -> nnx.Module:
     """Flax NNX's own layers: ``OptimizedLSTMCell`` / ``GRUCell`` in ``nnx.RNN``, stacked and
-    wrapped in ``nnx.Bidirectional`` by hand (Flax has no stacked layer)."""
+    wrapped in ``nnx.Bidirectional`` by hand (Flax has no stacked layer); for ``bf16``
+    computing in bfloat16 with float32 parameters (Flax's ``dtype``)."""
     cell_type = MODELS[point.model].flax_cell
+    if variant == "bf16":
+        cell_type = functools.partial(cell_type, dtype=jnp.bfloat16)
     rngs = nnx.Rngs(0)
     layers = []
     for n_in in point.layer_inputs():
@@ -243,7 +260,7 @@ def flax_call(point: Point, variant: str) -> Callable:
                 x = layer(x, initial_carry=(carry, carry), seq_lengths=seq_lengths)
             else:
                 x = layer(x, initial_carry=carry, seq_lengths=seq_lengths)
-        return x, None
+        return x.astype(jnp.float32), None
 
     return call
 
@@ -271,6 +288,11 @@ def torch_runner(point: Point, variant: str, data: dict, threads: int) -> Runner
     lengths = torch.from_numpy(data["lengths_np"].astype(np.int64))
 
     def forward():
+        if variant == "bf16":
+            # PyTorch's mixed precision: bf16 matmuls (cuDNN's bf16 RNN on a GPU), float32
+            # parameters and loss.
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                return layer(x)[0].float()
         if variant != "mask":
             return layer(x)[0]
         packed = torch.nn.utils.rnn.pack_padded_sequence(
@@ -368,9 +390,9 @@ def make_runners(point: Point, variants: Sequence[str], args: argparse.Namespace
         runners[f"gatenets/{variant}"] = runner._replace(
             chosen=sorted({str(loop) for _, loop in chosen})
         )
-    for variant in sorted({"mask" if v == "mask" else "plain" for v in variants}):
+    for variant in sorted({peer_variant(v) for v in variants}):
         runners[f"flax/{variant}"] = jax_runner(
-            flax_module(point), flax_call(point, variant), point.mode, data
+            flax_module(point, variant), flax_call(point, variant), point.mode, data
         )
         for threads in args.torch_threads if torch_available() else ():
             runners[f"torch{threads}/{variant}"] = torch_runner(point, variant, data, threads)
@@ -398,11 +420,10 @@ def summarise(point: Point, variants, runners: dict, times: dict) -> list[dict]:
     rows = []
     for variant in variants:
         ours = median[f"gatenets/{variant}"]
-        peer_variant = "mask" if variant == "mask" else "plain"
         peers = {
             name.split("/")[0]: ms
             for name, ms in median.items()
-            if name.endswith(f"/{peer_variant}") and not name.startswith("gatenets/")
+            if name.endswith(f"/{peer_variant(variant)}") and not name.startswith("gatenets/")
         }
         fastest = min(peers, key=peers.get)
         runner = runners[f"gatenets/{variant}"]
@@ -414,6 +435,7 @@ def summarise(point: Point, variants, runners: dict, times: dict) -> list[dict]:
                 "gatenets_ms": ours,
                 "times_ms": times[f"gatenets/{variant}"],
                 "peers_ms": peers,
+                "peers_run": peer_variant(variant),
                 "fastest_peer": fastest,
                 "x_fastest_peer": peers[fastest] / ours,
                 "x_flax": peers["flax"] / ours,
@@ -504,7 +526,7 @@ def format_row(row: dict) -> str:
     stack = f"{row['layers']}{'bi' if row['bidirectional'] else ''}"
     peers = " ".join(f"{name} {ms:7.1f}" for name, ms in row["peers_ms"].items())
     return (
-        f"{row['model']:4s} {row['mode']:7s} {row['variant']:6s} {row.get('loop', ''):>7s} "
+        f"{row['model']:4s} {row['mode']:7s} {row['variant']:10s} {row.get('loop', ''):>7s} "
         f"{stack:3s} {size:>16s} | "
         f"{row['gatenets_ms']:8.1f} ms | {peers} | x{row['x_fastest_peer']:.2f} "
         f"{row['fastest_peer']:6s} x{row['x_flax']:.2f} flax | bound {row['matmul_bound_ms']:.1f}"

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -69,3 +70,20 @@ def test_load_warning_only_above_half_the_cores():
 def test_bench_bad_options_are_one_line_with_exit_2(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bf16_variants_run_mixed_precision_against_peers_in_mixed_precision():
+    point = bench.Point("gru", 2, 3, 2, 4, "train")
+    assert [bench.peer_variant(v) for v in ("plain", "mask", "bf16", "bf16_fused", "fused")] == [
+        "plain",
+        "mask",
+        "bf16",
+        "bf16",
+        "plain",
+    ]
+    module = bench.gatenets_module(point, "bf16_fused")
+    assert module.layers[0].loop == gatenets.Loop.FUSED
+    assert module.cell.dtype == jnp.bfloat16 and module.cell.kernel[...].dtype == jnp.float32
+    assert bench.gatenets_module(point, "bf16").layers[0].loop == gatenets.Loop.AUTO
+    flax_cell = bench.flax_module(point, "bf16")[0].cell
+    assert flax_cell.dtype == jnp.bfloat16 and flax_cell.param_dtype == jnp.float32

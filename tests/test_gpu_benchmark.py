@@ -2,6 +2,7 @@
 stand-in for cuDNN, and its refusal, with a JSON note, where there is no GPU."""
 
 import json
+import subprocess
 
 import jax
 import numpy as np
@@ -51,3 +52,14 @@ def test_without_a_gpu_it_stops_and_says_why_in_the_json(gpu, tmp_path, capsys):
     assert environment["skipped"] == f"JAX's backend is {jax.default_backend()!r}, not a GPU"
     assert environment["matmul_precision"] == "highest"
     assert environment["check_tolerance"] == 64 * 2.0**-24
+
+
+def test_gpu_check_script_parses_and_names_every_step():
+    """The one GPU command is run where CI cannot go: at least its shell must parse, and each
+    of its steps must be there (a syntax error would cost a whole GPU lease)."""
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    text = script.read_text()
+    for step in ("-m pytest", "--check-only", "bench lstm", "bench gru", "command-buffers"):
+        assert step in text, step
