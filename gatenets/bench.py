@@ -19,14 +19,14 @@ trace returned; in training a small penalty on the forget/update gate so the gat
 differentiated); ``mask`` (random right padding, ``seq_lengths``; the peers get it too);
 ``scan`` / ``fused`` / ``native`` / ``cudnn`` (that loop forced); ``before`` (input matmul
 before the loop); ``fused_before`` (both); ``remat``; ``bf16`` (bfloat16 compute with float32
-parameters, state and accumulation; ``bf16_scan`` / ``bf16_fused`` with that loop forced;
-their peers run in mixed precision too: Flax NNX with ``dtype=bfloat16``, PyTorch under
-``torch.autocast(dtype=torch.bfloat16)``); ``two_pass`` / ``one_loop`` (a bidirectional
-layer's directions one after the other, or in one vmapped loop); ``loops`` (``plain`` and every loop this machine runs, each
-forced). Every row names the loop the layer ran (for ``plain``, the one ``loop="auto"``
-chose: measured, unless ``GATENETS_LOOP_TUNING=0``), and the header the CPU model, the BLAS
-and the core kernel OpenBLAS picked, or the GPU. On a GPU, PyTorch runs on CUDA (cuDNN) and
-its thread count does not matter.
+parameters, state and accumulation; ``bf16_scan`` / ``bf16_fused`` with that loop forced; their
+peers run in mixed precision too: Flax NNX with ``dtype=bfloat16``, PyTorch under
+``torch.autocast(dtype=torch.bfloat16)``); ``two_pass`` / ``one_loop`` (a bidirectional layer's
+directions one after the other, or in one vmapped loop); ``loops`` (``plain`` and every loop
+this machine runs, each forced). Every row names the loop the layer ran (for ``plain``, the one
+``loop="auto"`` chose: measured, unless ``GATENETS_LOOP_TUNING=0``), and the header the CPU
+model, the BLAS and the core kernel OpenBLAS picked, or the GPU. On a GPU, PyTorch runs on CUDA
+(cuDNN) and its thread count does not matter.
 
 Example:
   gatenets bench --quick
