@@ -20,6 +20,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 _DOCTEST_NEEDS = {
     "gatenets/tasks/mnist1d.py": "mnist1d",
     "gatenets/interop/keras.py": "keras",
+    "gatenets/interop/torch.py": "torch",
     "gatenets/train/watch.py": "tensorboardX",
 }
 
