@@ -2,19 +2,19 @@
 # The one GPU command: versions, the test suite on the GPU, the cuDNN check at two precisions,
 # the LSTM/GRU train-step benchmark in float32 and in bf16 mixed precision against Flax and
 # PyTorch (cuDNN; torch.autocast for bf16), the same bf16 steps with XLA's command buffers
-# (CUDA graphs) over the time loop, and (when present) the attention benchmark, in at most
-# 8 minutes on one GPU.
+# (CUDA graphs) over the time loop and with the loop unrolled, and (when present) the attention
+# benchmark, in at most 8 minutes on one GPU.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root; nothing is installed
 #
 # Everything is written to $OUT when set, else to gpu_check_out/: versions.txt, pytest.log,
 # junit.xml, tests_summary.txt, gpu-check-highest.json, gpu-check-default.json,
-# bench-lstm.json, bench-gru.json, bench-command-buffers.json, attention.json (and the logs of
-# each step), summary.txt. With GPU_CHECK_PACK=1 (the default when $OUT is set) everything but
-# summary.txt and tests_summary.txt is packed into gpu_check.tar.gz at the end: three files
-# to bring back. Each step has its own time cap, all of them within GPU_CHECK_BUDGET seconds
-# (470); a step that runs out is stopped (a benchmark keeps the points it finished) and the
-# next one starts.
+# bench-lstm.json, bench-gru.json, bench-command-buffers.json, bench-unroll.json,
+# attention.json (and the logs of each step), summary.txt. With GPU_CHECK_PACK=1 (the default
+# when $OUT is set) everything but summary.txt and tests_summary.txt is packed into
+# gpu_check.tar.gz at the end: three files to bring back. Each step has its own time cap, all
+# of them within GPU_CHECK_BUDGET seconds (470); a step that runs out is stopped (a benchmark
+# keeps the points it finished) and the next one starts.
 # Without a GPU it runs all the same and says so. GPU_CHECK_QUICK=1 runs a few test files and
 # the benchmarks at their smallest (a check of this script, not of the GPU);
 # GPU_CHECK_PYTEST_ARGS adds pytest arguments (e.g. a test path); PYTHON names the interpreter.
@@ -111,7 +111,7 @@ else
     fi
 fi
 # SIGINT, not SIGTERM: pytest then stops, reports what ran and writes the junit XML.
-TEST_CAP=$(cap 190 275)
+TEST_CAP=$(cap 180 300)
 echo "(at most $TEST_CAP s)"
 # shellcheck disable=SC2086
 timeout -s INT -k 20 "$TEST_CAP" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" "${TESTS[@]}" \
@@ -128,7 +128,7 @@ note "tests: $(tail -n 1 "$OUTDIR/pytest.log") (exit $TEST_RC)"
 CHECK_RC=0
 for PRECISION in highest default; do
     echo "== cuDNN check at precision $PRECISION"
-    timeout -k 10 "$(cap 30 245)" "$PYTHON" benchmarks/gpu.py --check-only \
+    timeout -k 10 "$(cap 25 270)" "$PYTHON" benchmarks/gpu.py --check-only \
         --precision "$PRECISION" --json "$OUTDIR/gpu-check-$PRECISION.json" 2>&1 |
         tee "$OUTDIR/gpu-check-$PRECISION.log"
     RC=${PIPESTATUS[0]}
@@ -155,14 +155,17 @@ bench() { # NAME CAP RESERVE ARGS...
 }
 LSTM_VARIANTS=plain,bf16
 if [[ "$BACKEND" == gpu ]]; then LSTM_VARIANTS=plain,cudnn,bf16; fi
-bench lstm 95 135 --models lstm --sizes "$SIZES" --variants "$LSTM_VARIANTS"
-bench gru 70 95 --models gru --sizes "$SIZES" --variants plain,bf16
+bench lstm 90 170 --models lstm --sizes "$SIZES" --variants "$LSTM_VARIANTS"
+bench gru 60 125 --models gru --sizes "$SIZES" --variants plain,bf16
 # The same bf16 steps with the time loop captured as CUDA graphs (XLA's command buffers for
 # while loops, unrolled): launches, not matmuls, bound a step at these sizes. The flags must be
 # set before JAX starts, hence a process of its own.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL \
 --xla_gpu_command_buffer_unroll_loops=true --xla_gpu_graph_min_graph_size=1" \
-    bench command-buffers 50 45 --models lstm,gru --sizes "$TARGETS" --variants bf16_fused,bf16_scan
+    bench command-buffers 45 80 --models lstm,gru --sizes "$TARGETS" --variants bf16_fused,bf16_scan
+# And with eight steps per loop iteration: XLA can then fuse one step's elementwise tail with
+# the next step's head (a kernel fewer per step in the backward loop).
+bench unroll 35 45 --models lstm,gru --sizes "$TARGETS" --variants bf16_fused,plain --unroll 8
 
 echo "== attention benchmark"
 if [[ -f benchmarks/attention.py ]]; then

@@ -108,6 +108,7 @@ class Point(NamedTuple):
     mode: str
     layers: int = 1
     bidirectional: bool = False
+    unroll: int = 1  # gatenets' steps per loop iteration (the peers have no such setting)
 
     @property
     def directions(self) -> int:
@@ -194,7 +195,11 @@ def peer_variant(variant: str) -> str:
 
 def gatenets_module(point: Point, variant: str) -> nnx.Module:
     layer = MODELS[point.model].layer
-    kwargs: dict[str, Any] = {"num_layers": point.layers, "bidirectional": point.bidirectional}
+    kwargs: dict[str, Any] = {
+        "num_layers": point.layers,
+        "bidirectional": point.bidirectional,
+        "unroll": point.unroll,
+    }
     loop = variant.removeprefix("bf16_").removesuffix("_before")
     if loop in ("scan", "fused", "native", "cudnn"):
         kwargs["loop"] = loop
@@ -600,6 +605,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default="plain", help=f"some of {', '.join(VARIANTS)}")
     parser.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     parser.add_argument("--bidirectional", action="store_true", help="both directions")
+    parser.add_argument("--unroll", type=int, default=1, help="gatenets' steps per iteration")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per runner")
     parser.add_argument("--torch-threads", default="1,2", help="PyTorch thread counts")
@@ -634,8 +640,8 @@ def _main(args: argparse.Namespace) -> int:
     models = _choices(args.models, tuple(MODELS), "--models")
     modes = _choices(args.modes, ("train", "forward"), "--modes")
     variants = expand_loops(_choices(args.variants, VARIANTS, "--variants"))
-    if args.layers < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--layers and --repeats must be >= 1 and --warmup >= 0.")
+    if args.layers < 1 or args.repeats < 1 or args.unroll < 1 or args.warmup < 0:
+        raise ValueError("--layers, --repeats and --unroll must be >= 1 and --warmup >= 0.")
     args.torch_threads = [int(t) for t in args.torch_threads.split(",") if t]
     if args.quick:
         args.sizes, args.repeats, args.warmup = QUICK_SIZES, 3, 1
@@ -653,7 +659,15 @@ def _main(args: argparse.Namespace) -> int:
         for batch, time_, features, hidden in sizes:
             for mode in modes:
                 point = Point(
-                    model, batch, time_, features, hidden, mode, args.layers, args.bidirectional
+                    model,
+                    batch,
+                    time_,
+                    features,
+                    hidden,
+                    mode,
+                    args.layers,
+                    args.bidirectional,
+                    args.unroll,
                 )
                 for row in run_point(point, variants, args):
                     rows.append(row)

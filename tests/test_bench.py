@@ -64,7 +64,8 @@ def test_load_warning_only_above_half_the_cores():
         (["--models", "rnn"], "--models: unknown 'rnn'"),
         (["--variants", "fast"], "--variants: unknown 'fast'"),
         (["--sizes", "1,2,3"], "--sizes: each point is B,T,I,H"),
-        (["--layers", "0"], "--layers and --repeats must be >= 1"),
+        (["--layers", "0"], "--layers, --repeats and --unroll must be >= 1"),
+        (["--unroll", "0"], "--layers, --repeats and --unroll must be >= 1"),
     ],
 )
 def test_bench_bad_options_are_one_line_with_exit_2(argv, message, capsys):
@@ -85,5 +86,6 @@ def test_bf16_variants_run_mixed_precision_against_peers_in_mixed_precision():
     assert module.layers[0].loop == gatenets.Loop.FUSED
     assert module.cell.dtype == jnp.bfloat16 and module.cell.kernel[...].dtype == jnp.float32
     assert bench.gatenets_module(point, "bf16").layers[0].loop == gatenets.Loop.AUTO
+    assert bench.gatenets_module(point._replace(unroll=4), "bf16").layers[0].unroll == 4
     flax_cell = bench.flax_module(point, "bf16")[0].cell
     assert flax_cell.dtype == jnp.bfloat16 and flax_cell.param_dtype == jnp.float32

@@ -61,5 +61,6 @@ def test_gpu_check_script_parses_and_names_every_step():
     parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr
     text = script.read_text()
-    for step in ("-m pytest", "--check-only", "bench lstm", "bench gru", "command-buffers"):
+    steps = ("-m pytest", "--check-only", "bench lstm", "bench gru", "command-buffers", "--unroll")
+    for step in steps:
         assert step in text, step
