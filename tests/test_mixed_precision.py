@@ -1,7 +1,7 @@
 """Mixed precision of the LSTM and GRU: with ``dtype=jnp.bfloat16`` and float32 parameters
 every matmul of the fused kernels (forward and backward) takes bf16 operands, the matmuls of
 the time loop accumulate into float32, and the recurrent state (the LSTM's ``c``, the GRU's
-``h``) stays float32 between steps."""
+and the MGU's ``h``) stays float32 between steps."""
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +41,12 @@ def test_fused_bf16_matmuls_take_bf16_and_accumulate_float32_in_the_loop(kind, p
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
 
 
-@pytest.mark.parametrize("kind", CELLS)
+SCAN_CELLS = {**CELLS, "mgu": gatenets.MGUCell}
+
+
+@pytest.mark.parametrize("kind", SCAN_CELLS)
 def test_scan_bf16_step_accumulates_float32(kind):
-    cell = randomize(CELLS[kind](I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    cell = randomize(SCAN_CELLS[kind](I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     # Inputs projected before the loop (in bf16, as cell.project does), so that the loop's
     # one matmul is the recurrent one.
     rnn = gatenets.RNN(cell, loop="scan", precompute_inputs=True)
@@ -55,14 +58,18 @@ def test_scan_bf16_step_accumulates_float32(kind):
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
 
 
-@pytest.mark.parametrize("loop", ["scan", "fused"])
-def test_bf16_gru_keeps_its_state_float32_and_outputs_bf16(loop):
-    cell = randomize(gatenets.GRUCell(I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize(
+    "cell_type, loop",
+    [(gatenets.GRUCell, "scan"), (gatenets.GRUCell, "fused"), (gatenets.MGUCell, "scan")],
+)
+def test_bf16_gated_state_stays_float32_and_outputs_bf16(cell_type, loop):
+    cell = randomize(cell_type(I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     assert cell.initialize_carry((B, I)).h.dtype == jnp.float32
     carry, y = gatenets.RNN(cell, loop=loop)(jnp.asarray(inputs()), return_carry=True)
     assert carry.h.dtype == jnp.float32 and y.dtype == jnp.bfloat16
     # The last output is the final state rounded once.
     np.testing.assert_array_equal(y[:, -1], carry.h.astype(jnp.bfloat16))
+    assert float(jnp.abs(carry.h - carry.h.astype(jnp.bfloat16)).max()) > 0
 
 
 def test_bf16_gru_state_keeps_small_updates_that_a_bf16_state_loses():

@@ -11,7 +11,7 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
-from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input
+from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input, state_dtype
 from gatenets.gates import GateOverride, apply_override
 
 
@@ -73,7 +73,8 @@ class MGUCell(GatedCell):
       kernel_init: initialiser of the input kernel.
       recurrent_kernel_init: initialiser of each ``[hidden, hidden]`` recurrent block.
       bias_init: initialiser of the biases.
-      dtype: dtype of the computation.
+      dtype: dtype of the computation (the matmuls' operands and the outputs); the state
+        ``h`` stays in float32 for bf16 / f16, and the matmuls accumulate into it.
       param_dtype: dtype of the parameters.
       precision: precision of the cell's matmuls, as Flax's ``Linear`` takes it (None: JAX's
         default, which is TF32 for float32 on NVIDIA GPUs; ``"highest"`` for full float32).
@@ -154,23 +155,35 @@ class MGUCell(GatedCell):
         Returns:
           ``(new_carry, h, gates)``; ``h`` is ``[batch, hidden]``.
         """
-        dtype = projected.dtype
+        dtype, state = projected.dtype, carry.h.dtype
         hidden = self.hidden_features
-        h_prev = carry.h.astype(dtype)
-        h_in = recurrent_input(h_prev, recurrent_mask)
+        # As the GRU: the state in its own dtype (float32 under bf16 compute), compute-dtype
+        # matmul operands accumulated into it.
+        h_prev = carry.h
+        h_in = recurrent_input(h_prev, recurrent_mask).astype(dtype)
         kernel = self.recurrent_kernel[...].astype(dtype)
-        x_f, x_n = jnp.split(projected, 2, axis=-1)
+
+        def matmul(a, b):
+            return jnp.dot(a, b, precision=self.precision, preferred_element_type=state)
+
+        x_f, x_n = jnp.split(projected.astype(state), 2, axis=-1)
         if self.reset_after:
-            h_f, h_n = jnp.split(jnp.dot(h_in, kernel, precision=self.precision), 2, axis=-1)
+            h_f, h_n = jnp.split(matmul(h_in, kernel), 2, axis=-1)
             if self.use_bias:
-                h_n = h_n + jnp.broadcast_to(self.recurrent_bias[...].astype(dtype), h_n.shape)
+                h_n = h_n + jnp.broadcast_to(
+                    self.recurrent_bias[...].astype(dtype).astype(state), h_n.shape
+                )
         else:
-            h_f = jnp.dot(h_in, kernel[:, :hidden], precision=self.precision)
+            h_f = matmul(h_in, kernel[:, :hidden])
         overrides = gate_overrides or {}
         forget = apply_override(jax.nn.sigmoid(x_f + h_f), overrides.get("forget"), "forget")
         if self.reset_after:
             n = jnp.tanh(x_n + forget * h_n)
         else:
-            n = jnp.tanh(x_n + jnp.dot(forget * h_in, kernel[:, hidden:], precision=self.precision))
+            n = jnp.tanh(x_n + matmul((forget * h_in).astype(dtype), kernel[:, hidden:]))
         h = (1.0 - forget) * h_prev + forget * n
-        return MGUCarry(h=h), h, MGUGates(forget=forget)
+        return MGUCarry(h=h), h.astype(dtype), MGUGates(forget=forget)
+
+    def _carry_dtype(self):
+        # h is the whole memory: float32 under bf16 compute, as the GRU's.
+        return state_dtype(self.compute_dtype)
