@@ -165,8 +165,10 @@ class GatedCell(nnx.RNNCellBase):
         return 1
 
     def _carry_dtype(self) -> Any:
-        """The dtype of ``h`` between steps: the compute dtype unless a cell says otherwise."""
-        return self.compute_dtype
+        """The dtype of ``h`` between steps: the state dtype of the compute dtype (float32
+        under bf16 / f16 compute, so that a gate near 1 does not round small updates away;
+        the step's matmuls accumulate into it, :func:`~gatenets.kernels._common.mixed_matmul`)."""
+        return state_dtype(self.compute_dtype)
 
     def carry_spec(self) -> dict[str, tuple[int, Any]]:
         """``{field: (features, dtype)}`` for every field of ``carry_type``, in field order.

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from gatenets._typing import Array
-from gatenets.cells.base import GatedCell, recurrent_input, state_dtype
+from gatenets.cells.base import GatedCell, recurrent_input
 from gatenets.gates import GateOverride, zero_invalid
 from gatenets.kernels.sequence_parallel import run_linear_recurrence
 
@@ -53,10 +53,6 @@ class DiagonalCell(GatedCell):
         self, projected: Array, gate_overrides: Mapping[str, GateOverride] | None
     ) -> tuple[Array, Array, Any]:
         """``(log_a, b, gates)`` from projected input ``[..., k * hidden]``; float32 arrays."""
-
-    def _carry_dtype(self):
-        # The recurrence runs in float32 whatever the matmul dtype.
-        return state_dtype(self.compute_dtype)
 
     def step(
         self,

@@ -11,13 +11,9 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
-from gatenets.cells.base import (
-    FusedKernelCell,
-    fused_orthogonal,
-    recurrent_input,
-    state_dtype,
-)
+from gatenets.cells.base import FusedKernelCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
+from gatenets.kernels._common import mixed_matmul
 
 
 class GRUCarry(NamedTuple):
@@ -193,11 +189,6 @@ class GRUCell(FusedKernelCell):
         # The kernel carries the state in its own dtype; the outputs are in the compute dtype.
         return GRUCarry(h=h), hs.astype(self.compute_dtype), gates
 
-    def _carry_dtype(self):
-        # h is the GRU's whole memory: under bf16 compute it is kept in float32, as the LSTM
-        # keeps c, so that small updates (an update gate near 1) are not rounded away.
-        return state_dtype(self.compute_dtype)
-
     def step(
         self,
         carry: GRUCarry,
@@ -217,26 +208,26 @@ class GRUCell(FusedKernelCell):
         # The state stays in its own dtype (float32 under bf16 compute); the matmuls take
         # compute-dtype operands and accumulate in the state dtype, where the gate math runs.
         h_prev = carry.h
-        h_in = recurrent_input(h_prev, recurrent_mask).astype(dtype)
+        h_in = recurrent_input(h_prev, recurrent_mask)
         kernel = self.recurrent_kernel[...].astype(dtype)
-
-        def matmul(a, b):
-            return jnp.dot(a, b, precision=self.precision, preferred_element_type=state)
-
         x_r, x_z, x_n = jnp.split(projected.astype(state), 3, axis=-1)
         if self.reset_after:
-            h_r, h_z, h_n = jnp.split(matmul(h_in, kernel), 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(mixed_matmul(h_in, kernel, state, self.precision), 3, axis=-1)
             if self.use_bias:
                 h_n = h_n + jnp.broadcast_to(
                     self.recurrent_bias[2 * hidden :].astype(dtype).astype(state), h_n.shape
                 )
         else:
-            h_r, h_z = jnp.split(matmul(h_in, kernel[:, : 2 * hidden]), 2, axis=-1)
+            h_r, h_z = jnp.split(
+                mixed_matmul(h_in, kernel[:, : 2 * hidden], state, self.precision), 2, axis=-1
+            )
         r = apply_override(self.gate_fn(x_r + h_r), overrides.get("reset"), "reset")
         z = apply_override(self.gate_fn(x_z + h_z), overrides.get("update"), "update")
         if self.reset_after:
             n = self.activation_fn(x_n + r * h_n)
         else:
-            n = self.activation_fn(x_n + matmul((r * h_in).astype(dtype), kernel[:, 2 * hidden :]))
+            n = self.activation_fn(
+                x_n + mixed_matmul(r * h_in, kernel[:, 2 * hidden :], state, self.precision)
+            )
         h = (1.0 - z) * n + z * h_prev
         return GRUCarry(h=h), h.astype(dtype), GRUGates(reset=r, update=z)

@@ -18,6 +18,7 @@ from gatenets.cells.base import (
     state_dtype,
 )
 from gatenets.gates import GateOverride, apply_override
+from gatenets.kernels._common import mixed_matmul
 
 
 class LSTMCarry(NamedTuple):
@@ -258,12 +259,8 @@ class LSTMCell(FusedKernelCell):
         h_prev = recurrent_input(carry.h, recurrent_mask)
         # Compute-dtype operands, accumulated in the cell-state dtype (float32 under bf16
         # compute), where the gate math runs too.
-        z = projected.astype(state) + jnp.dot(
-            h_prev.astype(dtype),
-            self.recurrent_kernel[...].astype(dtype),
-            precision=self.precision,
-            preferred_element_type=state,
-        )
+        kernel = self.recurrent_kernel[...].astype(dtype)
+        z = projected.astype(state) + mixed_matmul(h_prev, kernel, state, self.precision)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
         if self.peephole:
             peep = self.peephole_weights[...].astype(carry.c.dtype)

@@ -11,8 +11,9 @@ from flax import nnx
 from flax.nnx.nn import initializers
 
 from gatenets._typing import Array, Dtype, Initializer, PrecisionLike
-from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input, state_dtype
+from gatenets.cells.base import GatedCell, fused_orthogonal, recurrent_input
 from gatenets.gates import GateOverride, apply_override
+from gatenets.kernels._common import mixed_matmul
 
 
 class MGUCarry(NamedTuple):
@@ -160,30 +161,24 @@ class MGUCell(GatedCell):
         # As the GRU: the state in its own dtype (float32 under bf16 compute), compute-dtype
         # matmul operands accumulated into it.
         h_prev = carry.h
-        h_in = recurrent_input(h_prev, recurrent_mask).astype(dtype)
+        h_in = recurrent_input(h_prev, recurrent_mask)
         kernel = self.recurrent_kernel[...].astype(dtype)
-
-        def matmul(a, b):
-            return jnp.dot(a, b, precision=self.precision, preferred_element_type=state)
-
         x_f, x_n = jnp.split(projected.astype(state), 2, axis=-1)
         if self.reset_after:
-            h_f, h_n = jnp.split(matmul(h_in, kernel), 2, axis=-1)
+            h_f, h_n = jnp.split(mixed_matmul(h_in, kernel, state, self.precision), 2, axis=-1)
             if self.use_bias:
                 h_n = h_n + jnp.broadcast_to(
                     self.recurrent_bias[...].astype(dtype).astype(state), h_n.shape
                 )
         else:
-            h_f = matmul(h_in, kernel[:, :hidden])
+            h_f = mixed_matmul(h_in, kernel[:, :hidden], state, self.precision)
         overrides = gate_overrides or {}
         forget = apply_override(jax.nn.sigmoid(x_f + h_f), overrides.get("forget"), "forget")
         if self.reset_after:
             n = jnp.tanh(x_n + forget * h_n)
         else:
-            n = jnp.tanh(x_n + matmul((forget * h_in).astype(dtype), kernel[:, hidden:]))
+            n = jnp.tanh(
+                x_n + mixed_matmul(forget * h_in, kernel[:, hidden:], state, self.precision)
+            )
         h = (1.0 - forget) * h_prev + forget * n
         return MGUCarry(h=h), h.astype(dtype), MGUGates(forget=forget)
-
-    def _carry_dtype(self):
-        # h is the whole memory: float32 under bf16 compute, as the GRU's.
-        return state_dtype(self.compute_dtype)

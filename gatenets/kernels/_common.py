@@ -89,6 +89,14 @@ def accumulation(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def mixed_matmul(a: Array, b: Array, accumulate: Any, precision: Precision = None) -> Array:
+    """``a @ b`` with ``a`` cast to ``b``'s dtype (the compute dtype: under bf16 compute both
+    operands are bf16, the tensor cores' format), accumulated in and returned as
+    ``accumulate`` (the state's dtype: float32 under bf16 compute). Every matmul of the
+    recurrent cells' steps and the fused kernels' loops is one of these."""
+    return jnp.dot(a.astype(b.dtype), b, precision=precision, preferred_element_type=accumulate)
+
+
 def flat_matmul(a: Array, b: Array, precision: Precision = None) -> Array:
     """``sum_t a[t].T @ b[t]`` as one ``[features, time * batch] @ [time * batch, out]`` matmul:
     the weight gradient of a whole sequence, left out of the loop."""

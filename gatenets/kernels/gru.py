@@ -32,6 +32,7 @@ from gatenets.kernels._common import (
     accumulation,
     apply_mask,
     canonical_precision,
+    mixed_matmul,
     previous,
 )
 
@@ -61,19 +62,15 @@ def _step_values(x_t, h, weights: _Weights, config: GRUKernelConfig) -> Array:
     """``[r, z, n, m]`` (``[batch, 4 hidden]``) of one step from the carried ``h``."""
     # Compute-dtype operands (bf16 for the tensor cores), accumulated and returned in the
     # state's dtype (float32 under bf16 compute), where the gate math runs.
-    dtype, state = weights.recurrent_kernel.dtype, h.dtype
-
-    def matmul(a, b):
-        return jnp.dot(a.astype(dtype), b, precision=config.precision, preferred_element_type=state)
-
+    state, precision = h.dtype, config.precision
     h_in = apply_mask(h, weights.recurrent_mask)
     if weights.input_kernel is None:
         x_t = x_t.astype(state)
     else:
-        x_t = matmul(x_t, weights.input_kernel)
+        x_t = mixed_matmul(x_t, weights.input_kernel, state, precision)
         x_t = x_t + jnp.broadcast_to(weights.bias.astype(state), x_t.shape)
     x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
-    hh_r, hh_z, m = jnp.split(matmul(h_in, weights.recurrent_kernel), 3, axis=-1)
+    hh_r, hh_z, m = jnp.split(mixed_matmul(h_in, weights.recurrent_kernel, state, precision), 3, -1)
     if weights.recurrent_bias is not None:
         m = m + jnp.broadcast_to(weights.recurrent_bias.astype(state), m.shape)
     r = jax.nn.sigmoid(x_r + hh_r)
@@ -188,9 +185,7 @@ def _gru_bwd(config, residuals, cotangents):
             values_t.astype(acc), h_prev_t.astype(acc), dh_step, dgates_t, config.overrides
         )
         d_hh = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-        dh_rec = jnp.dot(
-            d_hh.astype(dtype), kernel.T, precision=precision, preferred_element_type=acc
-        )
+        dh_rec = mixed_matmul(d_hh, kernel.T, acc, precision)
         dh_prev = dh_step * z + apply_mask(dh_rec, None if mask is None else mask.astype(acc))
         if valid_t is not None:
             # A held step passes its gradient through to the step before.

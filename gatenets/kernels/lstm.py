@@ -33,6 +33,7 @@ from gatenets.kernels._common import (
     WeightGradients,
     apply_mask,
     canonical_precision,
+    mixed_matmul,
     previous,
 )
 
@@ -66,18 +67,10 @@ def _preactivation(x_t, input_kernel, bias, h_in, recurrent_kernel, state_dtype,
     """``x_t + h_in U`` in the state dtype: the matmuls take compute-dtype operands (bf16 for
     the tensor cores) and accumulate and return the state dtype, so a bf16 layer rounds its
     pre-activations once, never between the matmul and the gate math."""
-    dtype = recurrent_kernel.dtype
-    z = jnp.dot(
-        h_in.astype(dtype),
-        recurrent_kernel,
-        precision=precision,
-        preferred_element_type=state_dtype,
-    )
+    z = mixed_matmul(h_in, recurrent_kernel, state_dtype, precision)
     if input_kernel is None:
         return x_t.astype(state_dtype) + z
-    z = z + jnp.dot(
-        x_t.astype(dtype), input_kernel, precision=precision, preferred_element_type=state_dtype
-    )
+    z = z + mixed_matmul(x_t, input_kernel, state_dtype, precision)
     return z + jnp.broadcast_to(bias.astype(state_dtype), z.shape)
 
 
@@ -189,9 +182,7 @@ def _lstm_bwd(config, residuals, cotangents):
         dz, dc_prev = _step_gradient(
             acts_t.astype(state), c_t, c_prev_t, dh_step, dc_step, dacts_t, config.overrides
         )
-        dh_prev = jnp.dot(
-            dz.astype(dtype), kernel_t, precision=precision, preferred_element_type=state
-        )
+        dh_prev = mixed_matmul(dz, kernel_t, state, precision)
         if recurrent_mask is not None:
             dh_prev = dh_prev * recurrent_mask.astype(state)
         if valid_t is not None:

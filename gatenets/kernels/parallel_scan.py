@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from gatenets._typing import Array
 from gatenets.gates import hold_invalid
+from gatenets.kernels._common import previous
 from gatenets.loop import Loop, as_loop
 
 
@@ -76,9 +77,10 @@ def _associative_bwd(residuals: tuple[Array, Array], dh: Array) -> tuple[Array, 
     over the reversed sequence. Only ``log_a`` and the states are kept, not the scan's tree."""
     log_a, h = residuals
     dh = dh.astype(h.dtype)
-    following = jnp.concatenate([log_a[1:], jnp.zeros_like(log_a[:1])], axis=0)
+    # The decay that carries each step's state into the next one (none after the last).
+    following = previous(log_a, jnp.zeros_like(log_a[0]), reverse=True)
     total = _prefix_states(following[::-1], dh[::-1])[::-1]
-    h_before = jnp.concatenate([jnp.zeros_like(h[:1]), h[:-1]], axis=0)
+    h_before = previous(h, jnp.zeros_like(h[0]), reverse=False)
     d_log_a = (total * jnp.exp(log_a) * h_before).astype(log_a.dtype)
     return d_log_a, total.astype(h.dtype)
 
